@@ -1,0 +1,42 @@
+# Herald — the commands a newcomer and CI use. See README.md.
+SHELL := /bin/bash
+SERVICES := deploy/local/services.sh
+
+export HERALD_AMQP_PORT ?= 5673
+export HERALD_AMQP_MGMT_PORT ?= 15673
+export HERALD_PG_PORT ?= 5433
+export HERALD__AMQP__URL ?= amqp://guest:guest@127.0.0.1:$(HERALD_AMQP_PORT)/%2f
+export HERALD__DATABASE__URL ?= postgres://herald:herald@127.0.0.1:$(HERALD_PG_PORT)/herald
+export HERALD_AMQP_MGMT_URL ?= http://guest:guest@127.0.0.1:$(HERALD_AMQP_MGMT_PORT)
+
+HERALD := cargo run --quiet --bin herald --
+
+.PHONY: run test services services-stop migrate lint bench build clean-local
+
+## Start local RabbitMQ + PostgreSQL, migrate, serve with the development config.
+run: services
+	$(HERALD) migrate --config deploy/local/herald.toml
+	$(HERALD) serve --config deploy/local/herald.toml
+
+## The local services, then the whole test suite.
+test: services
+	cargo test --all-targets -- --test-threads=4
+
+services:
+	@$(SERVICES) start
+
+services-stop:
+	@$(SERVICES) stop
+
+migrate: services
+	$(HERALD) migrate
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+
+build:
+	cargo build --all-targets
+
+clean-local: services-stop
+	rm -rf .local

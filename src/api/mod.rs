@@ -1,0 +1,103 @@
+//! The HTTP side of every role: `/healthz`, `/readyz`, `/metrics`; and for the `api`
+//! role the admin API under `/api/v1`, behind the bearer token `api.admin_token`.
+
+mod admin;
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Readiness;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::store;
+use crate::topology::Topology;
+
+pub use error::ApiError;
+
+pub struct ApiState {
+    pub settings: Arc<Settings>,
+    pub pool: PgPool,
+    pub metrics: Arc<Metrics>,
+    pub readiness: Readiness,
+    pub topology: Topology,
+}
+
+pub fn router(state: Arc<ApiState>, admin_api: bool) -> Router {
+    let mut router = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    if admin_api {
+        router = router.nest("/api/v1", admin::routes(state.clone()));
+    }
+    router.with_state(state)
+}
+
+/// The process is alive.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready for traffic: not stopping, database answering, consumers running.
+async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    let database = tokio::time::timeout(Duration::from_secs(2), store::ping(&state.pool))
+        .await
+        .unwrap_or(false);
+    let consumers = state.readiness.consumers_up();
+    let stopping = state.readiness.stopping();
+    let ready = database && consumers && !stopping;
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "ready": ready, "database": database, "consumers": consumers, "stopping": stopping })),
+    )
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+/// Refreshes gauges that are read rather than counted: pool usage and readiness.
+pub async fn sample_gauges(
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                metrics.ready.set(0);
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        let size = i64::from(pool.size());
+        let idle = pool.num_idle() as i64;
+        metrics.db_pool.with_label_values(&["idle"]).set(idle);
+        metrics.db_pool.with_label_values(&["used"]).set(size - idle);
+        metrics
+            .db_pool_max
+            .set(i64::from(pool.options().get_max_connections()));
+        let ready = readiness.consumers_up() && !readiness.stopping() && size > 0;
+        metrics.ready.set(i64::from(ready));
+    }
+}

@@ -1,0 +1,250 @@
+//! The running application: the roles a process plays, started together and stopped
+//! together. `App::build` binds the HTTP listener (port 0 in tests) and starts every
+//! task; `App::stop` / a signal shuts down in order: readiness goes false, consumers
+//! stop taking work, in-flight deliveries finish within the grace period, then the
+//! HTTP server and the database pool close.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::api::{self, ApiState};
+use crate::config::Settings;
+use crate::delivery::client::WebhookClient;
+use crate::delivery::recorder::Recorder;
+use crate::delivery::retry::RetryPolicy;
+use crate::delivery::worker::{self, Deliverer};
+use crate::ingest::{self, Ingestor};
+use crate::metrics::Metrics;
+use crate::store;
+use crate::subscriptions::Subscriptions;
+use crate::topology::Topology;
+
+/// What a process does (`herald serve --role`); every role serves health and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    All,
+    Ingest,
+    Deliver,
+    Api,
+}
+
+impl Role {
+    pub fn ingests(self) -> bool {
+        matches!(self, Role::All | Role::Ingest)
+    }
+    pub fn delivers(self) -> bool {
+        matches!(self, Role::All | Role::Deliver)
+    }
+    pub fn serves_admin_api(self) -> bool {
+        matches!(self, Role::All | Role::Api)
+    }
+}
+
+/// Readiness as `/readyz` reports it: the consumers this role runs are consuming, and
+/// the process is not stopping.
+#[derive(Clone)]
+pub struct Readiness(Arc<ReadinessState>);
+
+struct ReadinessState {
+    role: Role,
+    ingest: AtomicBool,
+    deliver: AtomicBool,
+    stopping: AtomicBool,
+}
+
+impl Readiness {
+    pub fn new(role: Role) -> Self {
+        Self(Arc::new(ReadinessState {
+            role,
+            ingest: AtomicBool::new(false),
+            deliver: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+        }))
+    }
+    pub fn set_ingest(&self, up: bool) {
+        self.0.ingest.store(up, Ordering::Relaxed);
+    }
+    pub fn set_deliver(&self, up: bool) {
+        self.0.deliver.store(up, Ordering::Relaxed);
+    }
+    pub fn set_stopping(&self) {
+        self.0.stopping.store(true, Ordering::Relaxed);
+    }
+    pub fn stopping(&self) -> bool {
+        self.0.stopping.load(Ordering::Relaxed)
+    }
+    /// Every consumer this role needs is running (broker connected).
+    pub fn consumers_up(&self) -> bool {
+        (!self.0.role.ingests() || self.0.ingest.load(Ordering::Relaxed))
+            && (!self.0.role.delivers() || self.0.deliver.load(Ordering::Relaxed))
+    }
+}
+
+pub struct App {
+    address: SocketAddr,
+    shutdown: CancellationToken,
+    supervisor: tokio::task::JoinHandle<()>,
+    subscriptions: Arc<Subscriptions>,
+}
+
+impl App {
+    /// Starts the given role; returns once the listener is bound.
+    pub async fn build(settings: Settings, role: Role) -> anyhow::Result<App> {
+        let settings = Arc::new(settings);
+        let pool = store::pool(&settings.database).context("configuration key `database.url`")?;
+        let metrics = Arc::new(Metrics::new(settings.api.per_endpoint_metrics));
+        let retry = RetryPolicy::from_settings(&settings.delivery);
+        let topology = Topology::new(&settings, &retry);
+        let subscriptions = Subscriptions::new(pool.clone());
+        let readiness = Readiness::new(role);
+        let shutdown = CancellationToken::new();
+        let workers = TaskTracker::new();
+
+        let listener = TcpListener::bind(settings.api.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (api.listen)", settings.api.listen))?;
+        let address = listener.local_addr()?;
+
+        if role.ingests() || role.delivers() {
+            workers.spawn(subscriptions.clone().keep_fresh(shutdown.clone()));
+        }
+        if role.ingests() {
+            let ingestor = Arc::new(Ingestor {
+                settings: settings.clone(),
+                topology: topology.clone(),
+                subscriptions: subscriptions.clone(),
+                metrics: metrics.clone(),
+                pool: pool.clone(),
+            });
+            let (readiness, shutdown, subscriptions) =
+                (readiness.clone(), shutdown.clone(), subscriptions.clone());
+            workers.spawn(async move {
+                // Never fan out against an empty cache: wait for the first load.
+                if subscriptions.wait_loaded(&shutdown).await {
+                    ingest::run(ingestor, readiness, shutdown).await;
+                }
+            });
+        }
+        if role.delivers() {
+            let (recorder, recorder_task) = Recorder::spawn(pool.clone(), shutdown.clone());
+            let deliverer = Arc::new(Deliverer {
+                settings: settings.clone(),
+                topology: topology.clone(),
+                retry: retry.clone(),
+                client: WebhookClient::new(&settings.delivery).context("HTTP client")?,
+                subscriptions: subscriptions.clone(),
+                recorder,
+                metrics: metrics.clone(),
+                pool: pool.clone(),
+            });
+            workers.spawn(worker::run(deliverer, readiness.clone(), shutdown.clone()));
+            workers.spawn(async move {
+                let _ = recorder_task.await;
+            });
+        }
+        workers.spawn(api::sample_gauges(
+            pool.clone(),
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+
+        let state = Arc::new(ApiState {
+            settings: settings.clone(),
+            pool: pool.clone(),
+            metrics,
+            readiness: readiness.clone(),
+            topology,
+        });
+        let router = api::router(state, role.serves_admin_api());
+        let server_stop = CancellationToken::new();
+        let server = tokio::spawn({
+            let stop = server_stop.clone();
+            async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .await
+            }
+        });
+        tracing::info!(%address, ?role, prefix = %settings.topology.prefix, "herald started");
+
+        let supervisor = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                readiness.set_stopping();
+                tracing::info!("shutting down: no new work, finishing in-flight deliveries");
+                workers.close();
+                workers.wait().await;
+                server_stop.cancel();
+                match tokio::time::timeout(Duration::from_secs(5), server).await {
+                    Ok(Ok(Err(error))) => tracing::warn!(%error, "HTTP server error"),
+                    Err(_) => tracing::warn!("HTTP server did not stop in time"),
+                    _ => {}
+                }
+                pool.close().await;
+                tracing::info!("herald stopped");
+            })
+        };
+        Ok(App {
+            address,
+            shutdown,
+            supervisor,
+            subscriptions,
+        })
+    }
+
+    /// The bound address of the HTTP server (health, metrics, admin API).
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// Cancel it to stop the application, as a signal would.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub fn subscriptions(&self) -> &Arc<Subscriptions> {
+        &self.subscriptions
+    }
+
+    /// Waits until the application has stopped (after `shutdown_token().cancel()`).
+    pub async fn stopped(self) {
+        let _ = self.supervisor.await;
+    }
+
+    /// Stops the application and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.stopped().await;
+    }
+}
+
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

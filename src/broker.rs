@@ -1,0 +1,128 @@
+//! RabbitMQ connections and confirmed publishing.
+//!
+//! Every publish Herald makes waits for the broker's confirm before the message that
+//! caused it is acknowledged; unroutable messages (`mandatory`) count as failures, so a
+//! missing queue can never swallow a delivery.
+
+use std::time::Duration;
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::publisher_confirm::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio_util::sync::CancellationToken;
+
+/// Why a publish did not become durable on the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("broker refused the message (nack)")]
+    Nacked,
+    #[error("no queue is bound for exchange `{exchange}` / routing key `{routing_key}`")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+/// Opens a connection driven by the tokio runtime.
+pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio)
+        .with_connection_name(name.into());
+    Connection::connect(url, properties).await
+}
+
+/// Connects, retrying with exponential backoff while the broker is away; `None` when
+/// shutdown came first.
+pub async fn connect_with_backoff(
+    url: &str,
+    name: &str,
+    max_backoff: Duration,
+    shutdown: &CancellationToken,
+) -> Option<Connection> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match connect(url, name).await {
+            Ok(connection) => return Some(connection),
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?delay, "broker unreachable; waiting to reconnect");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(max_backoff);
+            }
+        }
+    }
+}
+
+/// One message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    pub exchange: &'a str,
+    pub routing_key: &'a str,
+    pub body: &'a [u8],
+    pub properties: BasicProperties,
+}
+
+/// A channel in confirm mode, shared by every task of a process role.
+#[derive(Clone)]
+pub struct Publisher {
+    channel: Channel,
+}
+
+impl Publisher {
+    pub async fn open(connection: &Connection) -> lapin::Result<Self> {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self { channel })
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.channel.status().connected()
+    }
+
+    /// Publishes one message and waits for the broker's confirm.
+    pub async fn publish(&self, message: Outgoing<'_>) -> Result<(), PublishError> {
+        self.publish_all(vec![message]).await
+    }
+
+    /// Publishes every message, then waits for all confirms: many in flight at once,
+    /// never one publish waiting for one confirm.
+    pub async fn publish_all(&self, messages: Vec<Outgoing<'_>>) -> Result<(), PublishError> {
+        let mut pending = Vec::new();
+        for m in messages {
+            let confirm = self
+                .channel
+                .basic_publish(
+                    m.exchange,
+                    m.routing_key,
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    m.body,
+                    m.properties,
+                )
+                .await?;
+            pending.push((confirm, m.exchange, m.routing_key));
+        }
+        for (confirm, exchange, routing_key) in pending {
+            match confirm.await? {
+                Confirmation::Ack(None) | Confirmation::NotRequested => {}
+                Confirmation::Ack(Some(_returned)) => {
+                    return Err(PublishError::Unroutable {
+                        exchange: exchange.to_string(),
+                        routing_key: routing_key.to_string(),
+                    })
+                }
+                Confirmation::Nack(_) => return Err(PublishError::Nacked),
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,366 @@
+//! Settings, loaded once at startup and passed down.
+//!
+//! Layers (contract §2): built-in defaults ← `--config FILE` (TOML) ← environment
+//! variables `HERALD__<SECTION>__<KEY>`. Lists (`ingest.exchanges`,
+//! `delivery.retry_schedule`) are comma-separated strings or TOML arrays; durations
+//! accept `ms`, `s`, `m`, `h`. A bad value stops startup with an error naming the key.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::{Secret, TopicPattern};
+
+/// Why settings could not be loaded; always names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration key `{key}`: {problem}")]
+    Invalid { key: &'static str, problem: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default)]
+    pub amqp: AmqpSettings,
+    #[serde(default)]
+    pub database: DatabaseSettings,
+    #[serde(default)]
+    pub api: ApiSettings,
+    #[serde(default)]
+    pub ingest: IngestSettings,
+    #[serde(default)]
+    pub topology: TopologySettings,
+    #[serde(default)]
+    pub delivery: DeliverySettings,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    pub url: Secret,
+    /// Backoff ceiling while the broker is unreachable.
+    #[serde(deserialize_with = "duration")]
+    pub reconnect_max_backoff: Duration,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5673/%2f"),
+            reconnect_max_backoff: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    pub url: Secret,
+    pub max_connections: u32,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            url: Secret::new("postgres://herald:herald@127.0.0.1:5433/herald"),
+            max_connections: 16,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    pub listen: SocketAddr,
+    /// Bearer token for the admin API; empty disables the admin routes.
+    pub admin_token: Secret,
+    /// Label `herald_endpoint_failures_total` by endpoint id (cardinality = endpoints).
+    pub per_endpoint_metrics: bool,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".parse().expect("literal address"),
+            admin_token: Secret::new(""),
+            per_endpoint_metrics: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    #[serde(deserialize_with = "string_list")]
+    pub exchanges: Vec<String>,
+    /// Binding keys of the ingest queue on every source exchange.
+    #[serde(deserialize_with = "pattern_list")]
+    pub binding_keys: Vec<TopicPattern>,
+    /// Unacknowledged messages the broker hands one ingest consumer.
+    pub prefetch: u16,
+    /// Messages fanned out in one database transaction.
+    pub batch_size: usize,
+    /// Largest message body accepted; bigger ones are parked in `<prefix>.invalid`.
+    pub max_body_bytes: usize,
+    /// Ingest consumers (channels) per process.
+    pub consumers: usize,
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        Self {
+            exchanges: vec!["erp.events".into()],
+            binding_keys: vec!["#".parse().expect("literal pattern")],
+            prefetch: 500,
+            batch_size: 250,
+            max_body_bytes: 256 * 1024,
+            consumers: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopologySettings {
+    pub prefix: String,
+}
+
+impl Default for TopologySettings {
+    fn default() -> Self {
+        Self {
+            prefix: "herald".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliverySettings {
+    #[serde(deserialize_with = "duration_list")]
+    pub retry_schedule: Vec<Duration>,
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    pub allow_private_networks: bool,
+    /// Requests in flight per process; also the work queue prefetch.
+    pub concurrency: u16,
+    /// Spread of retry delays: each delay d is served by queues from d to d × (1 + jitter).
+    pub jitter: f64,
+    /// Bytes of a receiver's response body kept with the attempt.
+    pub max_response_body_bytes: usize,
+    /// How long a stopping process lets in-flight deliveries finish.
+    #[serde(deserialize_with = "duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DeliverySettings {
+    fn default() -> Self {
+        Self {
+            retry_schedule: ["1m", "5m", "15m", "1h", "4h"]
+                .iter()
+                .map(|s| humantime::parse_duration(s).expect("literal duration"))
+                .collect(),
+            timeout: Duration::from_secs(10),
+            allow_private_networks: false,
+            concurrency: 256,
+            jitter: 0.2,
+            max_response_body_bytes: 4096,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    /// `tracing` filter directive, e.g. `info,herald=debug`; `RUST_LOG` wins when set.
+    pub log_level: String,
+    /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318`; empty = no export.
+    pub otlp_endpoint: String,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Pretty,
+            log_level: "info".into(),
+            otlp_endpoint: String::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults ← optional TOML file ← `HERALD__…` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder();
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("HERALD")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let settings: Settings = builder.build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks no single field's type can express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, problem: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                problem: problem.to_string(),
+            })
+        };
+        let prefix = &self.topology.prefix;
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return invalid(
+                "topology.prefix",
+                "must be non-empty letters, digits, '-', '_' or '.'",
+            );
+        }
+        if self.ingest.exchanges.is_empty() {
+            return invalid("ingest.exchanges", "at least one exchange is needed");
+        }
+        if self.ingest.binding_keys.is_empty() {
+            return invalid("ingest.binding_keys", "at least one binding key is needed");
+        }
+        if self.ingest.batch_size == 0 || self.ingest.prefetch == 0 || self.ingest.consumers == 0
+        {
+            return invalid(
+                "ingest",
+                "batch_size, prefetch and consumers must be above 0",
+            );
+        }
+        if self.delivery.retry_schedule.iter().any(|d| d.is_zero()) {
+            return invalid("delivery.retry_schedule", "delays must be above 0");
+        }
+        if self.delivery.timeout.is_zero() {
+            return invalid("delivery.timeout", "must be above 0");
+        }
+        if self.delivery.concurrency == 0 {
+            return invalid("delivery.concurrency", "must be above 0");
+        }
+        if !(0.0..=1.0).contains(&self.delivery.jitter) {
+            return invalid("delivery.jitter", "must be between 0 and 1");
+        }
+        if url_scheme(self.amqp.url.expose()).is_none_or(|s| s != "amqp" && s != "amqps") {
+            return invalid("amqp.url", "must be an amqp:// or amqps:// URL");
+        }
+        if url_scheme(self.database.url.expose())
+            .is_none_or(|s| s != "postgres" && s != "postgresql")
+        {
+            return invalid("database.url", "must be a postgres:// URL");
+        }
+        Ok(())
+    }
+}
+
+fn url_scheme(url: &str) -> Option<&str> {
+    url.split_once("://").map(|(scheme, _)| scheme)
+}
+
+/// A comma-separated string or a list, as TOML arrays and environment variables give them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListInput {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl ListInput {
+    fn items(self) -> Vec<String> {
+        match self {
+            ListInput::Text(text) => text
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            ListInput::List(list) => list.into_iter().map(|s| s.trim().to_string()).collect(),
+        }
+    }
+}
+
+fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Ok(ListInput::deserialize(d)?.items())
+}
+
+fn pattern_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TopicPattern>, D::Error> {
+    ListInput::deserialize(d)?
+        .items()
+        .iter()
+        .map(|p| p.parse().map_err(serde::de::Error::custom))
+        .collect()
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (and combinations such as `1h30m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("`{text}` is not a duration like 500ms, 10s, 5m or 1h ({e})"))
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn duration_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
+    ListInput::deserialize(d)?
+        .items()
+        .iter()
+        .map(|s| parse_duration(s).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comma_separated_lists_and_durations_parse() {
+        let parsed = duration_list(serde::de::value::StrDeserializer::<
+            serde::de::value::Error,
+        >::new("1m, 5m,15m,1h,4h"))
+        .unwrap();
+        assert_eq!(
+            parsed,
+            [60, 300, 900, 3600, 14400].map(Duration::from_secs).to_vec()
+        );
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("ten seconds").is_err());
+    }
+
+    #[test]
+    fn a_bad_prefix_names_its_key() {
+        let mut settings: Settings = config::Config::builder()
+            .build()
+            .unwrap()
+            .try_deserialize()
+            .unwrap();
+        settings.topology.prefix = "has space".into();
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("topology.prefix"), "{err}");
+    }
+}

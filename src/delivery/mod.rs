@@ -1,0 +1,8 @@
+//! Delivery: the task format, retry schedule, HTTP client, outcome recorder and the
+//! worker that ties them together.
+
+pub mod client;
+pub mod recorder;
+pub mod retry;
+pub mod task;
+pub mod worker;

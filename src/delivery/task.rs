@@ -1,0 +1,170 @@
+//! A delivery task on the wire: the exact webhook body as the AMQP payload, and what
+//! the worker needs to send, record and route it as headers. It carries everything
+//! the request needs, so the per-delivery path reads nothing from the database.
+
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+use uuid::Uuid;
+
+use crate::topology::{header_int, header_text};
+
+const DELIVERY_ID: &str = "x-herald-delivery-id";
+const EVENT_ID: &str = "x-herald-event-id";
+const ENDPOINT_ID: &str = "x-herald-endpoint-id";
+const ATTEMPT: &str = "x-herald-attempt";
+const SCHEDULE_START: &str = "x-herald-schedule-start";
+const RECEIVED_AT_MS: &str = "x-herald-received-at-ms";
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Headers added when a delivery is dead-lettered.
+pub const REASON: &str = "x-herald-reason";
+pub const LAST_STATUS: &str = "x-herald-last-status";
+pub const LAST_ERROR: &str = "x-herald-last-error";
+pub const ATTEMPTS: &str = "x-herald-attempts";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryTask {
+    pub delivery_id: Uuid,
+    pub event_id: String,
+    pub endpoint_id: Uuid,
+    /// The 1-based number of the attempt this task makes.
+    pub attempt: u32,
+    /// The attempt at which the current run of the retry schedule began (1, or the
+    /// first attempt after a redrive).
+    pub schedule_start: u32,
+    /// When Herald accepted the event, Unix milliseconds: end-to-end latency.
+    pub received_at_ms: i64,
+    pub traceparent: Option<String>,
+    /// The webhook body, byte for byte what is signed and POSTed.
+    pub body: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("malformed delivery task: {0}")]
+pub struct MalformedTask(pub &'static str);
+
+impl DeliveryTask {
+    /// Retries already made in this run of the schedule.
+    pub fn retries_done(&self) -> u32 {
+        self.attempt.saturating_sub(self.schedule_start)
+    }
+
+    /// The same task, for the next attempt.
+    pub fn next_attempt(&self) -> DeliveryTask {
+        DeliveryTask {
+            attempt: self.attempt + 1,
+            ..self.clone()
+        }
+    }
+
+    pub fn headers(&self) -> FieldTable {
+        let mut h = FieldTable::default();
+        h.insert(DELIVERY_ID.into(), text(&self.delivery_id.to_string()));
+        h.insert(EVENT_ID.into(), text(&self.event_id));
+        h.insert(ENDPOINT_ID.into(), text(&self.endpoint_id.to_string()));
+        h.insert(ATTEMPT.into(), AMQPValue::LongLongInt(self.attempt.into()));
+        h.insert(
+            SCHEDULE_START.into(),
+            AMQPValue::LongLongInt(self.schedule_start.into()),
+        );
+        h.insert(
+            RECEIVED_AT_MS.into(),
+            AMQPValue::LongLongInt(self.received_at_ms),
+        );
+        if let Some(tp) = &self.traceparent {
+            h.insert(TRACEPARENT.into(), text(tp));
+        }
+        h
+    }
+
+    /// Persistent, JSON, `message_id` = delivery id.
+    pub fn properties(&self) -> BasicProperties {
+        self.properties_with(self.headers())
+    }
+
+    pub fn properties_with(&self, headers: FieldTable) -> BasicProperties {
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(self.delivery_id.to_string().into())
+            .with_headers(headers)
+    }
+
+    /// Headers of the copy parked in the dead-letter queue: the task's own plus why.
+    pub fn dead_letter_headers(
+        &self,
+        reason: &str,
+        last_status: Option<u16>,
+        last_error: Option<&str>,
+    ) -> FieldTable {
+        let mut h = self.headers();
+        h.insert(REASON.into(), text(reason));
+        h.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(self.attempt.into()));
+        if let Some(status) = last_status {
+            h.insert(LAST_STATUS.into(), AMQPValue::LongLongInt(status.into()));
+        }
+        if let Some(error) = last_error {
+            h.insert(LAST_ERROR.into(), text(error));
+        }
+        h
+    }
+
+    pub fn from_amqp(properties: &BasicProperties, body: Vec<u8>) -> Result<Self, MalformedTask> {
+        let empty = FieldTable::default();
+        let h = properties.headers().as_ref().unwrap_or(&empty);
+        let uuid = |name: &'static str| {
+            header_text(h, name)
+                .and_then(|s| s.parse::<Uuid>().ok())
+                .ok_or(MalformedTask(name))
+        };
+        let count = |name: &'static str| {
+            header_int(h, name)
+                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| *n >= 1)
+                .ok_or(MalformedTask(name))
+        };
+        Ok(DeliveryTask {
+            delivery_id: uuid(DELIVERY_ID)?,
+            event_id: header_text(h, EVENT_ID).ok_or(MalformedTask(EVENT_ID))?,
+            endpoint_id: uuid(ENDPOINT_ID)?,
+            attempt: count(ATTEMPT)?,
+            schedule_start: count(SCHEDULE_START)?,
+            received_at_ms: header_int(h, RECEIVED_AT_MS).unwrap_or_default(),
+            traceparent: header_text(h, TRACEPARENT),
+            body,
+        })
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_survives_the_round_trip_through_amqp_properties() {
+        let task = DeliveryTask {
+            delivery_id: Uuid::now_v7(),
+            event_id: "evt-1".into(),
+            endpoint_id: Uuid::new_v4(),
+            attempt: 3,
+            schedule_start: 1,
+            received_at_ms: 1_700_000_000_123,
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            body: br#"{"id":"evt-1"}"#.to_vec(),
+        };
+        let back = DeliveryTask::from_amqp(&task.properties(), task.body.clone()).unwrap();
+        assert_eq!(back, task);
+        assert_eq!(back.retries_done(), 2);
+        assert_eq!(back.next_attempt().attempt, 4);
+    }
+
+    #[test]
+    fn a_task_without_its_ids_is_malformed() {
+        let err = DeliveryTask::from_amqp(&BasicProperties::default(), vec![]).unwrap_err();
+        assert_eq!(err.0, DELIVERY_ID);
+    }
+}

@@ -1,0 +1,370 @@
+//! The deliver role: consume delivery tasks, sign and POST each, record the attempt,
+//! then route the task — done, to a delay queue, or to the dead-letter queue — and
+//! only then acknowledge it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+};
+use lapin::types::FieldTable;
+use lapin::Connection;
+use reqwest::header::HeaderMap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::client::{header, Response, WebhookClient};
+use super::recorder::{RecordError, Recorder};
+use super::retry::{parse_retry_after, RetryPolicy};
+use super::task::DeliveryTask;
+use crate::app::Readiness;
+use crate::broker::{self, Outgoing, PublishError, Publisher};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::signing::signature_header;
+use crate::store::deliveries::{AttemptRecord, Outcome, Status};
+use crate::store::endpoints::{self, Endpoint};
+use crate::subscriptions::{Lookup, Subscriptions};
+use crate::telemetry;
+use crate::topology::Topology;
+
+/// Everything a delivery needs, shared by all of a process's deliveries.
+pub struct Deliverer {
+    pub settings: Arc<Settings>,
+    pub topology: Topology,
+    pub retry: RetryPolicy,
+    pub client: WebhookClient,
+    pub subscriptions: Arc<Subscriptions>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub pool: sqlx::PgPool,
+}
+
+/// Why a task was not settled; it goes back to the queue and will be tried again.
+#[derive(Debug, thiserror::Error)]
+enum Unsettled {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Runs the deliver role until `shutdown`, reconnecting whenever the broker goes away.
+pub async fn run(deliverer: Arc<Deliverer>, readiness: Readiness, shutdown: CancellationToken) {
+    let settings = deliverer.settings.clone();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let Some(connection) = broker::connect_with_backoff(
+            settings.amqp.url.expose(),
+            "herald-deliver",
+            settings.amqp.reconnect_max_backoff,
+            &shutdown,
+        )
+        .await
+        else {
+            return;
+        };
+        match consume(&deliverer, &connection, &readiness, &shutdown).await {
+            Ok(()) => {
+                let _ = connection.close(200, "shutdown").await;
+                return;
+            }
+            Err(error) => {
+                readiness.set_deliver(false);
+                tracing::warn!(%error, retry_in = ?backoff, "deliver consumer stopped; reconnecting");
+                let _ = connection.close(200, "reconnect").await;
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(settings.amqp.reconnect_max_backoff);
+            }
+        }
+    }
+}
+
+async fn consume(
+    deliverer: &Arc<Deliverer>,
+    connection: &Connection,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> lapin::Result<()> {
+    let channel = connection.create_channel().await?;
+    deliverer.topology.declare(&channel).await?;
+    // The prefetch is the concurrency: the broker hands out no more tasks than the
+    // process works on at once.
+    channel
+        .basic_qos(deliverer.settings.delivery.concurrency, BasicQosOptions::default())
+        .await?;
+    let publisher = Publisher::open(connection).await?;
+    let mut consumer = channel
+        .basic_consume(
+            &deliverer.topology.work_queue(),
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    readiness.set_deliver(true);
+    tracing::info!(queue = %deliverer.topology.work_queue(), "delivering");
+    let tracker = TaskTracker::new();
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => {
+                    let deliverer = deliverer.clone();
+                    let publisher = publisher.clone();
+                    tracker.spawn(async move { settle_message(&deliverer, &publisher, delivery).await });
+                }
+                Some(Err(error)) => break Err(error),
+                None => break Err(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed)),
+            }
+        }
+    };
+    readiness.set_deliver(false);
+    // Take no new tasks; let those in flight finish within the grace period. Whatever
+    // is unacknowledged when the channel closes goes back to the queue.
+    let _ = channel
+        .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+        .await;
+    tracker.close();
+    let grace = deliverer.settings.delivery.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(unfinished = tracker.len(), ?grace,
+            "deliveries still in flight after the grace period; they will be redelivered");
+    }
+    let _ = channel.close(200, "done").await;
+    result
+}
+
+/// Settles one message from the work queue: ack when done, nack (requeue) otherwise.
+async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: Delivery) {
+    let acker = delivery.acker.clone();
+    let task = match DeliveryTask::from_amqp(&delivery.properties, delivery.data) {
+        Ok(task) => task,
+        Err(error) => {
+            // Not ours, or damaged: park it where an SRE sees it rather than retry forever.
+            tracing::error!(%error, "malformed delivery task; parking it");
+            let parked = publisher
+                .publish(Outgoing {
+                    exchange: "",
+                    routing_key: &deliverer.topology.invalid_queue(),
+                    body: &[],
+                    properties: lapin::BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(crate::ingest::error_headers(
+                            delivery.properties.headers().clone(),
+                            "malformed_task",
+                            &error.to_string(),
+                        )),
+                })
+                .await;
+            let _ = match parked {
+                Ok(()) => acker.ack(BasicAckOptions::default()).await,
+                Err(_) => acker.nack(requeue()).await,
+            };
+            return;
+        }
+    };
+    let span = tracing::info_span!("deliver",
+        event_id = %task.event_id, endpoint_id = %task.endpoint_id,
+        delivery_id = %task.delivery_id, attempt = task.attempt);
+    telemetry::set_parent(&span, task.traceparent.as_deref());
+    async {
+        match deliver(deliverer, publisher, &task).await {
+            Ok(()) => {
+                if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+                    tracing::warn!(%error, "ack failed; the task will be redelivered");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "delivery not settled; returning it to the queue");
+                let _ = acker.nack(requeue()).await;
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+fn requeue() -> BasicNackOptions {
+    BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    }
+}
+
+/// One attempt and everything it causes, durable before returning `Ok`.
+async fn deliver(d: &Deliverer, publisher: &Publisher, task: &DeliveryTask) -> Result<(), Unsettled> {
+    let endpoint = match d.subscriptions.lookup(task.endpoint_id).await? {
+        Lookup::Active(endpoint) => endpoint,
+        Lookup::Disabled(reason) => {
+            let why = format!("endpoint disabled{}", reason.map(|r| format!(": {r}")).unwrap_or_default());
+            return dead_letter(d, publisher, task, "endpoint_disabled", None, &why, None).await;
+        }
+        Lookup::Deleted => {
+            return dead_letter(d, publisher, task, "endpoint_deleted", None, "endpoint deleted", None).await;
+        }
+    };
+
+    d.metrics.in_flight.inc();
+    let attempt = d
+        .client
+        .post(endpoint.url.as_url(), request_headers(&endpoint, task), task.body.clone())
+        .await;
+    d.metrics.in_flight.dec();
+    d.metrics.delivery_duration.observe(attempt.duration.as_secs_f64());
+    let duration_ms = i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX);
+    let now = Utc::now();
+
+    let (status_code, error_class, error_text, retry_after, body) = match &attempt.response {
+        Response::Answered { status, retry_after, body } => {
+            d.metrics.http_status.with_label_values(&[&status.to_string()]).inc();
+            let wait = retry_after
+                .as_deref()
+                .filter(|_| *status == 429 || *status == 503)
+                .and_then(parse_retry_after);
+            (Some(*status), None, format!("HTTP {status}"), wait, Some(truncate(body)))
+        }
+        Response::Failed { class, message } => {
+            d.metrics.delivery_errors.with_label_values(&[class.as_str()]).inc();
+            (None, Some(class.as_str()), format!("{}: {message}", class.as_str()), None, None)
+        }
+    };
+    let record = AttemptRecord {
+        attempt: task.attempt as i32,
+        status_code: status_code.map(i32::from),
+        error: error_class.map(String::from),
+        duration_ms,
+        response_body: body,
+    };
+    let mut outcome = Outcome {
+        delivery_id: task.delivery_id,
+        attempt: Some(record),
+        status: Status::Success,
+        attempts: task.attempt as i32,
+        next_retry_at: None,
+        last_status_code: status_code.map(i32::from),
+        last_error: None,
+        at: now,
+    };
+
+    if status_code.is_some_and(|s| (200..300).contains(&s)) {
+        d.metrics.deliveries.with_label_values(&["success"]).inc();
+        if task.received_at_ms > 0 {
+            let latency = (now.timestamp_millis() - task.received_at_ms).max(0) as f64 / 1000.0;
+            d.metrics.end_to_end.observe(latency);
+        }
+        d.recorder.record(outcome).await?;
+        tracing::debug!(duration_ms, "delivered");
+        return Ok(());
+    }
+
+    d.metrics.deliveries.with_label_values(&["failure"]).inc();
+    d.metrics.endpoint_failed(task.endpoint_id);
+    outcome.last_error = Some(error_text.clone());
+
+    if status_code == Some(410) {
+        // The receiver says this endpoint is gone for good: stop sending to it.
+        endpoints::set_enabled(&d.pool, task.endpoint_id, false, Some("receiver answered 410 Gone")).await?;
+        d.metrics.endpoints_disabled.inc();
+        tracing::warn!("endpoint answered 410 Gone; disabled");
+        return dead_letter(d, publisher, task, "gone", status_code, &error_text, Some(outcome)).await;
+    }
+
+    let next = d
+        .retry
+        .next_delay(task.retries_done(), retry_after, &mut rand::thread_rng());
+    match next {
+        Some(delay) => {
+            outcome.status = Status::Retrying;
+            outcome.next_retry_at = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+            d.recorder.record(outcome).await?;
+            let next_task = task.next_attempt();
+            publisher
+                .publish(Outgoing {
+                    exchange: "",
+                    routing_key: &d.topology.delay_queue(delay),
+                    body: &next_task.body,
+                    properties: next_task.properties(),
+                })
+                .await?;
+            d.metrics.retries.inc();
+            tracing::info!(error = %error_text, retry_in = ?delay, "attempt failed; retry scheduled");
+            Ok(())
+        }
+        None => {
+            dead_letter(d, publisher, task, "retries_exhausted", status_code, &error_text, Some(outcome)).await
+        }
+    }
+}
+
+/// Ends a delivery as `failed` and parks its task in the dead-letter queue.
+async fn dead_letter(
+    d: &Deliverer,
+    publisher: &Publisher,
+    task: &DeliveryTask,
+    reason: &str,
+    last_status: Option<u16>,
+    error: &str,
+    outcome: Option<Outcome>,
+) -> Result<(), Unsettled> {
+    let mut outcome = outcome.unwrap_or_else(|| Outcome {
+        delivery_id: task.delivery_id,
+        attempt: None,
+        status: Status::Failed,
+        attempts: task.attempt as i32 - 1,
+        next_retry_at: None,
+        last_status_code: None,
+        last_error: None,
+        at: Utc::now(),
+    });
+    outcome.status = Status::Failed;
+    outcome.next_retry_at = None;
+    outcome.last_error = Some(format!("{reason}: {error}"));
+    d.recorder.record(outcome).await?;
+    publisher
+        .publish(Outgoing {
+            exchange: "",
+            routing_key: &d.topology.dlq(),
+            body: &task.body,
+            properties: task.properties_with(task.dead_letter_headers(reason, last_status, Some(error))),
+        })
+        .await?;
+    d.metrics.dead_lettered.with_label_values(&[reason]).inc();
+    tracing::warn!(reason, error, "delivery failed; moved to the dead-letter queue");
+    Ok(())
+}
+
+/// Standard Webhooks headers plus Herald's own, signed at this moment.
+fn request_headers(endpoint: &Endpoint, task: &DeliveryTask) -> HeaderMap {
+    let timestamp = Utc::now().timestamp();
+    let signature = signature_header(&endpoint.secrets, &task.event_id, timestamp, &task.body);
+    let mut headers = HeaderMap::with_capacity(6);
+    for (name, value) in [
+        header("webhook-id", &task.event_id),
+        header("webhook-timestamp", &timestamp.to_string()),
+        header("webhook-signature", &signature),
+        header("x-herald-attempt", &task.attempt.to_string()),
+    ] {
+        headers.insert(name, value);
+    }
+    if let Some(traceparent) = telemetry::current_traceparent() {
+        let (name, value) = header("traceparent", &traceparent);
+        headers.insert(name, value);
+    }
+    headers
+}
+
+/// Response bodies are stored truncated; the client already read at most the limit.
+fn truncate(body: &str) -> String {
+    body.to_string()
+}

@@ -1,0 +1,131 @@
+//! The dead-letter queue from an SRE's side: what failed and why (from PostgreSQL),
+//! and redrive — sending dead deliveries again with a fresh retry schedule.
+//!
+//! Redrive reads `<prefix>.dlq` itself, so the queue and the records stay in step:
+//! each selected message is republished to the work exchange (confirmed), its delivery
+//! marked `pending` again, and only then acknowledged; messages not selected are held
+//! until the end and returned to the queue in their order.
+
+use std::collections::HashSet;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::broker::{self, Outgoing, Publisher};
+use crate::config::Settings;
+use crate::delivery::retry::RetryPolicy;
+use crate::delivery::task::DeliveryTask;
+use crate::store::deliveries::{self, DeliveryView, Filter};
+use crate::topology::{self, Topology, WORK_ROUTING_KEY};
+
+/// Messages republished per confirm round.
+const CHUNK: usize = 500;
+
+#[derive(Debug, Clone)]
+pub enum Selection {
+    All,
+    Deliveries(Vec<Uuid>),
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RedriveReport {
+    pub redriven: Vec<Uuid>,
+    /// Requested deliveries with no message in the dead-letter queue.
+    pub not_found: Vec<Uuid>,
+}
+
+/// Failed deliveries, newest first, with the reason in `last_error`.
+pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<DeliveryView>, sqlx::Error> {
+    deliveries::list(
+        pool,
+        &Filter {
+            status: Some("failed".into()),
+            limit,
+            ..Default::default()
+        },
+    )
+    .await
+}
+
+pub async fn redrive(
+    settings: &Settings,
+    pool: &PgPool,
+    selection: Selection,
+) -> anyhow::Result<RedriveReport> {
+    let topology = Topology::new(settings, &RetryPolicy::from_settings(&settings.delivery));
+    let connection = broker::connect(settings.amqp.url.expose(), "herald-dlq-redrive").await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    let publisher = Publisher::open(&connection).await?;
+    let dlq = topology.dlq();
+    let work_exchange = topology.work_exchange();
+    let wanted: Option<HashSet<Uuid>> = match &selection {
+        Selection::All => None,
+        Selection::Deliveries(ids) => Some(ids.iter().copied().collect()),
+    };
+
+    // Only what is in the queue now: redriven messages that fail again come back later.
+    let depth = topology::queue_depth(&channel, &dlq).await?;
+    let mut report = RedriveReport::default();
+    let mut seen = 0u32;
+    while seen < depth {
+        let mut chunk = Vec::new();
+        while chunk.len() < CHUNK && seen < depth {
+            let Some(message) = channel
+                .basic_get(&dlq, BasicGetOptions { no_ack: false })
+                .await?
+            else {
+                seen = depth;
+                break;
+            };
+            seen += 1;
+            let delivery = message.delivery;
+            let task = match DeliveryTask::from_amqp(&delivery.properties, delivery.data.clone()) {
+                Ok(task) => task,
+                Err(error) => {
+                    tracing::warn!(%error, "unreadable message left in the dead-letter queue");
+                    continue;
+                }
+            };
+            if wanted.as_ref().is_none_or(|w| w.contains(&task.delivery_id)) {
+                chunk.push((delivery.delivery_tag, task));
+            }
+        }
+        if chunk.is_empty() {
+            continue;
+        }
+        let fresh: Vec<DeliveryTask> = chunk
+            .iter()
+            .map(|(_, task)| DeliveryTask {
+                attempt: task.attempt + 1,
+                schedule_start: task.attempt + 1,
+                ..task.clone()
+            })
+            .collect();
+        publisher
+            .publish_all(fresh.iter().map(|t| Outgoing {
+                exchange: &work_exchange,
+                routing_key: WORK_ROUTING_KEY,
+                body: &t.body,
+                properties: t.properties(),
+            }).collect())
+            .await?;
+        let ids: Vec<Uuid> = fresh.iter().map(|t| t.delivery_id).collect();
+        deliveries::mark_redriven(pool, &ids).await?;
+        for (tag, _) in &chunk {
+            channel.basic_ack(*tag, BasicAckOptions::default()).await?;
+        }
+        report.redriven.extend(ids);
+    }
+    if let Some(wanted) = wanted {
+        let done: HashSet<Uuid> = report.redriven.iter().copied().collect();
+        report.not_found = wanted.difference(&done).copied().collect();
+    }
+    // Closing the channel returns every message we held but did not select.
+    let _ = channel.close(200, "redrive done").await;
+    let _ = connection.close(200, "redrive done").await;
+    tracing::info!(redriven = report.redriven.len(), "dead-letter queue redriven");
+    Ok(report)
+}

@@ -1,0 +1,18 @@
+//! Domain types that cannot be invalid: parsed once at the edge, trusted inside.
+
+mod event_type;
+mod pattern;
+mod secret;
+mod signing_secret;
+mod url;
+
+pub use event_type::EventType;
+pub use pattern::{TopicPattern, TopicTrie};
+pub use secret::Secret;
+pub use signing_secret::SigningSecret;
+pub use url::EndpointUrl;
+
+/// Why a value was refused at the edge; the message is shown to the user as is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidValue(pub String);

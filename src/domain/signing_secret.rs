@@ -1,0 +1,100 @@
+//! `SigningSecret`: an endpoint's HMAC key, `whsec_` + base64 of 24–64 random bytes.
+
+use std::fmt;
+use std::str::FromStr;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use rand::RngCore;
+
+use super::InvalidValue;
+
+const PREFIX: &str = "whsec_";
+const MIN_BYTES: usize = 24;
+const MAX_BYTES: usize = 64;
+const GENERATED_BYTES: usize = 32;
+
+/// The decoded key and its `whsec_…` text; `Debug` never shows either.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SigningSecret {
+    key: Vec<u8>,
+    text: String,
+}
+
+impl SigningSecret {
+    /// A fresh secret of 32 random bytes from the OS generator.
+    pub fn generate() -> Self {
+        let mut key = vec![0u8; GENERATED_BYTES];
+        rand::rngs::OsRng.fill_bytes(&mut key);
+        let text = format!("{PREFIX}{}", STANDARD.encode(&key));
+        Self { key, text }
+    }
+
+    /// The HMAC key (the base64-decoded part).
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    /// The `whsec_…` form, for storing and for showing once to the endpoint's owner.
+    pub fn expose(&self) -> &str {
+        &self.text
+    }
+}
+
+impl FromStr for SigningSecret {
+    type Err = InvalidValue;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let encoded = s.strip_prefix(PREFIX).ok_or_else(|| {
+            InvalidValue(format!("a signing secret starts with `{PREFIX}`"))
+        })?;
+        let key = STANDARD
+            .decode(encoded)
+            .map_err(|_| InvalidValue("a signing secret is whsec_ + base64".into()))?;
+        if !(MIN_BYTES..=MAX_BYTES).contains(&key.len()) {
+            return Err(InvalidValue(format!(
+                "a signing secret holds {MIN_BYTES} to {MAX_BYTES} bytes, this one {}",
+                key.len()
+            )));
+        }
+        Ok(Self {
+            key,
+            text: s.to_string(),
+        })
+    }
+}
+
+impl fmt::Debug for SigningSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningSecret([redacted])")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_round_trip_and_are_distinct() {
+        let a = SigningSecret::generate();
+        let b = SigningSecret::generate();
+        assert_ne!(a, b);
+        let parsed: SigningSecret = a.expose().parse().unwrap();
+        assert_eq!(parsed.key(), a.key());
+        assert_eq!(parsed.key().len(), 32);
+    }
+
+    #[test]
+    fn refuses_secrets_without_prefix_or_of_the_wrong_size() {
+        assert!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<SigningSecret>().is_err());
+        assert!("whsec_c2hvcnQ=".parse::<SigningSecret>().is_err());
+        assert!("whsec_!!!".parse::<SigningSecret>().is_err());
+        assert!("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<SigningSecret>().is_ok());
+    }
+
+    #[test]
+    fn debug_redacts_the_key() {
+        let s = SigningSecret::generate();
+        assert!(!format!("{s:?}").contains(&s.expose()[6..]));
+    }
+}

@@ -1,0 +1,349 @@
+//! The ingest role: consume published events, record them and fan each out into one
+//! delivery task per subscribed endpoint.
+//!
+//! Per batch of messages: parse (refusals are parked in `<prefix>.invalid`), match
+//! against the in-memory subscriptions, record events and deliveries in one
+//! transaction (idempotent on the event id), publish the tasks with confirms, and only
+//! then acknowledge the batch.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::Connection;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Readiness;
+use crate::broker::{self, Outgoing, PublishError, Publisher};
+use crate::config::Settings;
+use crate::delivery::task::DeliveryTask;
+use crate::envelope::{self, Event, Inbound};
+use crate::metrics::Metrics;
+use crate::store::events::{self, FanOut, Recorded};
+use crate::subscriptions::Subscriptions;
+use crate::telemetry;
+use crate::topology::{header_text, Topology, WORK_ROUTING_KEY};
+
+pub struct Ingestor {
+    pub settings: Arc<Settings>,
+    pub topology: Topology,
+    pub subscriptions: Arc<Subscriptions>,
+    pub metrics: Arc<Metrics>,
+    pub pool: sqlx::PgPool,
+}
+
+/// Why a batch was not acknowledged; its messages will be redelivered.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("stopped before the batch was recorded: {0}")]
+    Stopped(sqlx::Error),
+}
+
+/// Runs `ingest.consumers` consumers until `shutdown`, each reconnecting on its own.
+pub async fn run(ingestor: Arc<Ingestor>, readiness: Readiness, shutdown: CancellationToken) {
+    let consumers = (0..ingestor.settings.ingest.consumers)
+        .map(|n| tokio::spawn(run_consumer(ingestor.clone(), readiness.clone(), shutdown.clone(), n)));
+    futures_util::future::join_all(consumers).await;
+}
+
+async fn run_consumer(ingestor: Arc<Ingestor>, readiness: Readiness, shutdown: CancellationToken, n: usize) {
+    let settings = ingestor.settings.clone();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let Some(connection) = broker::connect_with_backoff(
+            settings.amqp.url.expose(),
+            &format!("herald-ingest-{n}"),
+            settings.amqp.reconnect_max_backoff,
+            &shutdown,
+        )
+        .await
+        else {
+            return;
+        };
+        let result = consume(&ingestor, &connection, &readiness, &shutdown).await;
+        readiness.set_ingest(false);
+        let _ = connection.close(200, "closing").await;
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "ingest consumer stopped; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(settings.amqp.reconnect_max_backoff);
+            }
+        }
+    }
+}
+
+async fn consume(
+    ingestor: &Ingestor,
+    connection: &Connection,
+    readiness: &Readiness,
+    shutdown: &CancellationToken,
+) -> Result<(), IngestError> {
+    let channel = connection.create_channel().await?;
+    ingestor.topology.declare(&channel).await?;
+    channel
+        .basic_qos(ingestor.settings.ingest.prefetch, BasicQosOptions::default())
+        .await?;
+    let publisher = Publisher::open(connection).await?;
+    let mut consumer = channel
+        .basic_consume(
+            &ingestor.topology.ingest_queue(),
+            "",
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    readiness.set_ingest(true);
+    tracing::info!(queue = %ingestor.topology.ingest_queue(), "ingesting");
+    let max_batch = ingestor.settings.ingest.batch_size;
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            next = consumer.next() => match next {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(error)) => return Err(error.into()),
+                None => return Err(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into()),
+            }
+        };
+        // Whatever else the broker has already handed us joins the batch.
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match consumer.next().now_or_never() {
+                Some(Some(Ok(delivery))) => batch.push(delivery),
+                Some(Some(Err(error))) => return Err(error.into()),
+                _ => break,
+            }
+        }
+        fan_out(ingestor, &publisher, &batch, shutdown).await?;
+        let last = batch.last().expect("batch is not empty").delivery_tag;
+        channel
+            .basic_ack(last, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    let _ = channel
+        .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
+        .await;
+    let _ = channel.close(200, "shutdown").await;
+    Ok(())
+}
+
+/// The plain view of an AMQP message that `envelope::parse` reads.
+fn inbound(delivery: &Delivery) -> Inbound<'_> {
+    let p = &delivery.properties;
+    let headers = p
+        .headers()
+        .as_ref()
+        .map(|table| {
+            table
+                .inner()
+                .keys()
+                .filter_map(|k| header_text(table, k.as_str()).map(|v| (k.as_str(), v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Inbound {
+        body: &delivery.data,
+        content_type: p.content_type().as_ref().map(|s| s.as_str()),
+        message_id: p.message_id().as_ref().map(|s| s.as_str()),
+        type_property: p.kind().as_ref().map(|s| s.as_str()),
+        routing_key: delivery.routing_key.as_str(),
+        timestamp: *p.timestamp(),
+        headers,
+    }
+}
+
+/// An accepted event and what its message said about tracing and redelivery.
+struct Accepted {
+    event: Event,
+    redelivered: bool,
+    traceparent: Option<String>,
+}
+
+/// Records and fans out one batch; `Ok` means everything it caused is durable.
+pub async fn fan_out(
+    ingestor: &Ingestor,
+    publisher: &Publisher,
+    batch: &[Delivery],
+    shutdown: &CancellationToken,
+) -> Result<(), IngestError> {
+    let received_at = Utc::now();
+    let max_body = ingestor.settings.ingest.max_body_bytes;
+    let invalid_queue = ingestor.topology.invalid_queue();
+    let mut accepted = Vec::with_capacity(batch.len());
+    let mut parked = Vec::new();
+    for delivery in batch {
+        let message = inbound(delivery);
+        match envelope::parse(&message, max_body, received_at) {
+            Ok(event) => {
+                let span = tracing::info_span!("ingest", event_id = %event.id, event_type = %event.event_type);
+                let parent = message
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
+                    .map(|(_, v)| v.as_str());
+                telemetry::set_parent(&span, parent);
+                let traceparent = span.in_scope(telemetry::current_traceparent);
+                accepted.push(Accepted {
+                    event,
+                    redelivered: delivery.redelivered,
+                    traceparent,
+                });
+            }
+            Err(rejection) => {
+                tracing::warn!(reason = rejection.reason.as_str(), error = %rejection.detail,
+                    exchange = %delivery.exchange, routing_key = %delivery.routing_key,
+                    "message refused; parked in {invalid_queue}");
+                parked.push((delivery, rejection));
+            }
+        }
+    }
+
+    if !parked.is_empty() {
+        let mut messages = Vec::with_capacity(parked.len());
+        for (delivery, rejection) in &parked {
+            let mut headers = error_headers(
+                delivery.properties.headers().clone(),
+                rejection.reason.as_str(),
+                &rejection.detail,
+            );
+            headers.insert("x-herald-exchange".into(), text(delivery.exchange.as_str()));
+            headers.insert("x-herald-routing-key".into(), text(delivery.routing_key.as_str()));
+            messages.push(Outgoing {
+                exchange: "",
+                routing_key: &invalid_queue,
+                body: &delivery.data,
+                properties: delivery.properties.clone().with_delivery_mode(2).with_headers(headers),
+            });
+        }
+        publisher.publish_all(messages).await?;
+        for (_, rejection) in &parked {
+            ingestor.metrics.parked.with_label_values(&[rejection.reason.as_str()]).inc();
+        }
+    }
+
+    // The same id twice in one batch is one event.
+    let mut seen = HashSet::with_capacity(accepted.len());
+    accepted.retain(|a| {
+        let first = seen.insert(a.event.id.clone());
+        if !first {
+            ingestor.metrics.events_duplicate.inc();
+        }
+        first
+    });
+    if accepted.is_empty() {
+        return Ok(());
+    }
+
+    let snapshot = ingestor.subscriptions.snapshot();
+    let fan_outs: Vec<FanOut> = accepted
+        .iter()
+        .map(|a| FanOut {
+            event: &a.event,
+            endpoints: snapshot
+                .matching(a.event.event_type.as_str(), a.event.tenant_id.as_deref())
+                .iter()
+                .map(|e| e.id)
+                .collect(),
+            redelivered: a.redelivered,
+        })
+        .collect();
+
+    let recorded = record_with_retry(ingestor, &fan_outs, received_at, shutdown).await?;
+
+    let received_at_ms = received_at.timestamp_millis();
+    let mut tasks = Vec::new();
+    for ((a, fan_out), result) in accepted.iter().zip(&fan_outs).zip(recorded) {
+        let deliveries = match result {
+            Recorded::New(deliveries) => {
+                ingestor.metrics.events_ingested.inc();
+                ingestor.metrics.fanout_size.observe(fan_out.endpoints.len() as f64);
+                if fan_out.endpoints.is_empty() {
+                    ingestor.metrics.events_unmatched.inc();
+                }
+                deliveries
+            }
+            Recorded::Duplicate(pending) => {
+                ingestor.metrics.events_duplicate.inc();
+                tracing::debug!(event_id = %a.event.id, republished = pending.len(), "event already recorded");
+                pending
+            }
+        };
+        if deliveries.is_empty() {
+            continue;
+        }
+        let body = a.event.webhook_body();
+        for d in deliveries {
+            tasks.push(DeliveryTask {
+                delivery_id: d.delivery_id,
+                event_id: a.event.id.clone(),
+                endpoint_id: d.endpoint_id,
+                attempt: 1,
+                schedule_start: 1,
+                received_at_ms,
+                traceparent: a.traceparent.clone(),
+                body: body.clone(),
+            });
+        }
+    }
+    let work_exchange = ingestor.topology.work_exchange();
+    publisher
+        .publish_all(tasks.iter().map(|t| Outgoing {
+            exchange: &work_exchange,
+            routing_key: WORK_ROUTING_KEY,
+            body: &t.body,
+            properties: t.properties(),
+        }).collect())
+        .await?;
+    Ok(())
+}
+
+/// Retries the transaction while the database is away; gives up only on shutdown, and
+/// then the batch is left unacknowledged for redelivery.
+async fn record_with_retry(
+    ingestor: &Ingestor,
+    fan_outs: &[FanOut<'_>],
+    received_at: chrono::DateTime<Utc>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Recorded>, IngestError> {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match events::record_fan_out(&ingestor.pool, fan_outs, received_at).await {
+            Ok(recorded) => return Ok(recorded),
+            Err(error) if shutdown.is_cancelled() => return Err(IngestError::Stopped(error)),
+            Err(error) => {
+                tracing::warn!(%error, events = fan_outs.len(), retry_in = ?delay,
+                    "cannot record events; holding the batch until the database is back");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value))
+}
+
+/// A message's headers plus `x-herald-error` ("reason: detail") and `x-herald-reason`.
+pub fn error_headers(headers: Option<FieldTable>, reason: &str, detail: &str) -> FieldTable {
+    let mut headers = headers.unwrap_or_default();
+    headers.insert("x-herald-error".into(), text(&format!("{reason}: {detail}")));
+    headers.insert("x-herald-reason".into(), text(reason));
+    headers
+}

@@ -1,0 +1,32 @@
+//! Herald: broker-native webhook fan-out.
+//!
+//! ERP services publish domain events to RabbitMQ topic exchanges; Herald records each
+//! event once, fans it out to every subscribed endpoint, signs each webhook (Standard
+//! Webhooks), retries through broker delay queues, dead-letters what cannot be
+//! delivered, and records every delivery and attempt in PostgreSQL.
+//!
+//! Layout: `config` (settings) → `app` (roles, lifecycle) → `ingest` (consume, fan
+//! out) and `delivery` (sign, POST, retry); `envelope` (message → event), `domain`
+//! (validated types), `signing`, `topology` (queues), `broker` (AMQP), `store`
+//! (PostgreSQL), `subscriptions` (in-memory matching), `dlq`, `api` (HTTP), `metrics`,
+//! `telemetry`, `cli`.
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod config;
+pub mod delivery;
+pub mod dlq;
+pub mod domain;
+pub mod envelope;
+pub mod ingest;
+pub mod metrics;
+pub mod signing;
+pub mod store;
+pub mod subscriptions;
+pub mod telemetry;
+pub mod topology;
+
+pub use app::{App, Role};
+pub use config::Settings;

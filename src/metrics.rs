@@ -1,0 +1,145 @@
+//! Prometheus metrics, one registry per running application (so tests can run many
+//! side by side). Names and labels are documented in `docs/operations.md`; label
+//! values are bounded sets — never event ids or URLs.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use uuid::Uuid;
+
+use crate::envelope::ParkReason;
+
+pub struct Metrics {
+    registry: Registry,
+    per_endpoint: bool,
+    pub deliveries: IntCounterVec,
+    pub delivery_duration: Histogram,
+    pub retries: IntCounter,
+    pub http_status: IntCounterVec,
+    pub delivery_errors: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub events_ingested: IntCounter,
+    pub events_duplicate: IntCounter,
+    pub events_unmatched: IntCounter,
+    pub parked: IntCounterVec,
+    pub fanout_size: Histogram,
+    pub in_flight: IntGauge,
+    pub endpoints_disabled: IntCounter,
+    pub queue_messages: IntGaugeVec,
+    pub queue_oldest_age: prometheus::GaugeVec,
+    pub db_pool: IntGaugeVec,
+    pub db_pool_max: IntGauge,
+    pub endpoint_failures: IntCounterVec,
+    pub ready: IntGauge,
+    pub end_to_end: Histogram,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    registry.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+impl Metrics {
+    pub fn new(per_endpoint: bool) -> Self {
+        let r = Registry::new();
+        let queue_oldest_age = prometheus::GaugeVec::new(
+            Opts::new(
+                "herald_queue_oldest_message_age_seconds",
+                "Age of the oldest message in a Herald queue",
+            ),
+            &["queue"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(queue_oldest_age.clone()))
+            .expect("unique metric");
+        let m = Metrics {
+            per_endpoint,
+            deliveries: counter_vec(&r, "webhook_deliveries_total", "Delivery attempts by outcome (success, failure)", "status"),
+            delivery_duration: histogram(&r, "webhook_delivery_duration_seconds", "Duration of one HTTP delivery attempt", LATENCY_BUCKETS.to_vec()),
+            retries: counter(&r, "webhook_retries_total", "Retries scheduled through delay queues"),
+            http_status: counter_vec(&r, "webhook_delivery_http_status", "HTTP status codes answered by endpoints", "code"),
+            delivery_errors: counter_vec(&r, "herald_delivery_errors_total", "Attempts that got no HTTP response, by class", "class"),
+            dead_lettered: counter_vec(&r, "herald_deliveries_dead_lettered_total", "Deliveries moved to the dead-letter queue, by reason", "reason"),
+            events_ingested: counter(&r, "herald_events_ingested_total", "Events accepted and recorded for the first time"),
+            events_duplicate: counter(&r, "herald_events_duplicate_total", "Messages whose event id was already recorded"),
+            events_unmatched: counter(&r, "herald_events_unmatched_total", "Accepted events that matched no endpoint"),
+            parked: counter_vec(&r, "herald_messages_parked_total", "Messages moved to the invalid queue, by reason", "reason"),
+            fanout_size: histogram(&r, "herald_fanout_size", "Endpoints matched per event", vec![0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0]),
+            in_flight: gauge(&r, "herald_deliveries_in_flight", "Delivery attempts in progress"),
+            endpoints_disabled: counter(&r, "herald_endpoints_disabled_total", "Endpoints disabled because they answered 410 Gone"),
+            queue_messages: gauge_vec(&r, "herald_queue_messages", "Messages ready in a Herald queue", "queue"),
+            queue_oldest_age,
+            db_pool: gauge_vec(&r, "herald_db_pool_connections", "Database pool connections by state", "state"),
+            db_pool_max: gauge(&r, "herald_db_pool_max_connections", "Database pool size limit"),
+            endpoint_failures: counter_vec(&r, "herald_endpoint_failures_total", "Failed attempts per endpoint (api.per_endpoint_metrics)", "endpoint_id"),
+            ready: gauge(&r, "herald_ready", "1 when broker, database and consumers are up"),
+            end_to_end: histogram(&r, "webhook_end_to_end_latency_seconds", "From event received by Herald to successful delivery", LATENCY_BUCKETS.to_vec()),
+            registry: r,
+        };
+        // Series that alerts divide by exist from the start, at zero.
+        for status in ["success", "failure"] {
+            m.deliveries.with_label_values(&[status]);
+        }
+        for reason in ParkReason::ALL {
+            m.parked.with_label_values(&[reason.as_str()]);
+        }
+        m
+    }
+
+    pub fn endpoint_failed(&self, endpoint_id: Uuid) {
+        if self.per_endpoint {
+            self.endpoint_failures
+                .with_label_values(&[&endpoint_id.to_string()])
+                .inc();
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buffer)
+            .expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("Prometheus text is UTF-8")
+    }
+
+    /// Every metric family name registered (dashboards are checked against it).
+    pub fn names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
+    }
+}

@@ -1,0 +1,199 @@
+//! `herald.deliveries` and `herald.delivery_attempts`: outcomes recorded in batches,
+//! and the views SREs read (failed deliveries, attempts).
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pending,
+    Retrying,
+    Success,
+    Failed,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Retrying => "retrying",
+            Status::Success => "success",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// One HTTP attempt.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub attempt: i32,
+    pub status_code: Option<i32>,
+    /// Failure class when there was no response (`timeout`, `connect`, …).
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    pub response_body: Option<String>,
+}
+
+/// The new state of a delivery after an attempt (or after finding its endpoint gone).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub delivery_id: Uuid,
+    pub attempt: Option<AttemptRecord>,
+    pub status: Status,
+    pub attempts: i32,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// Records many outcomes in one transaction: attempts inserted, deliveries updated.
+/// A delivery already `success` is never moved back (a duplicate task after a crash).
+pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let attempts: Vec<(&Outcome, &AttemptRecord)> = outcomes
+        .iter()
+        .filter_map(|o| o.attempt.as_ref().map(|a| (o, a)))
+        .collect();
+    if !attempts.is_empty() {
+        sqlx::query(
+            "INSERT INTO herald.delivery_attempts
+                 (delivery_id, attempt, status_code, error, duration_ms, response_body, attempted_at)
+             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::int4[], $4::text[], $5::int4[],
+                                  $6::text[], $7::timestamptz[])
+             ON CONFLICT (delivery_id, attempt) DO NOTHING",
+        )
+        .bind(attempts.iter().map(|(o, _)| o.delivery_id).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|(_, a)| a.attempt).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|(_, a)| a.status_code).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|(_, a)| a.error.as_deref()).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|(_, a)| a.duration_ms).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|(_, a)| a.response_body.as_deref()).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|(o, _)| o.at).collect::<Vec<_>>())
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "UPDATE herald.deliveries d SET
+             status = u.status,
+             attempts = GREATEST(d.attempts, u.attempts),
+             next_retry_at = u.next_retry_at,
+             last_status_code = COALESCE(u.last_status_code, d.last_status_code),
+             last_error = u.last_error,
+             delivered_at = CASE WHEN u.status = 'success' THEN u.at ELSE d.delivered_at END,
+             updated_at = u.at
+         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[], $5::int4[],
+                     $6::text[], $7::timestamptz[])
+              AS u(id, status, attempts, next_retry_at, last_status_code, last_error, at)
+         WHERE d.id = u.id AND d.status <> 'success'",
+    )
+    .bind(outcomes.iter().map(|o| o.delivery_id).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.attempts).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.next_retry_at).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.last_status_code).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.last_error.as_deref()).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// A delivery as SREs see it.
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct DeliveryView {
+    pub id: Uuid,
+    pub event_id: String,
+    pub event_type: String,
+    pub tenant_id: Option<String>,
+    pub endpoint_id: Uuid,
+    pub url: String,
+    pub status: String,
+    pub attempts: i32,
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub last_status_code: Option<i32>,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+const VIEW: &str = "SELECT d.id, d.event_id, e.type AS event_type, e.tenant_id, d.endpoint_id,
+        ep.url, d.status, d.attempts, d.next_retry_at, d.last_status_code, d.last_error,
+        d.created_at, d.updated_at, d.delivered_at
+    FROM herald.deliveries d
+    JOIN herald.events e ON e.id = d.event_id
+    JOIN herald.endpoints ep ON ep.id = d.endpoint_id";
+
+/// Filters for listing deliveries; `None` means any.
+#[derive(Debug, Default, Clone)]
+pub struct Filter {
+    pub status: Option<String>,
+    pub endpoint_id: Option<Uuid>,
+    pub event_id: Option<String>,
+    pub limit: i64,
+}
+
+pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<DeliveryView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{VIEW} WHERE ($1::text IS NULL OR d.status = $1)
+            AND ($2::uuid IS NULL OR d.endpoint_id = $2)
+            AND ($3::text IS NULL OR d.event_id = $3)
+         ORDER BY d.updated_at DESC LIMIT $4"
+    ))
+    .bind(&filter.status)
+    .bind(filter.endpoint_id)
+    .bind(&filter.event_id)
+    .bind(filter.limit.clamp(1, 10_000))
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, sqlx::Error> {
+    sqlx::query_as(&format!("{VIEW} WHERE d.id = $1"))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+#[derive(Debug, Clone, Serialize, FromRow)]
+pub struct AttemptView {
+    pub attempt: i32,
+    pub status_code: Option<i32>,
+    pub error: Option<String>,
+    pub duration_ms: i32,
+    pub response_body: Option<String>,
+    pub attempted_at: DateTime<Utc>,
+}
+
+pub async fn attempts(pool: &PgPool, delivery_id: Uuid) -> Result<Vec<AttemptView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT attempt, status_code, error, duration_ms, response_body, attempted_at
+         FROM herald.delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
+    )
+    .bind(delivery_id)
+    .fetch_all(pool)
+    .await
+}
+
+/// Marks redriven deliveries as pending again (their new tasks are already confirmed).
+pub async fn mark_redriven(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now()
+         WHERE id = ANY($1) AND status = 'failed'",
+    )
+    .bind(ids)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Count of deliveries per status, for tests and the CLI.
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) FROM herald.deliveries GROUP BY status ORDER BY status")
+        .fetch_all(pool)
+        .await
+}

@@ -1,0 +1,201 @@
+//! The in-memory subscription cache: every active endpoint and a trie of their
+//! patterns, so matching an event costs no query. Reloaded when PostgreSQL notifies a
+//! change (`LISTEN herald_endpoints`, fired by a trigger on `herald.endpoints`), and
+//! every minute in case a notification was missed while disconnected.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::domain::TopicTrie;
+use crate::store::endpoints::{self, Endpoint};
+
+const CHANNEL: &str = "herald_endpoints";
+const SAFETY_RELOAD: Duration = Duration::from_secs(60);
+
+/// One immutable view of the active endpoints.
+#[derive(Default)]
+pub struct Snapshot {
+    endpoints: Vec<Arc<Endpoint>>,
+    by_id: HashMap<Uuid, usize>,
+    trie: TopicTrie<usize>,
+}
+
+impl Snapshot {
+    pub fn build(list: Vec<Endpoint>) -> Self {
+        let mut trie = TopicTrie::new();
+        let mut by_id = HashMap::with_capacity(list.len());
+        let endpoints: Vec<Arc<Endpoint>> = list.into_iter().map(Arc::new).collect();
+        for (index, endpoint) in endpoints.iter().enumerate() {
+            by_id.insert(endpoint.id, index);
+            for pattern in &endpoint.event_types {
+                trie.insert(pattern, index);
+            }
+        }
+        Self {
+            endpoints,
+            by_id,
+            trie,
+        }
+    }
+
+    /// The endpoints subscribed to this event type and tenant.
+    pub fn matching(&self, event_type: &str, tenant: Option<&str>) -> Vec<&Arc<Endpoint>> {
+        self.trie
+            .matches(event_type)
+            .into_iter()
+            .map(|i| &self.endpoints[i])
+            .filter(|e| e.accepts_tenant(tenant))
+            .collect()
+    }
+
+    pub fn get(&self, id: &Uuid) -> Option<&Arc<Endpoint>> {
+        self.by_id.get(id).map(|i| &self.endpoints[*i])
+    }
+
+    pub fn len(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.endpoints.is_empty()
+    }
+}
+
+/// The shared cache; cheap to read from any task.
+pub struct Subscriptions {
+    pool: PgPool,
+    current: RwLock<Arc<Snapshot>>,
+}
+
+/// What became of an endpoint a delivery task names.
+pub enum Lookup {
+    Active(Arc<Endpoint>),
+    Disabled(Option<String>),
+    Deleted,
+}
+
+impl Subscriptions {
+    /// An empty cache; `reload` fills it.
+    pub fn new(pool: PgPool) -> Arc<Self> {
+        Arc::new(Self {
+            pool,
+            current: RwLock::new(Arc::new(Snapshot::default())),
+        })
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.read().expect("lock not poisoned").clone()
+    }
+
+    pub async fn reload(&self) -> Result<usize, sqlx::Error> {
+        let list = endpoints::load_active(&self.pool).await?;
+        let snapshot = Arc::new(Snapshot::build(list));
+        let count = snapshot.len();
+        *self.current.write().expect("lock not poisoned") = snapshot;
+        tracing::debug!(endpoints = count, "subscription cache reloaded");
+        Ok(count)
+    }
+
+    /// Loads the cache, retrying while the database is away; `false` if shutdown came
+    /// first.
+    pub async fn wait_loaded(&self, shutdown: &CancellationToken) -> bool {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.reload().await {
+                Ok(count) => {
+                    tracing::info!(endpoints = count, "subscriptions loaded");
+                    return true;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, retry_in = ?delay, "cannot load subscriptions; waiting for the database");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return false,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// The endpoint of a delivery task. A miss (created a moment ago in another
+    /// process, or disabled/deleted) is settled by one query.
+    pub async fn lookup(&self, id: Uuid) -> Result<Lookup, sqlx::Error> {
+        if let Some(endpoint) = self.snapshot().get(&id) {
+            return Ok(Lookup::Active(endpoint.clone()));
+        }
+        Ok(match endpoints::get(&self.pool, id).await? {
+            None => Lookup::Deleted,
+            Some(e) if e.deleted => Lookup::Deleted,
+            Some(e) if !e.enabled => Lookup::Disabled(e.disabled_reason),
+            Some(e) => Lookup::Active(Arc::new(e)),
+        })
+    }
+
+    /// Keeps the cache fresh until shutdown: LISTEN for changes, reload on each (a
+    /// burst of changes costs one reload), reconnect with backoff when the database
+    /// goes away, and reload every minute regardless.
+    pub async fn keep_fresh(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            let mut listener = match PgListener::connect_with(&self.pool).await {
+                Ok(mut l) => match l.listen(CHANNEL).await {
+                    Ok(()) => l,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot LISTEN for endpoint changes");
+                        sleep_or_stop(&shutdown, backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(%error, "database unreachable; subscription cache may be stale");
+                    sleep_or_stop(&shutdown, backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(200);
+            // Changes made while we were not listening.
+            if let Err(error) = self.reload().await {
+                tracing::warn!(%error, "subscription reload failed");
+            }
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(SAFETY_RELOAD) => {
+                        if let Err(error) = self.reload().await {
+                            tracing::warn!(%error, "subscription reload failed");
+                        }
+                    }
+                    note = listener.recv() => match note {
+                        Ok(_) => {
+                            // Coalesce a burst of notifications into one reload.
+                            while listener.next_buffered().is_some() {}
+                            if let Err(error) = self.reload().await {
+                                tracing::warn!(%error, "subscription reload failed");
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "endpoint change listener lost; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_or_stop(shutdown: &CancellationToken, delay: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(delay) => {}
+    }
+}
