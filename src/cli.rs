@@ -99,7 +99,11 @@ enum DlqCommand {
     },
     /// Send dead deliveries again with a fresh retry schedule.
     Redrive {
-        #[arg(long, conflicts_with = "delivery", required_unless_present = "delivery")]
+        #[arg(
+            long,
+            conflicts_with = "delivery",
+            required_unless_present = "delivery"
+        )]
         all: bool,
         #[arg(long, num_args = 1..)]
         delivery: Vec<Uuid>,
@@ -109,7 +113,10 @@ enum DlqCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the runtime: {error}");
@@ -132,7 +139,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve { role } => serve(settings, role).await,
         Command::Migrate => {
             let pool = store::pool(&settings.database)?;
-            store::migrate(&pool).await.context("migrating the database")?;
+            store::migrate(&pool)
+                .await
+                .context("migrating the database")?;
             eprintln!("migrations applied");
             Ok(())
         }

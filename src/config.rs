@@ -22,7 +22,7 @@ pub enum ConfigError {
     Invalid { key: &'static str, problem: String },
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     #[serde(default)]
@@ -246,8 +246,7 @@ impl Settings {
         if self.ingest.binding_keys.is_empty() {
             return invalid("ingest.binding_keys", "at least one binding key is needed");
         }
-        if self.ingest.batch_size == 0 || self.ingest.prefetch == 0 || self.ingest.consumers == 0
-        {
+        if self.ingest.batch_size == 0 || self.ingest.prefetch == 0 || self.ingest.consumers == 0 {
             return invalid(
                 "ingest",
                 "batch_size, prefetch and consumers must be above 0",
@@ -340,13 +339,15 @@ mod tests {
 
     #[test]
     fn comma_separated_lists_and_durations_parse() {
-        let parsed = duration_list(serde::de::value::StrDeserializer::<
-            serde::de::value::Error,
-        >::new("1m, 5m,15m,1h,4h"))
+        let parsed = duration_list(
+            serde::de::value::StrDeserializer::<serde::de::value::Error>::new("1m, 5m,15m,1h,4h"),
+        )
         .unwrap();
         assert_eq!(
             parsed,
-            [60, 300, 900, 3600, 14400].map(Duration::from_secs).to_vec()
+            [60, 300, 900, 3600, 14400]
+                .map(Duration::from_secs)
+                .to_vec()
         );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("ten seconds").is_err());

@@ -89,7 +89,10 @@ pub async fn redrive(
                     continue;
                 }
             };
-            if wanted.as_ref().is_none_or(|w| w.contains(&task.delivery_id)) {
+            if wanted
+                .as_ref()
+                .is_none_or(|w| w.contains(&task.delivery_id))
+            {
                 chunk.push((delivery.delivery_tag, task));
             }
         }
@@ -105,12 +108,17 @@ pub async fn redrive(
             })
             .collect();
         publisher
-            .publish_all(fresh.iter().map(|t| Outgoing {
-                exchange: &work_exchange,
-                routing_key: WORK_ROUTING_KEY,
-                body: &t.body,
-                properties: t.properties(),
-            }).collect())
+            .publish_all(
+                fresh
+                    .iter()
+                    .map(|t| Outgoing {
+                        exchange: &work_exchange,
+                        routing_key: WORK_ROUTING_KEY,
+                        body: &t.body,
+                        properties: t.properties(),
+                    })
+                    .collect(),
+            )
             .await?;
         let ids: Vec<Uuid> = fresh.iter().map(|t| t.delivery_id).collect();
         deliveries::mark_redriven(pool, &ids).await?;
@@ -126,6 +134,9 @@ pub async fn redrive(
     // Closing the channel returns every message we held but did not select.
     let _ = channel.close(200, "redrive done").await;
     let _ = connection.close(200, "redrive done").await;
-    tracing::info!(redriven = report.redriven.len(), "dead-letter queue redriven");
+    tracing::info!(
+        redriven = report.redriven.len(),
+        "dead-letter queue redriven"
+    );
     Ok(report)
 }

@@ -50,12 +50,23 @@ pub enum IngestError {
 
 /// Runs `ingest.consumers` consumers until `shutdown`, each reconnecting on its own.
 pub async fn run(ingestor: Arc<Ingestor>, readiness: Readiness, shutdown: CancellationToken) {
-    let consumers = (0..ingestor.settings.ingest.consumers)
-        .map(|n| tokio::spawn(run_consumer(ingestor.clone(), readiness.clone(), shutdown.clone(), n)));
+    let consumers = (0..ingestor.settings.ingest.consumers).map(|n| {
+        tokio::spawn(run_consumer(
+            ingestor.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+            n,
+        ))
+    });
     futures_util::future::join_all(consumers).await;
 }
 
-async fn run_consumer(ingestor: Arc<Ingestor>, readiness: Readiness, shutdown: CancellationToken, n: usize) {
+async fn run_consumer(
+    ingestor: Arc<Ingestor>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    n: usize,
+) {
     let settings = ingestor.settings.clone();
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -95,7 +106,10 @@ async fn consume(
     let channel = connection.create_channel().await?;
     ingestor.topology.declare(&channel).await?;
     channel
-        .basic_qos(ingestor.settings.ingest.prefetch, BasicQosOptions::default())
+        .basic_qos(
+            ingestor.settings.ingest.prefetch,
+            BasicQosOptions::default(),
+        )
         .await?;
     let publisher = Publisher::open(connection).await?;
     let mut consumer = channel
@@ -220,17 +234,28 @@ pub async fn fan_out(
                 &rejection.detail,
             );
             headers.insert("x-herald-exchange".into(), text(delivery.exchange.as_str()));
-            headers.insert("x-herald-routing-key".into(), text(delivery.routing_key.as_str()));
+            headers.insert(
+                "x-herald-routing-key".into(),
+                text(delivery.routing_key.as_str()),
+            );
             messages.push(Outgoing {
                 exchange: "",
                 routing_key: &invalid_queue,
                 body: &delivery.data,
-                properties: delivery.properties.clone().with_delivery_mode(2).with_headers(headers),
+                properties: delivery
+                    .properties
+                    .clone()
+                    .with_delivery_mode(2)
+                    .with_headers(headers),
             });
         }
         publisher.publish_all(messages).await?;
         for (_, rejection) in &parked {
-            ingestor.metrics.parked.with_label_values(&[rejection.reason.as_str()]).inc();
+            ingestor
+                .metrics
+                .parked
+                .with_label_values(&[rejection.reason.as_str()])
+                .inc();
         }
     }
 
@@ -269,7 +294,10 @@ pub async fn fan_out(
         let deliveries = match result {
             Recorded::New(deliveries) => {
                 ingestor.metrics.events_ingested.inc();
-                ingestor.metrics.fanout_size.observe(fan_out.endpoints.len() as f64);
+                ingestor
+                    .metrics
+                    .fanout_size
+                    .observe(fan_out.endpoints.len() as f64);
                 if fan_out.endpoints.is_empty() {
                     ingestor.metrics.events_unmatched.inc();
                 }
@@ -300,12 +328,17 @@ pub async fn fan_out(
     }
     let work_exchange = ingestor.topology.work_exchange();
     publisher
-        .publish_all(tasks.iter().map(|t| Outgoing {
-            exchange: &work_exchange,
-            routing_key: WORK_ROUTING_KEY,
-            body: &t.body,
-            properties: t.properties(),
-        }).collect())
+        .publish_all(
+            tasks
+                .iter()
+                .map(|t| Outgoing {
+                    exchange: &work_exchange,
+                    routing_key: WORK_ROUTING_KEY,
+                    body: &t.body,
+                    properties: t.properties(),
+                })
+                .collect(),
+        )
         .await?;
     Ok(())
 }
@@ -343,7 +376,10 @@ fn text(value: &str) -> AMQPValue {
 /// A message's headers plus `x-herald-error` ("reason: detail") and `x-herald-reason`.
 pub fn error_headers(headers: Option<FieldTable>, reason: &str, detail: &str) -> FieldTable {
     let mut headers = headers.unwrap_or_default();
-    headers.insert("x-herald-error".into(), text(&format!("{reason}: {detail}")));
+    headers.insert(
+        "x-herald-error".into(),
+        text(&format!("{reason}: {detail}")),
+    );
     headers.insert("x-herald-reason".into(), text(reason));
     headers
 }

@@ -37,32 +37,42 @@ pub struct Metrics {
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
     let c = IntCounter::new(name, help).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    registry.register(Box::new(c.clone())).expect("unique metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
     c
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
     let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
         .expect("valid metric");
-    registry.register(Box::new(h.clone())).expect("unique metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
     h
 }
 
 fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
     let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     let g = IntGauge::new(name, help).expect("valid metric");
-    registry.register(Box::new(g.clone())).expect("unique metric");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("unique metric");
     g
 }
 
@@ -85,26 +95,113 @@ impl Metrics {
             .expect("unique metric");
         let m = Metrics {
             per_endpoint,
-            deliveries: counter_vec(&r, "webhook_deliveries_total", "Delivery attempts by outcome (success, failure)", "status"),
-            delivery_duration: histogram(&r, "webhook_delivery_duration_seconds", "Duration of one HTTP delivery attempt", LATENCY_BUCKETS.to_vec()),
-            retries: counter(&r, "webhook_retries_total", "Retries scheduled through delay queues"),
-            http_status: counter_vec(&r, "webhook_delivery_http_status", "HTTP status codes answered by endpoints", "code"),
-            delivery_errors: counter_vec(&r, "herald_delivery_errors_total", "Attempts that got no HTTP response, by class", "class"),
-            dead_lettered: counter_vec(&r, "herald_deliveries_dead_lettered_total", "Deliveries moved to the dead-letter queue, by reason", "reason"),
-            events_ingested: counter(&r, "herald_events_ingested_total", "Events accepted and recorded for the first time"),
-            events_duplicate: counter(&r, "herald_events_duplicate_total", "Messages whose event id was already recorded"),
-            events_unmatched: counter(&r, "herald_events_unmatched_total", "Accepted events that matched no endpoint"),
-            parked: counter_vec(&r, "herald_messages_parked_total", "Messages moved to the invalid queue, by reason", "reason"),
-            fanout_size: histogram(&r, "herald_fanout_size", "Endpoints matched per event", vec![0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0]),
-            in_flight: gauge(&r, "herald_deliveries_in_flight", "Delivery attempts in progress"),
-            endpoints_disabled: counter(&r, "herald_endpoints_disabled_total", "Endpoints disabled because they answered 410 Gone"),
-            queue_messages: gauge_vec(&r, "herald_queue_messages", "Messages ready in a Herald queue", "queue"),
+            deliveries: counter_vec(
+                &r,
+                "webhook_deliveries_total",
+                "Delivery attempts by outcome (success, failure)",
+                "status",
+            ),
+            delivery_duration: histogram(
+                &r,
+                "webhook_delivery_duration_seconds",
+                "Duration of one HTTP delivery attempt",
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            retries: counter(
+                &r,
+                "webhook_retries_total",
+                "Retries scheduled through delay queues",
+            ),
+            http_status: counter_vec(
+                &r,
+                "webhook_delivery_http_status",
+                "HTTP status codes answered by endpoints",
+                "code",
+            ),
+            delivery_errors: counter_vec(
+                &r,
+                "herald_delivery_errors_total",
+                "Attempts that got no HTTP response, by class",
+                "class",
+            ),
+            dead_lettered: counter_vec(
+                &r,
+                "herald_deliveries_dead_lettered_total",
+                "Deliveries moved to the dead-letter queue, by reason",
+                "reason",
+            ),
+            events_ingested: counter(
+                &r,
+                "herald_events_ingested_total",
+                "Events accepted and recorded for the first time",
+            ),
+            events_duplicate: counter(
+                &r,
+                "herald_events_duplicate_total",
+                "Messages whose event id was already recorded",
+            ),
+            events_unmatched: counter(
+                &r,
+                "herald_events_unmatched_total",
+                "Accepted events that matched no endpoint",
+            ),
+            parked: counter_vec(
+                &r,
+                "herald_messages_parked_total",
+                "Messages moved to the invalid queue, by reason",
+                "reason",
+            ),
+            fanout_size: histogram(
+                &r,
+                "herald_fanout_size",
+                "Endpoints matched per event",
+                vec![0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0],
+            ),
+            in_flight: gauge(
+                &r,
+                "herald_deliveries_in_flight",
+                "Delivery attempts in progress",
+            ),
+            endpoints_disabled: counter(
+                &r,
+                "herald_endpoints_disabled_total",
+                "Endpoints disabled because they answered 410 Gone",
+            ),
+            queue_messages: gauge_vec(
+                &r,
+                "herald_queue_messages",
+                "Messages ready in a Herald queue",
+                "queue",
+            ),
             queue_oldest_age,
-            db_pool: gauge_vec(&r, "herald_db_pool_connections", "Database pool connections by state", "state"),
-            db_pool_max: gauge(&r, "herald_db_pool_max_connections", "Database pool size limit"),
-            endpoint_failures: counter_vec(&r, "herald_endpoint_failures_total", "Failed attempts per endpoint (api.per_endpoint_metrics)", "endpoint_id"),
-            ready: gauge(&r, "herald_ready", "1 when broker, database and consumers are up"),
-            end_to_end: histogram(&r, "webhook_end_to_end_latency_seconds", "From event received by Herald to successful delivery", LATENCY_BUCKETS.to_vec()),
+            db_pool: gauge_vec(
+                &r,
+                "herald_db_pool_connections",
+                "Database pool connections by state",
+                "state",
+            ),
+            db_pool_max: gauge(
+                &r,
+                "herald_db_pool_max_connections",
+                "Database pool size limit",
+            ),
+            endpoint_failures: counter_vec(
+                &r,
+                "herald_endpoint_failures_total",
+                "Failed attempts per endpoint (api.per_endpoint_metrics)",
+                "endpoint_id",
+            ),
+            ready: gauge(
+                &r,
+                "herald_ready",
+                "1 when broker, database and consumers are up",
+            ),
+            end_to_end: histogram(
+                &r,
+                "webhook_end_to_end_latency_seconds",
+                "From event received by Herald to successful delivery",
+                LATENCY_BUCKETS.to_vec(),
+            ),
             registry: r,
         };
         // Series that alerts divide by exist from the start, at zero.

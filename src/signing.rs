@@ -42,7 +42,12 @@ mod tests {
     fn reproduces_the_standard_webhooks_published_vector() {
         let secret: SigningSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse().unwrap();
         assert_eq!(
-            sign(&secret, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#),
+            sign(
+                &secret,
+                "msg_p5jXN8AQM9LWM0D4loKWxJek",
+                1614265330,
+                br#"{"test": 2432232314}"#
+            ),
             "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
         );
     }
@@ -58,7 +63,9 @@ mod tests {
         let rotated = SigningSecret::generate();
         headers.insert(
             "webhook-signature",
-            signature_header([&rotated, &secret], "evt_1", now, body).parse().unwrap(),
+            signature_header([&rotated, &secret], "evt_1", now, body)
+                .parse()
+                .unwrap(),
         );
         standardwebhooks::Webhook::new(secret.expose())
             .unwrap()

@@ -46,6 +46,7 @@ pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .compact()
             .with_filter(filter)
             .boxed(),
@@ -94,7 +95,7 @@ pub fn set_parent(span: &tracing::Span, traceparent: Option<&str>) {
     };
     let carrier = HashMap::from([("traceparent".to_string(), traceparent.to_string())]);
     let context = TraceContextPropagator::new().extract(&carrier);
-    let _ = span.set_parent(context);
+    span.set_parent(context);
 }
 
 /// The `traceparent` of the current span, to hand on to the next hop.

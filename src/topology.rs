@@ -100,7 +100,12 @@ impl Topology {
             // The publishers' exchange: declared here too so that events published
             // before any publisher declared it are not dropped by the broker.
             channel
-                .exchange_declare(exchange, ExchangeKind::Topic, durable, FieldTable::default())
+                .exchange_declare(
+                    exchange,
+                    ExchangeKind::Topic,
+                    durable,
+                    FieldTable::default(),
+                )
                 .await?;
         }
         channel

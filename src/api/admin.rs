@@ -24,7 +24,9 @@ pub fn routes(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
         .route("/endpoints", get(list_endpoints).post(create_endpoint))
         .route(
             "/endpoints/{id}",
-            get(get_endpoint).patch(update_endpoint).delete(delete_endpoint),
+            get(get_endpoint)
+                .patch(update_endpoint)
+                .delete(delete_endpoint),
         )
         .route("/endpoints/{id}/rotate-secret", post(rotate_secret))
         .route("/deliveries", get(list_deliveries))
@@ -50,7 +52,11 @@ async fn require_token(
         .as_bytes();
     let same = !expected.is_empty()
         && given.len() == expected.len()
-        && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !same {
         return Err(ApiError::Unauthorized);
     }
@@ -69,7 +75,9 @@ struct CreateEndpoint {
 
 fn patterns(list: &[String]) -> Result<Vec<TopicPattern>, ApiError> {
     if list.is_empty() {
-        return Err(ApiError::BadRequest("event_types needs at least one pattern".into()));
+        return Err(ApiError::BadRequest(
+            "event_types needs at least one pattern".into(),
+        ));
     }
     Ok(list.iter().map(|p| p.parse()).collect::<Result<_, _>>()?)
 }
@@ -82,7 +90,10 @@ async fn create_endpoint(
         url: body.url.parse::<EndpointUrl>()?,
         event_types: patterns(&body.event_types)?,
         tenant_id: body.tenant_id.filter(|t| !t.is_empty()),
-        secret: body.secret.map(|s| s.parse::<SigningSecret>()).transpose()?,
+        secret: body
+            .secret
+            .map(|s| s.parse::<SigningSecret>())
+            .transpose()?,
         rate_limit: body.rate_limit,
         description: body.description,
     };
@@ -94,7 +105,9 @@ async fn create_endpoint(
 
 async fn list_endpoints(State(state): State<Arc<ApiState>>) -> Result<impl IntoResponse, ApiError> {
     let list = endpoints::list(&state.pool).await?;
-    Ok(Json(list.iter().map(EndpointView::from).collect::<Vec<_>>()))
+    Ok(Json(
+        list.iter().map(EndpointView::from).collect::<Vec<_>>(),
+    ))
 }
 
 async fn get_endpoint(
@@ -168,12 +181,17 @@ async fn rotate_secret(
     Path(id): Path<Uuid>,
     body: Option<Json<Rotate>>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let grace = body.and_then(|b| b.grace_hours).unwrap_or(24).clamp(0, 24 * 30);
+    let grace = body
+        .and_then(|b| b.grace_hours)
+        .unwrap_or(24)
+        .clamp(0, 24 * 30);
     let secret = SigningSecret::generate();
     if !endpoints::rotate_secret(&state.pool, id, &secret, chrono::Duration::hours(grace)).await? {
         return Err(ApiError::NotFound);
     }
-    Ok(Json(json!({ "id": id, "secret": secret.expose(), "previous_valid_hours": grace })))
+    Ok(Json(
+        json!({ "id": id, "secret": secret.expose(), "previous_valid_hours": grace }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -201,7 +219,9 @@ async fn get_delivery(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<Uuid>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let delivery = deliveries::get(&state.pool, id).await?.ok_or(ApiError::NotFound)?;
+    let delivery = deliveries::get(&state.pool, id)
+        .await?
+        .ok_or(ApiError::NotFound)?;
     let attempts = deliveries::attempts(&state.pool, id).await?;
     Ok(Json(json!({ "delivery": delivery, "attempts": attempts })))
 }

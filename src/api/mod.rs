@@ -63,7 +63,9 @@ async fn readyz(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     };
     (
         status,
-        Json(json!({ "ready": ready, "database": database, "consumers": consumers, "stopping": stopping })),
+        Json(
+            json!({ "ready": ready, "database": database, "consumers": consumers, "stopping": stopping }),
+        ),
     )
 }
 
@@ -93,7 +95,10 @@ pub async fn sample_gauges(
         let size = i64::from(pool.size());
         let idle = pool.num_idle() as i64;
         metrics.db_pool.with_label_values(&["idle"]).set(idle);
-        metrics.db_pool.with_label_values(&["used"]).set(size - idle);
+        metrics
+            .db_pool
+            .with_label_values(&["used"])
+            .set(size - idle);
         metrics
             .db_pool_max
             .set(i64::from(pool.options().get_max_connections()));

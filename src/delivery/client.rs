@@ -101,9 +101,8 @@ impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let allowed: Vec<SocketAddr> = addrs
                 .iter()
                 .copied()
@@ -236,9 +235,13 @@ fn classify(error: &reqwest::Error) -> FailureClass {
         return FailureClass::Timeout;
     }
     let chain = error_chain(error).to_ascii_lowercase();
-    if chain.contains("dns") || chain.contains("failed to lookup") || chain.contains("name or service") {
+    if chain.contains("dns")
+        || chain.contains("failed to lookup")
+        || chain.contains("name or service")
+    {
         FailureClass::Dns
-    } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake") {
+    } else if chain.contains("certificate") || chain.contains("tls") || chain.contains("handshake")
+    {
         FailureClass::Tls
     } else if error.is_connect() {
         FailureClass::Connect
@@ -262,8 +265,17 @@ mod tests {
     #[test]
     fn private_and_metadata_addresses_are_forbidden() {
         for ip in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254",
-            "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:127.0.0.1",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
             "fd00:ec2::254",
         ] {
             assert!(is_forbidden(ip.parse().unwrap()), "{ip}");

@@ -38,8 +38,8 @@ impl RetryPolicy {
         if self.jitter == 0.0 || JITTER_STEPS < 2 {
             return delay;
         }
-        let spread = delay.as_secs_f64() * self.jitter * f64::from(step)
-            / f64::from(JITTER_STEPS - 1);
+        let spread =
+            delay.as_secs_f64() * self.jitter * f64::from(step) / f64::from(JITTER_STEPS - 1);
         let ms = (delay.as_secs_f64() + spread) * 1000.0;
         Duration::from_millis(ms.round() as u64)
     }

@@ -101,7 +101,10 @@ async fn consume(
     // The prefetch is the concurrency: the broker hands out no more tasks than the
     // process works on at once.
     channel
-        .basic_qos(deliverer.settings.delivery.concurrency, BasicQosOptions::default())
+        .basic_qos(
+            deliverer.settings.delivery.concurrency,
+            BasicQosOptions::default(),
+        )
         .await?;
     let publisher = Publisher::open(connection).await?;
     let mut consumer = channel
@@ -138,8 +141,11 @@ async fn consume(
     tracker.close();
     let grace = deliverer.settings.delivery.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
-        tracing::warn!(unfinished = tracker.len(), ?grace,
-            "deliveries still in flight after the grace period; they will be redelivered");
+        tracing::warn!(
+            unfinished = tracker.len(),
+            ?grace,
+            "deliveries still in flight after the grace period; they will be redelivered"
+        );
     }
     let _ = channel.close(200, "done").await;
     result
@@ -203,40 +209,84 @@ fn requeue() -> BasicNackOptions {
 }
 
 /// One attempt and everything it causes, durable before returning `Ok`.
-async fn deliver(d: &Deliverer, publisher: &Publisher, task: &DeliveryTask) -> Result<(), Unsettled> {
+async fn deliver(
+    d: &Deliverer,
+    publisher: &Publisher,
+    task: &DeliveryTask,
+) -> Result<(), Unsettled> {
     let endpoint = match d.subscriptions.lookup(task.endpoint_id).await? {
         Lookup::Active(endpoint) => endpoint,
         Lookup::Disabled(reason) => {
-            let why = format!("endpoint disabled{}", reason.map(|r| format!(": {r}")).unwrap_or_default());
+            let why = format!(
+                "endpoint disabled{}",
+                reason.map(|r| format!(": {r}")).unwrap_or_default()
+            );
             return dead_letter(d, publisher, task, "endpoint_disabled", None, &why, None).await;
         }
         Lookup::Deleted => {
-            return dead_letter(d, publisher, task, "endpoint_deleted", None, "endpoint deleted", None).await;
+            return dead_letter(
+                d,
+                publisher,
+                task,
+                "endpoint_deleted",
+                None,
+                "endpoint deleted",
+                None,
+            )
+            .await;
         }
     };
 
     d.metrics.in_flight.inc();
     let attempt = d
         .client
-        .post(endpoint.url.as_url(), request_headers(&endpoint, task), task.body.clone())
+        .post(
+            endpoint.url.as_url(),
+            request_headers(&endpoint, task),
+            task.body.clone(),
+        )
         .await;
     d.metrics.in_flight.dec();
-    d.metrics.delivery_duration.observe(attempt.duration.as_secs_f64());
+    d.metrics
+        .delivery_duration
+        .observe(attempt.duration.as_secs_f64());
     let duration_ms = i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX);
     let now = Utc::now();
 
     let (status_code, error_class, error_text, retry_after, body) = match &attempt.response {
-        Response::Answered { status, retry_after, body } => {
-            d.metrics.http_status.with_label_values(&[&status.to_string()]).inc();
+        Response::Answered {
+            status,
+            retry_after,
+            body,
+        } => {
+            d.metrics
+                .http_status
+                .with_label_values(&[&status.to_string()])
+                .inc();
             let wait = retry_after
                 .as_deref()
                 .filter(|_| *status == 429 || *status == 503)
                 .and_then(parse_retry_after);
-            (Some(*status), None, format!("HTTP {status}"), wait, Some(truncate(body)))
+            (
+                Some(*status),
+                None,
+                format!("HTTP {status}"),
+                wait,
+                Some(truncate(body)),
+            )
         }
         Response::Failed { class, message } => {
-            d.metrics.delivery_errors.with_label_values(&[class.as_str()]).inc();
-            (None, Some(class.as_str()), format!("{}: {message}", class.as_str()), None, None)
+            d.metrics
+                .delivery_errors
+                .with_label_values(&[class.as_str()])
+                .inc();
+            (
+                None,
+                Some(class.as_str()),
+                format!("{}: {message}", class.as_str()),
+                None,
+                None,
+            )
         }
     };
     let record = AttemptRecord {
@@ -274,10 +324,25 @@ async fn deliver(d: &Deliverer, publisher: &Publisher, task: &DeliveryTask) -> R
 
     if status_code == Some(410) {
         // The receiver says this endpoint is gone for good: stop sending to it.
-        endpoints::set_enabled(&d.pool, task.endpoint_id, false, Some("receiver answered 410 Gone")).await?;
+        endpoints::set_enabled(
+            &d.pool,
+            task.endpoint_id,
+            false,
+            Some("receiver answered 410 Gone"),
+        )
+        .await?;
         d.metrics.endpoints_disabled.inc();
         tracing::warn!("endpoint answered 410 Gone; disabled");
-        return dead_letter(d, publisher, task, "gone", status_code, &error_text, Some(outcome)).await;
+        return dead_letter(
+            d,
+            publisher,
+            task,
+            "gone",
+            status_code,
+            &error_text,
+            Some(outcome),
+        )
+        .await;
     }
 
     let next = d
@@ -286,7 +351,8 @@ async fn deliver(d: &Deliverer, publisher: &Publisher, task: &DeliveryTask) -> R
     match next {
         Some(delay) => {
             outcome.status = Status::Retrying;
-            outcome.next_retry_at = Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+            outcome.next_retry_at =
+                Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
             d.recorder.record(outcome).await?;
             let next_task = task.next_attempt();
             publisher
@@ -302,7 +368,16 @@ async fn deliver(d: &Deliverer, publisher: &Publisher, task: &DeliveryTask) -> R
             Ok(())
         }
         None => {
-            dead_letter(d, publisher, task, "retries_exhausted", status_code, &error_text, Some(outcome)).await
+            dead_letter(
+                d,
+                publisher,
+                task,
+                "retries_exhausted",
+                status_code,
+                &error_text,
+                Some(outcome),
+            )
+            .await
         }
     }
 }
@@ -336,11 +411,19 @@ async fn dead_letter(
             exchange: "",
             routing_key: &d.topology.dlq(),
             body: &task.body,
-            properties: task.properties_with(task.dead_letter_headers(reason, last_status, Some(error))),
+            properties: task.properties_with(task.dead_letter_headers(
+                reason,
+                last_status,
+                Some(error),
+            )),
         })
         .await?;
     d.metrics.dead_lettered.with_label_values(&[reason]).inc();
-    tracing::warn!(reason, error, "delivery failed; moved to the dead-letter queue");
+    tracing::warn!(
+        reason,
+        error,
+        "delivery failed; moved to the dead-letter queue"
+    );
     Ok(())
 }
 

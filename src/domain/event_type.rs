@@ -58,10 +58,24 @@ mod tests {
 
     #[test]
     fn accepts_dotted_words_and_refuses_empty_words_or_wildcards() {
-        for ok in ["sales.order.created", "product.low_stock", "a", "billing.v2-invoice.paid"] {
+        for ok in [
+            "sales.order.created",
+            "product.low_stock",
+            "a",
+            "billing.v2-invoice.paid",
+        ] {
             assert!(ok.parse::<EventType>().is_ok(), "{ok}");
         }
-        for bad in ["", ".", "sales..created", "sales.", ".sales", "sales.*", "sales.#", "a b"] {
+        for bad in [
+            "",
+            ".",
+            "sales..created",
+            "sales.",
+            ".sales",
+            "sales.*",
+            "sales.#",
+            "a b",
+        ] {
             assert!(bad.parse::<EventType>().is_err(), "{bad:?}");
         }
     }

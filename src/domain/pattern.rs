@@ -53,10 +53,7 @@ impl FromStr for TopicPattern {
                 "event-type pattern is longer than {MAX_LEN} bytes"
             )));
         }
-        if !s
-            .split('.')
-            .all(|w| w == "*" || w == "#" || valid_word(w))
-        {
+        if !s.split('.').all(|w| w == "*" || w == "#" || valid_word(w)) {
             return Err(InvalidValue(format!(
                 "event-type pattern `{s}`: words are letters, digits, '_', '-', or exactly `*` or `#`"
             )));
@@ -211,7 +208,11 @@ mod tests {
         for (pattern, key, expected) in TABLE {
             let mut trie = TopicTrie::new();
             trie.insert(&TopicPattern(pattern.to_string()), 1u32);
-            assert_eq!(!trie.matches(key).is_empty(), *expected, "{pattern} ~ {key:?}");
+            assert_eq!(
+                !trie.matches(key).is_empty(),
+                *expected,
+                "{pattern} ~ {key:?}"
+            );
         }
     }
 

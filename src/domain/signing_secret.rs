@@ -45,9 +45,9 @@ impl FromStr for SigningSecret {
     type Err = InvalidValue;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let encoded = s.strip_prefix(PREFIX).ok_or_else(|| {
-            InvalidValue(format!("a signing secret starts with `{PREFIX}`"))
-        })?;
+        let encoded = s
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| InvalidValue(format!("a signing secret starts with `{PREFIX}`")))?;
         let key = STANDARD
             .decode(encoded)
             .map_err(|_| InvalidValue("a signing secret is whsec_ + base64".into()))?;
@@ -86,10 +86,14 @@ mod tests {
 
     #[test]
     fn refuses_secrets_without_prefix_or_of_the_wrong_size() {
-        assert!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<SigningSecret>().is_err());
+        assert!("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            .parse::<SigningSecret>()
+            .is_err());
         assert!("whsec_c2hvcnQ=".parse::<SigningSecret>().is_err());
         assert!("whsec_!!!".parse::<SigningSecret>().is_err());
-        assert!("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".parse::<SigningSecret>().is_ok());
+        assert!("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+            .parse::<SigningSecret>()
+            .is_ok());
     }
 
     #[test]

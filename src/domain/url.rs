@@ -50,9 +50,16 @@ mod tests {
 
     #[test]
     fn only_http_urls_with_a_host_are_endpoints() {
-        assert!("https://erp.example.com/hooks".parse::<EndpointUrl>().is_ok());
+        assert!("https://erp.example.com/hooks"
+            .parse::<EndpointUrl>()
+            .is_ok());
         assert!("http://127.0.0.1:9000/x".parse::<EndpointUrl>().is_ok());
-        for bad in ["ftp://x/y", "not a url", "https://user:pw@host/", "file:///etc/passwd"] {
+        for bad in [
+            "ftp://x/y",
+            "not a url",
+            "https://user:pw@host/",
+            "file:///etc/passwd",
+        ] {
             assert!(bad.parse::<EndpointUrl>().is_err(), "{bad}");
         }
     }

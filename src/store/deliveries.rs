@@ -91,11 +91,26 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), 
          WHERE d.id = u.id AND d.status <> 'success'",
     )
     .bind(outcomes.iter().map(|o| o.delivery_id).collect::<Vec<_>>())
-    .bind(outcomes.iter().map(|o| o.status.as_str()).collect::<Vec<_>>())
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.status.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(outcomes.iter().map(|o| o.attempts).collect::<Vec<_>>())
     .bind(outcomes.iter().map(|o| o.next_retry_at).collect::<Vec<_>>())
-    .bind(outcomes.iter().map(|o| o.last_status_code).collect::<Vec<_>>())
-    .bind(outcomes.iter().map(|o| o.last_error.as_deref()).collect::<Vec<_>>())
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.last_status_code)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.last_error.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
     .execute(&mut *tx)
     .await?;

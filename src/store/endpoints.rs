@@ -189,11 +189,12 @@ pub async fn load_active(pool: &PgPool) -> Result<Vec<Endpoint>, sqlx::Error> {
 
 /// One endpoint, deleted or not.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Endpoint>, sqlx::Error> {
-    let row: Option<EndpointRow> =
-        sqlx::query_as(&format!("SELECT {COLUMNS} FROM herald.endpoints WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<EndpointRow> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM herald.endpoints WHERE id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.and_then(|r| parse_rows(vec![r]).pop()))
 }
 

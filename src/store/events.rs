@@ -51,11 +51,36 @@ pub async fn record_fan_out(
          ON CONFLICT (id) DO NOTHING
          RETURNING id",
     )
-    .bind(batch.iter().map(|f| f.event.id.as_str()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|f| f.event.event_type.as_str()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|f| f.event.tenant_id.as_deref()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|f| f.event.source.as_deref()).collect::<Vec<_>>())
-    .bind(batch.iter().map(|f| f.event.occurred_at).collect::<Vec<_>>())
+    .bind(
+        batch
+            .iter()
+            .map(|f| f.event.id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        batch
+            .iter()
+            .map(|f| f.event.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        batch
+            .iter()
+            .map(|f| f.event.tenant_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        batch
+            .iter()
+            .map(|f| f.event.source.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        batch
+            .iter()
+            .map(|f| f.event.occurred_at)
+            .collect::<Vec<_>>(),
+    )
     .bind(batch.iter().map(|f| f.event.data.get()).collect::<Vec<_>>())
     .bind(received_at)
     .fetch_all(&mut *tx)

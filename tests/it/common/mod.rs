@@ -1,0 +1,306 @@
+//! Test harness: every test gets its own PostgreSQL database and its own topology
+//! prefix and source exchange on the real local broker (`make services`), so tests run
+//! in parallel and leave nothing behind. RabbitMQ or PostgreSQL being unreachable is a
+//! loud failure, never a skip.
+
+pub mod receiver;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use herald::broker::{self, Outgoing, Publisher};
+use herald::config::Settings;
+use herald::delivery::retry::RetryPolicy;
+use herald::domain::Secret;
+use herald::store::{self, endpoints};
+use herald::topology::Topology;
+use herald::{App, Role};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::BasicProperties;
+use sqlx::{Connection, PgConnection, PgPool};
+use uuid::Uuid;
+
+pub fn amqp_url() -> String {
+    std::env::var("HERALD__AMQP__URL").unwrap_or_else(|_| {
+        let port = std::env::var("HERALD_AMQP_PORT").unwrap_or_else(|_| "5673".into());
+        format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+    })
+}
+
+fn database_base_url() -> String {
+    std::env::var("HERALD__DATABASE__URL").unwrap_or_else(|_| {
+        let port = std::env::var("HERALD_PG_PORT").unwrap_or_else(|_| "5433".into());
+        format!("postgres://herald:herald@127.0.0.1:{port}/herald")
+    })
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let (base, _) = url.rsplit_once('/').expect("database URL has a path");
+    format!("{base}/{name}")
+}
+
+/// One isolated Herald world: database, prefix, exchange, settings.
+pub struct TestEnv {
+    pub settings: Settings,
+    pub pool: PgPool,
+    pub database: String,
+    pub exchange: String,
+    publisher: Option<(lapin::Connection, Publisher)>,
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    /// A fresh environment; `adjust` changes the test settings before anything starts.
+    pub async fn with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        let _ = herald::telemetry::init(&Default::default());
+        let id = Uuid::new_v4().simple().to_string();
+        let database = format!("herald_test_{}", &id[..16]);
+        let base = database_base_url();
+        let mut admin = PgConnection::connect(&base).await.unwrap_or_else(|e| {
+            panic!("PostgreSQL unreachable at {base} ({e}); run `make services` (make test does)")
+        });
+        sqlx::query(&format!("CREATE DATABASE {database}"))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        let _ = admin.close().await;
+
+        let prefix = format!("t{}", &id[..12]);
+        let exchange = format!("{prefix}.events");
+        let mut settings = Settings::default();
+        settings.database.url = Secret::new(with_database(&base, &database));
+        settings.database.max_connections = 8;
+        settings.amqp.url = Secret::new(amqp_url());
+        settings.amqp.reconnect_max_backoff = Duration::from_millis(500);
+        settings.api.listen = "127.0.0.1:0".parse().unwrap();
+        settings.api.admin_token = Secret::new("test-admin-token");
+        settings.topology.prefix = prefix;
+        settings.ingest.exchanges = vec![exchange.clone()];
+        settings.delivery.allow_private_networks = true;
+        settings.delivery.retry_schedule =
+            vec![Duration::from_millis(50), Duration::from_millis(100)];
+        settings.delivery.jitter = 0.0;
+        settings.delivery.timeout = Duration::from_secs(2);
+        settings.delivery.shutdown_grace = Duration::from_secs(5);
+        settings.delivery.concurrency = 64;
+        adjust(&mut settings);
+        settings.validate().expect("test settings are valid");
+
+        let pool = store::pool(&settings.database).unwrap();
+        store::migrate(&pool).await.expect("migrations apply");
+        let mut env = TestEnv {
+            settings,
+            pool,
+            database,
+            exchange,
+            publisher: None,
+        };
+        env.declare_topology().await;
+        env
+    }
+
+    /// Declares the topology up front, so events published before Herald starts are kept.
+    async fn declare_topology(&mut self) {
+        let url = amqp_url();
+        let connection = broker::connect(&url, "herald-test")
+            .await
+            .unwrap_or_else(|e| {
+                panic!("RabbitMQ unreachable at {url} ({e}); run `make services` (make test does)")
+            });
+        let channel = connection.create_channel().await.unwrap();
+        self.topology()
+            .declare(&channel)
+            .await
+            .expect("declare topology");
+        let publisher = Publisher::open(&connection).await.unwrap();
+        self.publisher = Some((connection, publisher));
+    }
+
+    pub fn topology(&self) -> Topology {
+        Topology::new(
+            &self.settings,
+            &RetryPolicy::from_settings(&self.settings.delivery),
+        )
+    }
+
+    pub async fn start(&self, role: Role) -> App {
+        App::build(self.settings.clone(), role)
+            .await
+            .expect("app starts")
+    }
+
+    /// Starts every role and waits until it is ready to consume.
+    pub async fn start_ready(&self) -> App {
+        let app = self.start(Role::All).await;
+        wait_ready(&app).await;
+        app
+    }
+
+    pub async fn add_endpoint(
+        &self,
+        url: &str,
+        patterns: &[&str],
+        tenant: Option<&str>,
+    ) -> endpoints::Endpoint {
+        endpoints::insert(
+            &self.pool,
+            endpoints::NewEndpoint {
+                url: url.parse().unwrap(),
+                event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
+                tenant_id: tenant.map(String::from),
+                secret: None,
+                rate_limit: None,
+                description: None,
+            },
+        )
+        .await
+        .expect("insert endpoint")
+    }
+
+    pub fn publisher(&self) -> &Publisher {
+        &self.publisher.as_ref().expect("topology declared").1
+    }
+
+    /// Publishes a plain-JSON event with publisher confirms.
+    pub async fn publish(
+        &self,
+        routing_key: &str,
+        id: Option<&str>,
+        tenant: Option<&str>,
+        body: &[u8],
+    ) {
+        let mut headers = FieldTable::default();
+        if let Some(t) = tenant {
+            headers.insert(
+                "x-tenant-id".into(),
+                AMQPValue::LongString(LongString::from(t)),
+            );
+        }
+        let mut properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(headers);
+        if let Some(id) = id {
+            properties = properties.with_message_id(id.into());
+        }
+        self.publish_raw(routing_key, body, properties).await;
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8], properties: BasicProperties) {
+        self.publisher()
+            .publish(Outgoing {
+                exchange: &self.exchange,
+                routing_key,
+                body,
+                properties,
+            })
+            .await
+            .expect("publish confirmed");
+    }
+
+    pub async fn delivery_statuses(&self) -> Vec<(String, i64)> {
+        store::deliveries::count_by_status(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
+    }
+
+    /// Number of messages in one of this test's queues.
+    pub async fn queue_depth(&self, queue: &str) -> u32 {
+        let (connection, _) = self.publisher.as_ref().unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let depth = herald::topology::queue_depth(&channel, queue)
+            .await
+            .unwrap();
+        let _ = channel.close(200, "").await;
+        depth
+    }
+
+    /// Takes every message currently in a queue (acknowledging them).
+    pub async fn drain(&self, queue: &str) -> Vec<lapin::message::Delivery> {
+        let (connection, _) = self.publisher.as_ref().unwrap();
+        let channel = connection.create_channel().await.unwrap();
+        let mut out = Vec::new();
+        while let Some(m) = channel
+            .basic_get(queue, lapin::options::BasicGetOptions { no_ack: true })
+            .await
+            .unwrap()
+        {
+            out.push(m.delivery);
+        }
+        let _ = channel.close(200, "").await;
+        out
+    }
+
+    /// Deletes the test's queues and database.
+    pub async fn cleanup(mut self) {
+        if let Some((connection, _)) = self.publisher.take() {
+            if let Ok(channel) = connection.create_channel().await {
+                let _ = self.topology().delete(&channel).await;
+                let _ = channel
+                    .exchange_delete(&self.exchange, Default::default())
+                    .await;
+            }
+            let _ = connection.close(200, "").await;
+        }
+        self.pool.close().await;
+        if let Ok(mut admin) = PgConnection::connect(&database_base_url()).await {
+            let _ = sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.database
+            ))
+            .execute(&mut admin)
+            .await;
+        }
+    }
+}
+
+/// Waits until `/readyz` says ready.
+pub async fn wait_ready(app: &App) {
+    let url = format!("http://{}/readyz", app.address());
+    eventually(
+        "the app to become ready",
+        Duration::from_secs(20),
+        || async {
+            reqwest::get(&url)
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        },
+    )
+    .await;
+}
+
+/// Polls `check` until it holds; panics with `what` after `limit`. Waiting for a state,
+/// not asserting a duration: the limit is generous and only bounds a hung test.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        if started.elapsed() > limit {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Header value of a delivered AMQP message.
+pub fn amqp_header(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| herald::topology::header_text(h, name))
+}

@@ -1,0 +1,139 @@
+//! A real HTTP receiver on a loopback port: records every request and answers as the
+//! test's script says (status, delay, headers), per path and per request number.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub delay: Duration,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Reply {
+            status,
+            delay: Duration::ZERO,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// (path, 1-based number of this request to that path) → reply.
+pub type Script = Arc<dyn Fn(&str, usize) -> Reply + Send + Sync>;
+
+struct Inner {
+    log: Mutex<Vec<Received>>,
+    counts: Mutex<HashMap<String, usize>>,
+    script: Mutex<Script>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    address: SocketAddr,
+    inner: Arc<Inner>,
+}
+
+impl Receiver {
+    /// Answers 200 to everything.
+    pub async fn start() -> Self {
+        Self::scripted(|_, _| Reply::status(200)).await
+    }
+
+    pub async fn scripted(script: impl Fn(&str, usize) -> Reply + Send + Sync + 'static) -> Self {
+        let inner = Arc::new(Inner {
+            log: Mutex::new(Vec::new()),
+            counts: Mutex::new(HashMap::new()),
+            script: Mutex::new(Arc::new(script)),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let app = Router::new().fallback(receive).with_state(inner.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Receiver { address, inner }
+    }
+
+    pub fn set_script(&self, script: impl Fn(&str, usize) -> Reply + Send + Sync + 'static) {
+        *self.inner.script.lock().unwrap() = Arc::new(script);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.address, path)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.log.lock().unwrap().clone()
+    }
+
+    pub fn received_at(&self, path: &str) -> Vec<Received> {
+        self.received()
+            .into_iter()
+            .filter(|r| r.path == path)
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.inner.log.lock().unwrap().len()
+    }
+}
+
+async fn receive(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().to_string();
+    let nth = {
+        let mut counts = inner.counts.lock().unwrap();
+        let n = counts.entry(path.clone()).or_default();
+        *n += 1;
+        *n
+    };
+    let script = inner.script.lock().unwrap().clone();
+    let reply = script(&path, nth);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    inner.log.lock().unwrap().push(Received {
+        path,
+        headers,
+        body,
+    });
+    let mut response = (
+        StatusCode::from_u16(reply.status).unwrap(),
+        "receiver says hi",
+    )
+        .into_response();
+    for (name, value) in reply.headers {
+        response.headers_mut().insert(name, value.parse().unwrap());
+    }
+    response
+}

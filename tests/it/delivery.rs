@@ -1,0 +1,381 @@
+//! Retries through delay queues, exhaustion into the dead-letter queue, redrive, and
+//! the endpoint states that end deliveries.
+
+use std::time::Duration;
+
+use herald::dlq::{self, Selection};
+use herald::Role;
+
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::{amqp_header, eventually, wait_ready, TestEnv};
+
+#[tokio::test]
+async fn a_failing_endpoint_is_retried_through_delay_queues_until_it_succeeds() {
+    let env = TestEnv::with(|s| {
+        s.delivery.retry_schedule = vec![
+            Duration::from_millis(50),
+            Duration::from_millis(100),
+            Duration::from_millis(100),
+        ];
+    })
+    .await;
+    let receiver =
+        Receiver::scripted(|_, nth| Reply::status(if nth <= 2 { 500 } else { 200 })).await;
+    let endpoint = env
+        .add_endpoint(&receiver.url("/flaky"), &["sales.#"], None)
+        .await;
+    let app = env.start_ready().await;
+
+    env.publish(
+        "sales.order.created",
+        Some("evt-retry"),
+        None,
+        br#"{"n":1}"#,
+    )
+    .await;
+    eventually(
+        "success after two failures",
+        Duration::from_secs(15),
+        || async { env.delivery_statuses().await == vec![("success".to_string(), 1)] },
+    )
+    .await;
+
+    let requests = receiver.received();
+    assert_eq!(requests.len(), 3);
+    let attempts: Vec<String> = requests
+        .iter()
+        .map(|r| r.header("x-herald-attempt"))
+        .collect();
+    assert_eq!(attempts, ["1", "2", "3"]);
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.header("webhook-id") == "evt-retry"),
+        "same id on every retry"
+    );
+    for r in &requests {
+        standardwebhooks::Webhook::new(endpoint.secrets[0].expose())
+            .unwrap()
+            .verify(&r.body, &r.headers)
+            .expect("every attempt is freshly and validly signed");
+    }
+    let rows: Vec<(i32, Option<i32>)> = sqlx::query_as(
+        "SELECT attempt, status_code FROM herald.delivery_attempts ORDER BY attempt",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, vec![(1, Some(500)), (2, Some(500)), (3, Some(200))]);
+    let (attempts, last_code): (i32, Option<i32>) =
+        sqlx::query_as("SELECT attempts, last_status_code FROM herald.deliveries")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!((attempts, last_code), (3, Some(200)));
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn exhausted_retries_end_failed_in_the_dlq_and_redrive_delivers_them() {
+    let env = TestEnv::new().await; // schedule 50ms,100ms: three attempts
+    let receiver = Receiver::scripted(|_, _| Reply::status(503)).await;
+    env.add_endpoint(&receiver.url("/down"), &["billing.#"], None)
+        .await;
+    let app = env.start_ready().await;
+
+    env.publish(
+        "billing.invoice.paid",
+        Some("evt-dead"),
+        None,
+        br#"{"amount":5}"#,
+    )
+    .await;
+    eventually("the delivery to fail", Duration::from_secs(15), || async {
+        env.delivery_statuses().await == vec![("failed".to_string(), 1)]
+    })
+    .await;
+    assert_eq!(receiver.count(), 3, "one attempt plus one per delay");
+
+    let dead = dlq::list(&env.pool, 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attempts, 3);
+    assert_eq!(dead[0].last_status_code, Some(503));
+    assert!(dead[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .starts_with("retries_exhausted"));
+
+    let dlq_name = env.topology().dlq();
+    eventually("the DLQ message", Duration::from_secs(5), || async {
+        env.queue_depth(&dlq_name).await == 1
+    })
+    .await;
+
+    // Peek at the parked message's headers without losing it: redrive needs it.
+    {
+        let messages = env.drain(&dlq_name).await;
+        assert_eq!(messages.len(), 1);
+        let m = &messages[0];
+        assert_eq!(
+            amqp_header(m, "x-herald-reason").as_deref(),
+            Some("retries_exhausted")
+        );
+        assert_eq!(
+            amqp_header(m, "x-herald-last-status").as_deref(),
+            Some("503")
+        );
+        assert_eq!(amqp_header(m, "x-herald-attempts").as_deref(), Some("3"));
+        assert_eq!(
+            amqp_header(m, "x-herald-event-id").as_deref(),
+            Some("evt-dead")
+        );
+        // Put it back as it was.
+        env.publisher()
+            .publish(herald::broker::Outgoing {
+                exchange: "",
+                routing_key: &dlq_name,
+                body: &m.data,
+                properties: m.properties.clone(),
+            })
+            .await
+            .unwrap();
+    }
+
+    receiver.set_script(|_, _| Reply::status(200));
+    let report = dlq::redrive(&env.settings, &env.pool, Selection::All)
+        .await
+        .unwrap();
+    assert_eq!(report.redriven, vec![dead[0].id]);
+    eventually(
+        "the redriven delivery to succeed",
+        Duration::from_secs(15),
+        || async { env.delivery_statuses().await == vec![("success".to_string(), 1)] },
+    )
+    .await;
+    assert_eq!(env.queue_depth(&dlq_name).await, 0);
+    let last = receiver.received().pop().unwrap();
+    assert_eq!(last.header("webhook-id"), "evt-dead");
+    assert_eq!(last.header("x-herald-attempt"), "4");
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn redrive_of_chosen_deliveries_leaves_the_others_parked() {
+    let env = TestEnv::with(|s| s.delivery.retry_schedule = vec![]).await;
+    let receiver = Receiver::scripted(|_, _| Reply::status(500)).await;
+    env.add_endpoint(&receiver.url("/a"), &["x.#"], None).await;
+    let app = env.start_ready().await;
+    for id in ["evt-a", "evt-b", "evt-c"] {
+        env.publish("x.y", Some(id), None, b"{}").await;
+    }
+    eventually("three failures", Duration::from_secs(15), || async {
+        env.delivery_statuses().await == vec![("failed".to_string(), 3)]
+    })
+    .await;
+    let dlq_name = env.topology().dlq();
+    eventually("three parked", Duration::from_secs(5), || async {
+        env.queue_depth(&dlq_name).await == 3
+    })
+    .await;
+
+    receiver.set_script(|_, _| Reply::status(204));
+    let chosen: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM herald.deliveries WHERE event_id = 'evt-b'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    let stranger = uuid::Uuid::new_v4();
+    let report = dlq::redrive(
+        &env.settings,
+        &env.pool,
+        Selection::Deliveries(vec![chosen, stranger]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.redriven, vec![chosen]);
+    assert_eq!(report.not_found, vec![stranger]);
+    eventually("evt-b delivered", Duration::from_secs(15), || async {
+        env.delivery_statuses().await == vec![("failed".to_string(), 2), ("success".to_string(), 1)]
+    })
+    .await;
+    assert_eq!(
+        env.queue_depth(&dlq_name).await,
+        2,
+        "the others stay parked"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn gone_disables_the_endpoint_and_parks_the_delivery() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::scripted(|_, _| Reply::status(410)).await;
+    let endpoint = env.add_endpoint(&receiver.url("/gone"), &["#"], None).await;
+    let app = env.start_ready().await;
+    env.publish("crm.contact.deleted", Some("evt-gone"), None, b"{}")
+        .await;
+    eventually("the delivery to fail", Duration::from_secs(15), || async {
+        env.delivery_statuses().await == vec![("failed".to_string(), 1)]
+    })
+    .await;
+    assert_eq!(receiver.count(), 1, "no retries after 410");
+    let (enabled, reason): (bool, Option<String>) =
+        sqlx::query_as("SELECT enabled, disabled_reason FROM herald.endpoints WHERE id = $1")
+            .bind(endpoint.id)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(!enabled);
+    assert!(reason.unwrap().contains("410"));
+    let parked = env.drain(&env.topology().dlq()).await;
+    assert_eq!(
+        amqp_header(&parked[0], "x-herald-reason").as_deref(),
+        Some("gone")
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn deliveries_queued_for_an_endpoint_disabled_meanwhile_end_failed_with_the_reason() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let endpoint = env.add_endpoint(&receiver.url("/off"), &["#"], None).await;
+    // Only ingest runs: the tasks wait in the work queue.
+    let ingest = env.start(Role::Ingest).await;
+    wait_ready(&ingest).await;
+    for n in 0..5 {
+        env.publish(
+            "sales.order.created",
+            Some(&format!("evt-off-{n}")),
+            None,
+            b"{}",
+        )
+        .await;
+    }
+    let work = env.topology().work_queue();
+    eventually("five queued tasks", Duration::from_secs(10), || async {
+        env.queue_depth(&work).await == 5
+    })
+    .await;
+    herald::store::endpoints::set_enabled(&env.pool, endpoint.id, false, Some("maintenance"))
+        .await
+        .unwrap();
+
+    let deliver = env.start(Role::Deliver).await;
+    eventually(
+        "five failed deliveries",
+        Duration::from_secs(15),
+        || async { env.delivery_statuses().await == vec![("failed".to_string(), 5)] },
+    )
+    .await;
+    assert_eq!(receiver.count(), 0);
+    let errors: Vec<String> = sqlx::query_scalar("SELECT last_error FROM herald.deliveries")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.starts_with("endpoint_disabled") && e.contains("maintenance")),
+        "{errors:?}"
+    );
+    eventually("five parked", Duration::from_secs(5), || async {
+        env.queue_depth(&env.topology().dlq()).await == 5
+    })
+    .await;
+    deliver.stop().await;
+    ingest.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn retry_after_moves_the_retry_to_a_later_delay() {
+    let env = TestEnv::with(|s| {
+        s.delivery.retry_schedule = vec![Duration::from_millis(50), Duration::from_secs(3)];
+    })
+    .await;
+    let receiver = Receiver::scripted(|_, nth| {
+        if nth == 1 {
+            let mut reply = Reply::status(429);
+            reply.headers.push(("retry-after", "2".into()));
+            reply
+        } else {
+            Reply::status(200)
+        }
+    })
+    .await;
+    env.add_endpoint(&receiver.url("/busy"), &["#"], None).await;
+    let app = env.start_ready().await;
+    env.publish("a.b", Some("evt-429"), None, b"{}").await;
+    eventually(
+        "the first attempt to be recorded",
+        Duration::from_secs(10),
+        || async {
+            env.count("SELECT count(*) FROM herald.deliveries WHERE status = 'retrying'")
+                .await
+                == 1
+        },
+    )
+    .await;
+    let scheduled_ms: f64 = sqlx::query_scalar(
+        "SELECT (extract(epoch FROM next_retry_at - updated_at) * 1000)::float8 FROM herald.deliveries",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        scheduled_ms.round() as i64,
+        3000,
+        "Retry-After: 2 picks the 3 s delay, not 50 ms"
+    );
+    eventually(
+        "success after the delay",
+        Duration::from_secs(15),
+        || async { env.delivery_statuses().await == vec![("success".to_string(), 1)] },
+    )
+    .await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn private_destinations_are_refused_unless_allowed() {
+    let env = TestEnv::with(|s| {
+        s.delivery.allow_private_networks = false;
+        s.delivery.retry_schedule = vec![];
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/internal"), &["#"], None)
+        .await;
+    env.add_endpoint(
+        &format!(
+            "http://localhost:{}/by-name",
+            receiver.url("").rsplit(':').next().unwrap()
+        ),
+        &["#"],
+        None,
+    )
+    .await;
+    let app = env.start_ready().await;
+    env.publish("a.b", Some("evt-ssrf"), None, b"{}").await;
+    eventually(
+        "both deliveries to fail",
+        Duration::from_secs(15),
+        || async { env.delivery_statuses().await == vec![("failed".to_string(), 2)] },
+    )
+    .await;
+    assert_eq!(receiver.count(), 0, "nothing reached the loopback receiver");
+    let classes: Vec<String> = sqlx::query_scalar("SELECT error FROM herald.delivery_attempts")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(classes, ["refused_address", "refused_address"]);
+    app.stop().await;
+    env.cleanup().await;
+}

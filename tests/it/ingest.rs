@@ -1,0 +1,183 @@
+//! What comes in: idempotency on the event id, the accepted forms, and refusals parked
+//! in `<prefix>.invalid` while everything else still flows.
+
+use std::time::Duration;
+
+use lapin::BasicProperties;
+
+use crate::common::receiver::Receiver;
+use crate::common::{amqp_header, eventually, TestEnv};
+
+#[tokio::test]
+async fn the_same_event_id_published_twice_is_delivered_once_per_endpoint() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/one"), &["sales.#"], None)
+        .await;
+    env.add_endpoint(&receiver.url("/two"), &["sales.order.created"], None)
+        .await;
+    let app = env.start_ready().await;
+
+    env.publish("sales.order.created", Some("evt-dup"), None, br#"{"v":1}"#)
+        .await;
+    env.publish("sales.order.created", Some("evt-dup"), None, br#"{"v":2}"#)
+        .await;
+    // No message id: the id derived from the content recognises the copy.
+    env.publish("sales.order.created", None, None, br#"{"no-id":true}"#)
+        .await;
+    env.publish("sales.order.created", None, None, br#"{"no-id":true}"#)
+        .await;
+    // A later event proves the earlier ones were all processed.
+    env.publish("sales.order.created", Some("evt-marker"), None, b"{}")
+        .await;
+
+    eventually(
+        "the marker at both endpoints",
+        Duration::from_secs(15),
+        || async {
+            receiver
+                .received()
+                .iter()
+                .filter(|r| r.header("webhook-id") == "evt-marker")
+                .count()
+                == 2
+        },
+    )
+    .await;
+    eventually(
+        "six deliveries recorded",
+        Duration::from_secs(10),
+        || async { env.delivery_statuses().await == vec![("success".to_string(), 6)] },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.count(), 6, "three events × two endpoints");
+    let first: serde_json::Value = serde_json::from_slice(
+        &receiver
+            .received()
+            .iter()
+            .find(|r| r.header("webhook-id") == "evt-dup")
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(first["data"]["v"], 1, "the first copy wins");
+    assert_eq!(env.count("SELECT count(*) FROM herald.events").await, 3);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn unacceptable_messages_are_parked_with_a_reason_and_the_rest_still_flows() {
+    let env = TestEnv::with(|s| s.ingest.max_body_bytes = 1024).await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/all"), &["#"], None).await;
+    let app = env.start_ready().await;
+
+    env.publish("sales.order.created", Some("bad-json"), None, b"{not json")
+        .await;
+    env.publish(
+        "sales.order.created",
+        Some("too-big"),
+        None,
+        format!("[\"{}\"]", "x".repeat(2000)).as_bytes(),
+    )
+    .await;
+    env.publish("", Some("no-type"), None, b"{}").await;
+    env.publish("sales..created", Some("bad-type"), None, b"{}")
+        .await;
+    env.publish("sales.order.created", Some("good"), None, b"{}")
+        .await;
+
+    eventually(
+        "the good event delivered",
+        Duration::from_secs(15),
+        || async { receiver.count() == 1 },
+    )
+    .await;
+    let invalid = env.topology().invalid_queue();
+    eventually("four parked messages", Duration::from_secs(10), || async {
+        env.queue_depth(&invalid).await == 4
+    })
+    .await;
+    let parked = env.drain(&invalid).await;
+    let mut reasons: Vec<(String, String)> = parked
+        .iter()
+        .map(|m| {
+            (
+                m.properties.message_id().as_ref().unwrap().to_string(),
+                amqp_header(m, "x-herald-error").unwrap(),
+            )
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 4);
+    assert!(
+        reasons[0].0 == "bad-json" && reasons[0].1.starts_with("not_json: "),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].0 == "bad-type" && reasons[1].1.starts_with("bad_type: "),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].0 == "no-type" && reasons[2].1.starts_with("no_type: "),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[3].0 == "too-big" && reasons[3].1.starts_with("too_large: "),
+        "{reasons:?}"
+    );
+    // The parked copy is the original, so it can be fixed and republished.
+    let bad = parked
+        .iter()
+        .find(|m| m.properties.message_id().as_ref().unwrap().as_str() == "bad-json")
+        .unwrap();
+    assert_eq!(bad.data, b"{not json");
+    assert_eq!(
+        amqp_header(bad, "x-herald-routing-key").as_deref(),
+        Some("sales.order.created")
+    );
+    assert_eq!(env.count("SELECT count(*) FROM herald.events").await, 1);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn structured_cloudevents_are_accepted_with_their_own_id_type_and_tenant() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/ce"), &["payments.#"], Some("acme"))
+        .await;
+    let app = env.start_ready().await;
+    let body = br#"{"specversion":"1.0","id":"ce-42","type":"payments.refund.issued","source":"/payments","time":"2026-11-01T10:00:00Z","tenantid":"acme","data":{"refund":7}}"#;
+    env.publish_raw(
+        "ignored.routing.key",
+        body,
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/cloudevents+json".into()),
+    )
+    .await;
+    eventually(
+        "the CloudEvent delivered",
+        Duration::from_secs(15),
+        || async { receiver.count() == 1 },
+    )
+    .await;
+    let request = &receiver.received()[0];
+    assert_eq!(request.header("webhook-id"), "ce-42");
+    let webhook: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(webhook["type"], "payments.refund.issued");
+    assert_eq!(webhook["tenant_id"], "acme");
+    assert_eq!(webhook["timestamp"], "2026-11-01T10:00:00.000Z");
+    assert_eq!(webhook["data"]["refund"], 7);
+    let source: Option<String> =
+        sqlx::query_scalar("SELECT source FROM herald.events WHERE id = 'ce-42'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(source.as_deref(), Some("/payments"));
+    app.stop().await;
+    env.cleanup().await;
+}

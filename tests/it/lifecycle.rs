@@ -1,0 +1,191 @@
+//! Nothing is lost when a process stops: gracefully (no duplicates either) or killed
+//! outright with SIGKILL (at-least-once: every pair delivered, duplicates counted).
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use herald::broker::Outgoing;
+use lapin::BasicProperties;
+
+use crate::common::receiver::{Receiver, Reply};
+use crate::common::{eventually, TestEnv};
+
+/// Publishes `count` events with pipelined confirms.
+async fn publish_many(env: &TestEnv, prefix: &str, count: usize) {
+    let bodies: Vec<(String, Vec<u8>)> = (0..count)
+        .map(|n| {
+            (
+                format!("{prefix}-{n}"),
+                format!(r#"{{"n":{n}}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    for chunk in bodies.chunks(500) {
+        let messages = chunk
+            .iter()
+            .map(|(id, body)| Outgoing {
+                exchange: &env.exchange,
+                routing_key: "inventory.stock.changed",
+                body,
+                properties: BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(id.as_str().into()),
+            })
+            .collect();
+        env.publisher()
+            .publish_all(messages)
+            .await
+            .expect("confirmed");
+    }
+}
+
+fn pairs(receiver: &Receiver) -> (HashSet<(String, String)>, usize) {
+    let received = receiver.received();
+    let total = received.len();
+    let unique = received
+        .into_iter()
+        .map(|r| (r.header("webhook-id"), r.path.clone()))
+        .collect::<HashSet<_>>();
+    (unique, total)
+}
+
+#[tokio::test]
+async fn a_graceful_stop_finishes_in_flight_deliveries_and_loses_nothing() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::scripted(|_, _| Reply {
+        status: 200,
+        delay: Duration::from_millis(20),
+        headers: vec![],
+    })
+    .await;
+    env.add_endpoint(&receiver.url("/slow"), &["inventory.#"], None)
+        .await;
+    publish_many(&env, "evt-g", 400).await;
+
+    let app = env.start_ready().await;
+    eventually("some deliveries", Duration::from_secs(30), || async {
+        receiver.count() >= 50
+    })
+    .await;
+    app.stop().await;
+    let seen_at_stop = receiver.count();
+    let recorded = env
+        .count("SELECT count(*) FROM herald.deliveries WHERE status = 'success'")
+        .await;
+    assert_eq!(
+        recorded as usize, seen_at_stop,
+        "every answered request was recorded before exit"
+    );
+
+    let app = env.start_ready().await;
+    eventually("all 400 delivered", Duration::from_secs(60), || async {
+        env.delivery_statuses().await == vec![("success".to_string(), 400)]
+    })
+    .await;
+    let (unique, total) = pairs(&receiver);
+    assert_eq!(unique.len(), 400);
+    let mut seen = HashMap::new();
+    for r in receiver.received() {
+        seen.entry(r.header("webhook-id"))
+            .or_insert_with(Vec::new)
+            .push(r.header("x-herald-attempt"));
+    }
+    seen.retain(|_, attempts| attempts.len() > 1);
+    assert_eq!(
+        total, 400,
+        "a graceful stop sends nothing twice; sent again: {seen:?}"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+fn spawn_herald(env: &TestEnv) -> Child {
+    let s = &env.settings;
+    Command::new(env!("CARGO_BIN_EXE_herald"))
+        .arg("serve")
+        .env("HERALD__AMQP__URL", s.amqp.url.expose())
+        .env("HERALD__DATABASE__URL", s.database.url.expose())
+        .env("HERALD__TOPOLOGY__PREFIX", &s.topology.prefix)
+        .env("HERALD__INGEST__EXCHANGES", &env.exchange)
+        .env("HERALD__API__LISTEN", "127.0.0.1:0")
+        .env("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+        .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
+        .env("HERALD__DELIVERY__JITTER", "0")
+        .env("HERALD__TELEMETRY__LOG_LEVEL", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("herald binary starts")
+}
+
+#[tokio::test]
+async fn sigkill_in_the_middle_of_thousands_of_deliveries_loses_none() {
+    const EVENTS: usize = 1500;
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/a"), &["inventory.#"], None)
+        .await;
+    env.add_endpoint(&receiver.url("/b"), &["*.stock.*"], None)
+        .await;
+    publish_many(&env, "evt-k", EVENTS).await;
+
+    let mut first = spawn_herald(&env);
+    eventually("deliveries under way", Duration::from_secs(60), || async {
+        receiver.count() >= 600
+    })
+    .await;
+    first.kill().expect("SIGKILL");
+    first.wait().unwrap();
+    let at_kill = receiver.count();
+    assert!(
+        at_kill < 2 * EVENTS,
+        "killed mid-flight ({at_kill} delivered)"
+    );
+
+    let mut second = spawn_herald(&env);
+    eventually(
+        "every delivery recorded as success",
+        Duration::from_secs(120),
+        || async {
+            env.delivery_statuses().await == vec![("success".to_string(), 2 * EVENTS as i64)]
+        },
+    )
+    .await;
+    let (unique, total) = pairs(&receiver);
+    let expected: HashSet<(String, String)> = (0..EVENTS)
+        .flat_map(|n| {
+            [
+                (format!("evt-k-{n}"), "/a".to_string()),
+                (format!("evt-k-{n}"), "/b".to_string()),
+            ]
+        })
+        .collect();
+    assert_eq!(unique, expected, "every (event, endpoint) pair delivered");
+    let duplicates = total - unique.len();
+    println!("sigkill: {at_kill} delivered before the kill, {duplicates} duplicate requests after restart");
+    let per_event: HashMap<String, i64> = sqlx::query_as::<_, (String, i64)>(
+        "SELECT event_id, count(*) FROM herald.deliveries GROUP BY event_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .collect();
+    assert_eq!(per_event.len(), EVENTS);
+    assert!(
+        per_event.values().all(|n| *n == 2),
+        "one delivery row per (event, endpoint)"
+    );
+
+    // SIGTERM: a clean exit.
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(second.id().to_string())
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || second.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    env.cleanup().await;
+}

@@ -1,0 +1,10 @@
+//! End-to-end tests through the real RabbitMQ and PostgreSQL started by `make services`,
+//! with real HTTP receivers on loopback. One binary, one module per area.
+
+mod common;
+
+mod admin_api;
+mod delivery;
+mod fan_out;
+mod ingest;
+mod lifecycle;
