@@ -152,13 +152,33 @@ pg_as() {
   if [ "$(id -u)" -eq 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi
 }
 
+# The data directory lives at .local/postgres. When the checkout sits where the
+# unprivileged user cannot reach (e.g. under /root), it is kept in /var/tmp instead and
+# .local/postgres links to it.
+pg_prepare_dir() {
+  local user=$1
+  if [ ! -e "$PG_DIR" ]; then
+    mkdir -p "$PG_DIR"
+    if [ "$(id -u)" -eq 0 ]; then
+      chown "$user" "$PG_DIR"
+      if ! runuser -u "$user" -- test -w "$PG_DIR" 2>/dev/null; then
+        rmdir "$PG_DIR"
+        local alt
+        alt="/var/tmp/herald-postgres-$PG_PORT-$(printf '%s' "$ROOT" | cksum | cut -d' ' -f1)"
+        mkdir -p "$alt"; chown "$user" "$alt"; chmod 700 "$alt"
+        ln -s "$alt" "$PG_DIR"
+        log "$ROOT is not reachable by user $user: PostgreSQL data kept in $alt"
+      fi
+    fi
+  fi
+  chmod 700 "$PG_DIR/" 2>/dev/null || true
+}
+
 pg_start() {
   pg_bin >/dev/null || apt_install postgresql-15 || apt_install postgresql
   local bin; bin=$(pg_bin) || die "no PostgreSQL 15+ binaries found"
   local user; user=$(pg_user)
-  mkdir -p "$PG_DIR"
-  [ "$(id -u)" -eq 0 ] && chown "$user" "$PG_DIR"
-  chmod 700 "$PG_DIR"
+  pg_prepare_dir "$user"
   if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then
     log "initialising PostgreSQL cluster in $PG_DIR/data"
     local pw="$PG_DIR/.pw"
