@@ -11,16 +11,18 @@ export HERALD_AMQP_MGMT_URL ?= http://guest:guest@127.0.0.1:$(HERALD_AMQP_MGMT_P
 
 HERALD := cargo run --quiet --bin herald --
 
-.PHONY: run test services services-stop migrate lint bench build clean-local
+.PHONY: run test services services-stop migrate lint bench build clean-local check-deploy
 
 ## Start local RabbitMQ + PostgreSQL, migrate, serve with the development config.
 run: services
 	$(HERALD) migrate --config deploy/local/herald.toml
 	$(HERALD) serve --config deploy/local/herald.toml
 
-## The local services, then the whole test suite.
+## The local services, then the whole test suite, then the deploy artifacts
+## (promtool checks and unit-tests the alert rules; installs Debian's prometheus).
 test: services
 	cargo test --all-targets -- --test-threads=4
+	deploy/check.sh
 
 services:
 	@$(SERVICES) start
@@ -37,6 +39,9 @@ lint:
 
 build:
 	cargo build --all-targets
+
+check-deploy:
+	deploy/check.sh
 
 clean-local: services-stop
 	rm -rf .local

@@ -30,7 +30,10 @@ CREATE TABLE herald.events (
     source      text,
     occurred_at timestamptz NOT NULL,
     payload     json NOT NULL,
-    received_at timestamptz NOT NULL DEFAULT now()
+    received_at timestamptz NOT NULL DEFAULT now(),
+    -- Set once every delivery task of the event is confirmed by the broker. A
+    -- redelivered message whose event has it set needs nothing republished.
+    dispatched_at timestamptz
 );
 CREATE INDEX events_received_at ON herald.events (received_at);
 CREATE INDEX events_type ON herald.events (type, received_at);

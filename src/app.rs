@@ -149,6 +149,14 @@ impl App {
                 let _ = recorder_task.await;
             });
         }
+        if role.serves_admin_api() {
+            workers.spawn(crate::monitor::sample_queues(
+                settings.clone(),
+                topology.clone(),
+                metrics.clone(),
+                shutdown.clone(),
+            ));
+        }
         workers.spawn(api::sample_gauges(
             pool.clone(),
             metrics.clone(),

@@ -191,6 +191,9 @@ pub struct TelemetrySettings {
     pub log_level: String,
     /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318`; empty = no export.
     pub otlp_endpoint: String,
+    /// How often the api role samples queue depth and oldest-message age.
+    #[serde(deserialize_with = "duration")]
+    pub queue_sample_interval: Duration,
 }
 
 impl Default for TelemetrySettings {
@@ -199,6 +202,7 @@ impl Default for TelemetrySettings {
             log_format: LogFormat::Pretty,
             log_level: "info".into(),
             otlp_endpoint: String::new(),
+            queue_sample_interval: Duration::from_secs(15),
         }
     }
 }

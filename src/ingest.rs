@@ -238,15 +238,20 @@ pub async fn fan_out(
                 "x-herald-routing-key".into(),
                 text(delivery.routing_key.as_str()),
             );
+            let mut properties = delivery
+                .properties
+                .clone()
+                .with_delivery_mode(2)
+                .with_headers(headers);
+            if properties.timestamp().is_none() {
+                // The invalid queue's oldest-message age is measured from it.
+                properties = properties.with_timestamp(received_at.timestamp() as u64);
+            }
             messages.push(Outgoing {
                 exchange: "",
                 routing_key: &invalid_queue,
                 body: &delivery.data,
-                properties: delivery
-                    .properties
-                    .clone()
-                    .with_delivery_mode(2)
-                    .with_headers(headers),
+                properties,
             });
         }
         publisher.publish_all(messages).await?;
@@ -290,6 +295,7 @@ pub async fn fan_out(
 
     let received_at_ms = received_at.timestamp_millis();
     let mut tasks = Vec::new();
+    let mut dispatched = Vec::new();
     for ((a, fan_out), result) in accepted.iter().zip(&fan_outs).zip(recorded) {
         let deliveries = match result {
             Recorded::New(deliveries) => {
@@ -312,6 +318,7 @@ pub async fn fan_out(
         if deliveries.is_empty() {
             continue;
         }
+        dispatched.push(a.event.id.as_str());
         let body = a.event.webhook_body();
         for d in deliveries {
             tasks.push(DeliveryTask {
@@ -340,6 +347,13 @@ pub async fn fan_out(
                 .collect(),
         )
         .await?;
+    // Narrows what a crash right now would republish; if this write is lost, a
+    // redelivery republishes the pending tasks (a duplicate, never a loss).
+    if !dispatched.is_empty() {
+        if let Err(error) = events::mark_dispatched(&ingestor.pool, &dispatched).await {
+            tracing::warn!(%error, "cannot mark events dispatched");
+        }
+    }
     Ok(())
 }
 

@@ -22,6 +22,7 @@ pub mod domain;
 pub mod envelope;
 pub mod ingest;
 pub mod metrics;
+pub mod monitor;
 pub mod signing;
 pub mod store;
 pub mod subscriptions;

@@ -12,6 +12,7 @@ use crate::envelope::ParkReason;
 
 pub struct Metrics {
     registry: Registry,
+    names: Vec<String>,
     per_endpoint: bool,
     pub deliveries: IntCounterVec,
     pub delivery_duration: Histogram,
@@ -35,45 +36,49 @@ pub struct Metrics {
     pub end_to_end: Histogram,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
+/// Registers metrics and remembers their names (dashboards are checked against them).
+struct Reg {
+    registry: Registry,
+    names: Vec<String>,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    registry
-        .register(Box::new(c.clone()))
-        .expect("unique metric");
-    c
-}
+impl Reg {
+    fn add<C: prometheus::core::Collector + Clone + 'static>(&mut self, name: &str, c: C) -> C {
+        self.registry
+            .register(Box::new(c.clone()))
+            .expect("unique metric");
+        self.names.push(name.to_string());
+        c
+    }
 
-fn histogram(registry: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
-    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
-        .expect("valid metric");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("unique metric");
-    h
-}
+    fn counter(&mut self, name: &str, help: &str) -> IntCounter {
+        self.add(name, IntCounter::new(name, help).expect("valid metric"))
+    }
 
-fn gauge_vec(registry: &Registry, name: &str, help: &str, label: &str) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
-}
+    fn counter_vec(&mut self, name: &str, help: &str, label: &str) -> IntCounterVec {
+        let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        self.add(name, c)
+    }
 
-fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    registry
-        .register(Box::new(g.clone()))
-        .expect("unique metric");
-    g
+    fn histogram(&mut self, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+        let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+            .expect("valid metric");
+        self.add(name, h)
+    }
+
+    fn gauge(&mut self, name: &str, help: &str) -> IntGauge {
+        self.add(name, IntGauge::new(name, help).expect("valid metric"))
+    }
+
+    fn gauge_vec(&mut self, name: &str, help: &str, label: &str) -> IntGaugeVec {
+        let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        self.add(name, g)
+    }
+
+    fn float_gauge_vec(&mut self, name: &str, help: &str, label: &str) -> prometheus::GaugeVec {
+        let g = prometheus::GaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+        self.add(name, g)
+    }
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -82,127 +87,103 @@ const LATENCY_BUCKETS: &[f64] = &[
 
 impl Metrics {
     pub fn new(per_endpoint: bool) -> Self {
-        let r = Registry::new();
-        let queue_oldest_age = prometheus::GaugeVec::new(
-            Opts::new(
-                "herald_queue_oldest_message_age_seconds",
-                "Age of the oldest message in a Herald queue",
-            ),
-            &["queue"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(queue_oldest_age.clone()))
-            .expect("unique metric");
+        let mut r = Reg {
+            registry: Registry::new(),
+            names: Vec::new(),
+        };
         let m = Metrics {
             per_endpoint,
-            deliveries: counter_vec(
-                &r,
+            deliveries: r.counter_vec(
                 "webhook_deliveries_total",
                 "Delivery attempts by outcome (success, failure)",
                 "status",
             ),
-            delivery_duration: histogram(
-                &r,
+            delivery_duration: r.histogram(
                 "webhook_delivery_duration_seconds",
                 "Duration of one HTTP delivery attempt",
                 LATENCY_BUCKETS.to_vec(),
             ),
-            retries: counter(
-                &r,
+            retries: r.counter(
                 "webhook_retries_total",
                 "Retries scheduled through delay queues",
             ),
-            http_status: counter_vec(
-                &r,
+            http_status: r.counter_vec(
                 "webhook_delivery_http_status",
                 "HTTP status codes answered by endpoints",
                 "code",
             ),
-            delivery_errors: counter_vec(
-                &r,
+            delivery_errors: r.counter_vec(
                 "herald_delivery_errors_total",
                 "Attempts that got no HTTP response, by class",
                 "class",
             ),
-            dead_lettered: counter_vec(
-                &r,
+            dead_lettered: r.counter_vec(
                 "herald_deliveries_dead_lettered_total",
                 "Deliveries moved to the dead-letter queue, by reason",
                 "reason",
             ),
-            events_ingested: counter(
-                &r,
+            events_ingested: r.counter(
                 "herald_events_ingested_total",
                 "Events accepted and recorded for the first time",
             ),
-            events_duplicate: counter(
-                &r,
+            events_duplicate: r.counter(
                 "herald_events_duplicate_total",
                 "Messages whose event id was already recorded",
             ),
-            events_unmatched: counter(
-                &r,
+            events_unmatched: r.counter(
                 "herald_events_unmatched_total",
                 "Accepted events that matched no endpoint",
             ),
-            parked: counter_vec(
-                &r,
+            parked: r.counter_vec(
                 "herald_messages_parked_total",
                 "Messages moved to the invalid queue, by reason",
                 "reason",
             ),
-            fanout_size: histogram(
-                &r,
+            fanout_size: r.histogram(
                 "herald_fanout_size",
                 "Endpoints matched per event",
                 vec![0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0],
             ),
-            in_flight: gauge(
-                &r,
+            in_flight: r.gauge(
                 "herald_deliveries_in_flight",
                 "Delivery attempts in progress",
             ),
-            endpoints_disabled: counter(
-                &r,
+            endpoints_disabled: r.counter(
                 "herald_endpoints_disabled_total",
                 "Endpoints disabled because they answered 410 Gone",
             ),
-            queue_messages: gauge_vec(
-                &r,
+            queue_messages: r.gauge_vec(
                 "herald_queue_messages",
-                "Messages ready in a Herald queue",
+                "Messages in a Herald queue",
                 "queue",
             ),
-            queue_oldest_age,
-            db_pool: gauge_vec(
-                &r,
+            queue_oldest_age: r.float_gauge_vec(
+                "herald_queue_oldest_message_age_seconds",
+                "Age of the oldest message in a Herald queue",
+                "queue",
+            ),
+            db_pool: r.gauge_vec(
                 "herald_db_pool_connections",
                 "Database pool connections by state",
                 "state",
             ),
-            db_pool_max: gauge(
-                &r,
-                "herald_db_pool_max_connections",
-                "Database pool size limit",
-            ),
-            endpoint_failures: counter_vec(
-                &r,
+            db_pool_max: r.gauge("herald_db_pool_max_connections", "Database pool size limit"),
+            endpoint_failures: r.counter_vec(
                 "herald_endpoint_failures_total",
                 "Failed attempts per endpoint (api.per_endpoint_metrics)",
                 "endpoint_id",
             ),
-            ready: gauge(
-                &r,
+            ready: r.gauge(
                 "herald_ready",
                 "1 when broker, database and consumers are up",
             ),
-            end_to_end: histogram(
-                &r,
+            end_to_end: r.histogram(
                 "webhook_end_to_end_latency_seconds",
                 "From event received by Herald to successful delivery",
                 LATENCY_BUCKETS.to_vec(),
             ),
-            registry: r,
+            registry: r.registry,
+            names: r.names,
         };
         // Series that alerts divide by exist from the start, at zero.
         for status in ["success", "failure"] {
@@ -232,11 +213,7 @@ impl Metrics {
     }
 
     /// Every metric family name registered (dashboards are checked against it).
-    pub fn names(&self) -> Vec<String> {
-        self.registry
-            .gather()
-            .iter()
-            .map(|f| f.name().to_string())
-            .collect()
+    pub fn names(&self) -> &[String] {
+        &self.names
     }
 }

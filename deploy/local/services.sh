@@ -149,7 +149,7 @@ pg_user() {
 
 pg_as() {
   local user; user=$(pg_user)
-  if [ "$(id -u)" -eq 0 ]; then runuser -u "$user" -- "$@"; else "$@"; fi
+  if [ "$(id -u)" -eq 0 ]; then (cd / && runuser -u "$user" -- "$@"); else "$@"; fi
 }
 
 # The data directory lives at .local/postgres. When the checkout sits where the
@@ -172,6 +172,8 @@ pg_prepare_dir() {
     fi
   fi
   chmod 700 "$PG_DIR/" 2>/dev/null || true
+  # Hand PostgreSQL the real path: it cannot traverse the link's directory.
+  PG_DIR=$(readlink -f "$PG_DIR")
 }
 
 pg_start() {
@@ -214,6 +216,7 @@ CONF
 
 pg_stop() {
   local bin; bin=$(pg_bin) || return 0
+  [ -e "$PG_DIR" ] && PG_DIR=$(readlink -f "$PG_DIR")
   [ -f "$PG_DIR/data/PG_VERSION" ] || return 0
   if pg_as "$bin/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1; then
     log "stopping PostgreSQL"

@@ -85,6 +85,7 @@ impl DeliveryTask {
     pub fn properties_with(&self, headers: FieldTable) -> BasicProperties {
         BasicProperties::default()
             .with_delivery_mode(2)
+            .with_timestamp(chrono::Utc::now().timestamp() as u64)
             .with_content_type("application/json".into())
             .with_message_id(self.delivery_id.to_string().into())
             .with_headers(headers)
@@ -156,7 +157,12 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             body: br#"{"id":"evt-1"}"#.to_vec(),
         };
-        let back = DeliveryTask::from_amqp(&task.properties(), task.body.clone()).unwrap();
+        let properties = task.properties();
+        assert!(
+            properties.timestamp().is_some(),
+            "queue age is measured from it"
+        );
+        let back = DeliveryTask::from_amqp(&properties, task.body.clone()).unwrap();
         assert_eq!(back, task);
         assert_eq!(back.retries_done(), 2);
         assert_eq!(back.next_attempt().attempt, 4);

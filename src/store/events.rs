@@ -29,8 +29,9 @@ pub struct NewDelivery {
 pub enum Recorded {
     /// First time seen: these deliveries were created.
     New(Vec<NewDelivery>),
-    /// Already recorded. For a redelivered message, the deliveries still pending with
-    /// no attempt, whose tasks may never have reached the broker; empty otherwise.
+    /// Already recorded. For a redelivered message whose event was never marked
+    /// dispatched, the deliveries still pending with no attempt: their tasks may never
+    /// have reached the broker. Empty otherwise.
     Duplicate(Vec<NewDelivery>),
 }
 
@@ -131,8 +132,10 @@ pub async fn record_fan_out(
 
     if !recheck.is_empty() {
         let pending: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
-            "SELECT id, event_id, endpoint_id FROM herald.deliveries
-             WHERE event_id = ANY($1) AND status = 'pending' AND attempts = 0",
+            "SELECT d.id, d.event_id, d.endpoint_id
+             FROM herald.deliveries d JOIN herald.events e ON e.id = d.event_id
+             WHERE d.event_id = ANY($1) AND e.dispatched_at IS NULL
+               AND d.status = 'pending' AND d.attempts = 0",
         )
         .bind(&recheck)
         .fetch_all(&mut *tx)
@@ -154,6 +157,15 @@ pub async fn record_fan_out(
 
     tx.commit().await?;
     Ok(results)
+}
+
+/// Marks events whose delivery tasks are all confirmed by the broker.
+pub async fn mark_dispatched(pool: &PgPool, ids: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE herald.events SET dispatched_at = now() WHERE id = ANY($1) AND dispatched_at IS NULL")
+        .bind(ids)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// A stored event, for redrive and replay.

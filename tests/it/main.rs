@@ -8,3 +8,4 @@ mod delivery;
 mod fan_out;
 mod ingest;
 mod lifecycle;
+mod observability;

@@ -1,0 +1,142 @@
+//! What SREs rely on: the dashboard and alerts query only metrics Herald exports.
+
+use herald::metrics::Metrics;
+
+/// Every `herald_*` / `webhook_*` identifier in a text, histogram suffixes removed.
+fn metric_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let bytes = text.as_bytes();
+    let is_word = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let mut i = 0;
+    while i < bytes.len() {
+        if is_word(bytes[i]) && (i == 0 || !is_word(bytes[i - 1])) {
+            let start = i;
+            while i < bytes.len() && is_word(bytes[i]) {
+                i += 1;
+            }
+            let word = &text[start..i];
+            if (word.starts_with("herald_") || word.starts_with("webhook_")) && !word.ends_with('_')
+            {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| word.strip_suffix(s))
+                    .unwrap_or(word);
+                names.push(base.to_string());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[test]
+fn the_dashboard_and_alert_rules_query_only_exported_metrics() {
+    let exported = Metrics::new(true).names().to_vec();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let dashboard = std::fs::read_to_string(format!("{root}/deploy/grafana/herald.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&dashboard).expect("dashboard is JSON");
+    let mut exprs = Vec::new();
+    fn collect(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    if k == "expr" {
+                        out.push(v.as_str().unwrap_or_default().to_string());
+                    } else {
+                        collect(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(list) => list.iter().for_each(|v| collect(v, out)),
+            _ => {}
+        }
+    }
+    collect(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 10, "the dashboard has its queries");
+    let alerts: String = std::fs::read_to_string(format!("{root}/deploy/prometheus/alerts.yml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n");
+
+    let used_by_dashboard = metric_names(&exprs.join("\n"));
+    let used_by_alerts = metric_names(&alerts);
+    assert!(used_by_alerts.len() >= 5);
+    for name in used_by_dashboard.iter().chain(&used_by_alerts) {
+        assert!(
+            exported.contains(name),
+            "`{name}` is queried but Herald does not export it"
+        );
+    }
+    // And the headline series are on the dashboard.
+    for needed in [
+        "webhook_deliveries_total",
+        "webhook_delivery_duration_seconds",
+        "herald_queue_messages",
+    ] {
+        assert!(
+            used_by_dashboard.iter().any(|n| n == needed),
+            "{needed} missing from the dashboard"
+        );
+    }
+}
+
+#[tokio::test]
+async fn queue_depth_and_oldest_message_age_are_sampled_from_the_broker() {
+    use std::time::Duration;
+
+    use lapin::BasicProperties;
+
+    use crate::common::{eventually, TestEnv};
+
+    let env =
+        TestEnv::with(|s| s.telemetry.queue_sample_interval = Duration::from_millis(200)).await;
+    let app = env.start_ready().await;
+    // Two refusals, published "100 s ago" by the publisher's clock.
+    let then = chrono::Utc::now().timestamp() as u64 - 100;
+    for _ in 0..2 {
+        env.publish_raw(
+            "sales.order.created",
+            b"not json",
+            BasicProperties::default().with_timestamp(then),
+        )
+        .await;
+    }
+    let url = format!("http://{}/metrics", app.address());
+    let sample = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    eventually(
+        "the invalid queue sampled",
+        Duration::from_secs(20),
+        || async {
+            let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+            sample(&text, r#"herald_queue_messages{queue="invalid"}"#) == Some(2.0)
+                && sample(
+                    &text,
+                    r#"herald_queue_oldest_message_age_seconds{queue="invalid"}"#,
+                )
+                .is_some_and(|age| (100.0..200.0).contains(&age))
+        },
+    )
+    .await;
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    assert_eq!(
+        sample(&text, r#"herald_queue_messages{queue="dlq"}"#),
+        Some(0.0)
+    );
+    assert_eq!(
+        env.queue_depth(&env.topology().invalid_queue()).await,
+        2,
+        "peeking leaves messages in place"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
