@@ -72,7 +72,7 @@ async fn run_consumer(
     loop {
         let Some(connection) = broker::connect_with_backoff(
             settings.amqp.url.expose(),
-            &format!("herald-ingest-{n}"),
+            &format!("{}-ingest-{n}", settings.topology.prefix),
             settings.amqp.reconnect_max_backoff,
             &shutdown,
         )

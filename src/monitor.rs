@@ -35,7 +35,7 @@ pub async fn sample_queues(
     while !shutdown.is_cancelled() {
         let Some(connection) = broker::connect_with_backoff(
             settings.amqp.url.expose(),
-            "herald-monitor",
+            &format!("{}-monitor", settings.topology.prefix),
             settings.amqp.reconnect_max_backoff,
             &shutdown,
         )

@@ -63,7 +63,7 @@ pub async fn run(deliverer: Arc<Deliverer>, readiness: Readiness, shutdown: Canc
     loop {
         let Some(connection) = broker::connect_with_backoff(
             settings.amqp.url.expose(),
-            "herald-deliver",
+            &format!("{}-deliver", settings.topology.prefix),
             settings.amqp.reconnect_max_backoff,
             &shutdown,
         )

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::common::receiver::{Receiver, Reply};
 use crate::common::{eventually, TestEnv};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_metrics_reflect_real_deliveries() {
     let env = TestEnv::with(|s| s.delivery.retry_schedule = vec![]).await;
     let receiver =
@@ -52,38 +52,44 @@ async fn health_readiness_and_metrics_reflect_real_deliveries() {
     )
     .await;
 
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let value = |series: &str| -> f64 {
+    let expected: &[(&str, f64)] = &[
+        (r#"webhook_deliveries_total{status="success"}"#, 2.0),
+        (r#"webhook_deliveries_total{status="failure"}"#, 1.0),
+        (r#"webhook_delivery_http_status{code="500"}"#, 1.0),
+        (
+            r#"herald_deliveries_dead_lettered_total{reason="retries_exhausted"}"#,
+            1.0,
+        ),
+        ("herald_events_ingested_total", 3.0),
+        ("herald_events_unmatched_total", 1.0),
+        (r#"herald_messages_parked_total{reason="not_json"}"#, 1.0),
+        ("webhook_delivery_duration_seconds_count", 3.0),
+        ("webhook_retries_total", 0.0),
+    ];
+    let value = |metrics: &str, series: &str| -> Option<f64> {
         metrics
             .lines()
             .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .unwrap_or_else(|| panic!("{series} missing from\n{metrics}"))
-            .rsplit(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap()
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
     };
-    assert_eq!(value(r#"webhook_deliveries_total{status="success"}"#), 2.0);
-    assert_eq!(value(r#"webhook_deliveries_total{status="failure"}"#), 1.0);
-    assert_eq!(value(r#"webhook_delivery_http_status{code="500"}"#), 1.0);
-    assert_eq!(
-        value(r#"herald_deliveries_dead_lettered_total{reason="retries_exhausted"}"#),
-        1.0
-    );
-    assert_eq!(value("herald_events_ingested_total"), 3.0);
-    assert_eq!(value("herald_events_unmatched_total"), 1.0);
-    assert_eq!(
-        value(r#"herald_messages_parked_total{reason="not_json"}"#),
-        1.0
-    );
-    assert_eq!(value("webhook_delivery_duration_seconds_count"), 3.0);
-    assert_eq!(value("webhook_retries_total"), 0.0);
+    // Counters lag the database by a moment: wait for the values, then check each.
+    let mut metrics = String::new();
+    for _ in 0..200 {
+        metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if expected.iter().all(|(s, v)| value(&metrics, s) == Some(*v)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (series, v) in expected {
+        assert_eq!(value(&metrics, series), Some(*v), "{series} in\n{metrics}");
+    }
 
     let stopping = app.shutdown_token();
     stopping.cancel();
@@ -91,7 +97,7 @@ async fn health_readiness_and_metrics_reflect_real_deliveries() {
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_api_manages_endpoints_and_shows_deliveries_behind_its_token() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start().await;
@@ -236,7 +242,7 @@ fn herald(env: &TestEnv, args: &[&str]) -> (bool, Value, String) {
     )
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_command_line_adds_endpoints_publishes_and_lists_dead_letters() {
     let env = TestEnv::with(|s| {
         s.delivery.retry_schedule = vec![Duration::from_millis(50), Duration::from_millis(100)]

@@ -9,7 +9,7 @@ use herald::Role;
 use crate::common::receiver::{Receiver, Reply};
 use crate::common::{amqp_header, eventually, wait_ready, TestEnv};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_endpoint_is_retried_through_delay_queues_until_it_succeeds() {
     let env = TestEnv::with(|s| {
         s.delivery.retry_schedule = vec![
@@ -76,7 +76,7 @@ async fn a_failing_endpoint_is_retried_through_delay_queues_until_it_succeeds() 
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exhausted_retries_end_failed_in_the_dlq_and_redrive_delivers_them() {
     let env = TestEnv::new().await; // schedule 50ms,100ms: three attempts
     let receiver = Receiver::scripted(|_, _| Reply::status(503)).await;
@@ -162,7 +162,7 @@ async fn exhausted_retries_end_failed_in_the_dlq_and_redrive_delivers_them() {
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redrive_of_chosen_deliveries_leaves_the_others_parked() {
     let env = TestEnv::with(|s| s.delivery.retry_schedule = vec![]).await;
     let receiver = Receiver::scripted(|_, _| Reply::status(500)).await;
@@ -210,7 +210,7 @@ async fn redrive_of_chosen_deliveries_leaves_the_others_parked() {
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gone_disables_the_endpoint_and_parks_the_delivery() {
     let env = TestEnv::new().await;
     let receiver = Receiver::scripted(|_, _| Reply::status(410)).await;
@@ -240,7 +240,7 @@ async fn gone_disables_the_endpoint_and_parks_the_delivery() {
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_queued_for_an_endpoint_disabled_meanwhile_end_failed_with_the_reason() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start().await;
@@ -293,7 +293,7 @@ async fn deliveries_queued_for_an_endpoint_disabled_meanwhile_end_failed_with_th
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_after_moves_the_retry_to_a_later_delay() {
     let env = TestEnv::with(|s| {
         s.delivery.retry_schedule = vec![Duration::from_millis(50), Duration::from_secs(3)];
@@ -343,7 +343,7 @@ async fn retry_after_moves_the_retry_to_a_later_delay() {
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn private_destinations_are_refused_unless_allowed() {
     let env = TestEnv::with(|s| {
         s.delivery.allow_private_networks = false;

@@ -5,7 +5,7 @@ use std::time::Duration;
 use crate::common::receiver::Receiver;
 use crate::common::{eventually, TestEnv};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_reaches_every_matching_endpoint_with_a_verifiable_signature() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start().await;
@@ -89,7 +89,7 @@ async fn one_event_reaches_every_matching_endpoint_with_a_verifiable_signature()
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_with_a_tenant_receives_only_that_tenants_events() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start().await;
@@ -134,7 +134,7 @@ async fn an_endpoint_with_a_tenant_receives_only_that_tenants_events() {
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_added_while_running_receives_the_next_events() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start().await;

@@ -8,7 +8,7 @@ use lapin::BasicProperties;
 use crate::common::receiver::Receiver;
 use crate::common::{amqp_header, eventually, TestEnv};
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_event_id_published_twice_is_delivered_once_per_endpoint() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start().await;
@@ -67,7 +67,7 @@ async fn the_same_event_id_published_twice_is_delivered_once_per_endpoint() {
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacceptable_messages_are_parked_with_a_reason_and_the_rest_still_flows() {
     let env = TestEnv::with(|s| s.ingest.max_body_bytes = 1024).await;
     let receiver = Receiver::start().await;
@@ -143,7 +143,7 @@ async fn unacceptable_messages_are_parked_with_a_reason_and_the_rest_still_flows
     env.cleanup().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn structured_cloudevents_are_accepted_with_their_own_id_type_and_tenant() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start().await;

@@ -85,7 +85,7 @@ fn the_dashboard_and_alert_rules_query_only_exported_metrics() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queue_depth_and_oldest_message_age_are_sampled_from_the_broker() {
     use std::time::Duration;
 

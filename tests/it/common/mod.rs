@@ -27,7 +27,8 @@ pub fn amqp_url() -> String {
     })
 }
 
-fn database_base_url() -> String {
+/// The main local database: tests create and drop theirs through it.
+pub fn database_base_url() -> String {
     std::env::var("HERALD__DATABASE__URL").unwrap_or_else(|_| {
         let port = std::env::var("HERALD_PG_PORT").unwrap_or_else(|_| "5433".into());
         format!("postgres://herald:herald@127.0.0.1:{port}/herald")
@@ -83,7 +84,7 @@ impl TestEnv {
         settings.delivery.retry_schedule =
             vec![Duration::from_millis(50), Duration::from_millis(100)];
         settings.delivery.jitter = 0.0;
-        settings.delivery.timeout = Duration::from_secs(2);
+        settings.delivery.timeout = Duration::from_secs(10);
         settings.delivery.shutdown_grace = Duration::from_secs(5);
         settings.delivery.concurrency = 64;
         adjust(&mut settings);
