@@ -9,3 +9,4 @@ mod fan_out;
 mod ingest;
 mod lifecycle;
 mod observability;
+mod telemetry;
