@@ -56,16 +56,17 @@ struct ReadinessState {
     role: Role,
     ingest: AtomicBool,
     deliver: AtomicBool,
-    stopping: AtomicBool,
+    /// The application's shutdown token: stopping the moment it is cancelled.
+    shutdown: CancellationToken,
 }
 
 impl Readiness {
-    pub fn new(role: Role) -> Self {
+    pub fn new(role: Role, shutdown: CancellationToken) -> Self {
         Self(Arc::new(ReadinessState {
             role,
             ingest: AtomicBool::new(false),
             deliver: AtomicBool::new(false),
-            stopping: AtomicBool::new(false),
+            shutdown,
         }))
     }
     pub fn set_ingest(&self, up: bool) {
@@ -74,11 +75,8 @@ impl Readiness {
     pub fn set_deliver(&self, up: bool) {
         self.0.deliver.store(up, Ordering::Relaxed);
     }
-    pub fn set_stopping(&self) {
-        self.0.stopping.store(true, Ordering::Relaxed);
-    }
     pub fn stopping(&self) -> bool {
-        self.0.stopping.load(Ordering::Relaxed)
+        self.0.shutdown.is_cancelled()
     }
     /// Every consumer this role needs is running (broker connected).
     pub fn consumers_up(&self) -> bool {
@@ -103,8 +101,8 @@ impl App {
         let retry = RetryPolicy::from_settings(&settings.delivery);
         let topology = Topology::new(&settings, &retry);
         let subscriptions = Subscriptions::new(pool.clone());
-        let readiness = Readiness::new(role);
         let shutdown = CancellationToken::new();
+        let readiness = Readiness::new(role, shutdown.clone());
         let workers = TaskTracker::new();
 
         let listener = TcpListener::bind(settings.api.listen)
@@ -187,7 +185,6 @@ impl App {
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 shutdown.cancelled().await;
-                readiness.set_stopping();
                 tracing::info!("shutting down: no new work, finishing in-flight deliveries");
                 workers.close();
                 workers.wait().await;

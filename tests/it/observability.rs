@@ -140,3 +140,59 @@ async fn queue_depth_and_oldest_message_age_are_sampled_from_the_broker() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_turns_false_while_draining_and_health_stays_up() {
+    use std::time::Duration;
+
+    use crate::common::receiver::{Receiver, Reply};
+    use crate::common::{eventually, TestEnv};
+
+    let env = TestEnv::new().await;
+    let receiver = Receiver::scripted(|_, _| Reply {
+        status: 200,
+        delay: Duration::from_secs(2),
+        headers: vec![],
+    })
+    .await;
+    env.add_endpoint(&receiver.url("/slow"), &["#"], None).await;
+    let app = env.start_ready().await;
+    let base = format!("http://{}", app.address());
+    env.publish("a.b", Some("evt-drain"), None, b"{}").await;
+    eventually(
+        "the delivery in flight",
+        Duration::from_secs(10),
+        || async {
+            let text = reqwest::get(format!("{base}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines().any(|l| l == "herald_deliveries_in_flight 1")
+        },
+    )
+    .await;
+
+    let stop = app.shutdown_token();
+    stop.cancel();
+    // While the slow delivery finishes, the process is alive but not ready.
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_eq!(body["stopping"], true);
+    assert_eq!(
+        reqwest::get(format!("{base}/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    app.stopped().await;
+    assert_eq!(receiver.count(), 1, "the in-flight delivery finished");
+    assert_eq!(
+        env.delivery_statuses().await,
+        vec![("success".to_string(), 1)]
+    );
+    env.cleanup().await;
+}
