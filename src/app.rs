@@ -19,6 +19,7 @@ use crate::config::Settings;
 use crate::delivery::client::WebhookClient;
 use crate::delivery::recorder::Recorder;
 use crate::delivery::retry::RetryPolicy;
+use crate::delivery::throttle::Throttle;
 use crate::delivery::worker::{self, Deliverer};
 use crate::ingest::{self, Ingestor};
 use crate::metrics::Metrics;
@@ -139,6 +140,7 @@ impl App {
                 client: WebhookClient::new(&settings.delivery).context("HTTP client")?,
                 subscriptions: subscriptions.clone(),
                 recorder,
+                throttle: Throttle::new(usize::from(settings.delivery.max_in_flight_per_endpoint)),
                 metrics: metrics.clone(),
                 pool: pool.clone(),
             });

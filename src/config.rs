@@ -150,6 +150,9 @@ pub struct DeliverySettings {
     pub allow_private_networks: bool,
     /// Requests in flight per process; also the work queue prefetch.
     pub concurrency: u16,
+    /// Requests in flight to one endpoint per process; a slow endpoint's further tasks
+    /// are put off rather than taking every slot.
+    pub max_in_flight_per_endpoint: u16,
     /// Spread of retry delays: each delay d is served by queues from d to d × (1 + jitter).
     pub jitter: f64,
     /// Bytes of a receiver's response body kept with the attempt.
@@ -169,6 +172,7 @@ impl Default for DeliverySettings {
             timeout: Duration::from_secs(10),
             allow_private_networks: false,
             concurrency: 256,
+            max_in_flight_per_endpoint: 64,
             jitter: 0.2,
             max_response_body_bytes: 4096,
             shutdown_grace: Duration::from_secs(30),
@@ -264,6 +268,9 @@ impl Settings {
         }
         if self.delivery.concurrency == 0 {
             return invalid("delivery.concurrency", "must be above 0");
+        }
+        if self.delivery.max_in_flight_per_endpoint == 0 {
+            return invalid("delivery.max_in_flight_per_endpoint", "must be above 0");
         }
         if !(0.0..=1.0).contains(&self.delivery.jitter) {
             return invalid("delivery.jitter", "must be between 0 and 1");

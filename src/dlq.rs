@@ -104,6 +104,8 @@ pub async fn redrive(
             .map(|(_, task)| DeliveryTask {
                 attempt: task.attempt + 1,
                 schedule_start: task.attempt + 1,
+                not_before_ms: None,
+                deferrals: 0,
                 ..task.clone()
             })
             .collect();

@@ -328,6 +328,8 @@ pub async fn fan_out(
                 attempt: 1,
                 schedule_start: 1,
                 received_at_ms,
+                not_before_ms: None,
+                deferrals: 0,
                 traceparent: a.traceparent.clone(),
                 body: body.clone(),
             });

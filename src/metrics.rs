@@ -17,6 +17,7 @@ pub struct Metrics {
     pub deliveries: IntCounterVec,
     pub delivery_duration: Histogram,
     pub retries: IntCounter,
+    pub deferred: IntCounterVec,
     pub http_status: IntCounterVec,
     pub delivery_errors: IntCounterVec,
     pub dead_lettered: IntCounterVec,
@@ -106,6 +107,11 @@ impl Metrics {
             retries: r.counter(
                 "webhook_retries_total",
                 "Retries scheduled through delay queues",
+            ),
+            deferred: r.counter_vec(
+                "herald_deliveries_deferred_total",
+                "Tasks put off without an attempt (endpoint_busy, rate_limit)",
+                "reason",
             ),
             http_status: r.counter_vec(
                 "webhook_delivery_http_status",

@@ -7,6 +7,8 @@
 //! <prefix>.work (direct) ──deliver──▶ <prefix>.work (quorum) ──▶ deliver: sign, POST
 //!        ▲                                                    │ failure
 //!        └── dead-letter on TTL ── <prefix>.delay.<ms> (quorum, one per delay) ◀┘
+//!                                  <prefix>.defer.<ms> (same, for tasks put off by the
+//!                                                       per-endpoint throttle)
 //!                                  <prefix>.dlq      (retries exhausted)
 //!                                  <prefix>.invalid  (messages Herald cannot accept)
 //! ```
@@ -23,6 +25,7 @@ use lapin::{Channel, ExchangeKind};
 
 use crate::config::Settings;
 use crate::delivery::retry::RetryPolicy;
+use crate::delivery::throttle::DEFER_TIERS;
 
 /// Routing key of delivery tasks on the work exchange.
 pub const WORK_ROUTING_KEY: &str = "deliver";
@@ -70,6 +73,11 @@ impl Topology {
         format!("{}.delay.{}", self.prefix, delay.as_millis())
     }
 
+    /// Where tasks put off by the throttle wait (no attempt made).
+    pub fn defer_queue(&self, delay: Duration) -> String {
+        format!("{}.defer.{}", self.prefix, delay.as_millis())
+    }
+
     pub fn dlq(&self) -> String {
         format!("{}.dlq", self.prefix)
     }
@@ -87,6 +95,7 @@ impl Topology {
             self.invalid_queue(),
         ];
         queues.extend(self.delays.iter().map(|d| self.delay_queue(*d)));
+        queues.extend(DEFER_TIERS.iter().map(|d| self.defer_queue(*d)));
         queues
     }
 
@@ -145,6 +154,9 @@ impl Topology {
             .await?;
         for delay in &self.delays {
             declare_queue(channel, &self.delay_queue(*delay), self.delay_args(*delay)).await?;
+        }
+        for delay in DEFER_TIERS {
+            declare_queue(channel, &self.defer_queue(delay), self.delay_args(delay)).await?;
         }
         declare_queue(channel, &self.dlq(), quorum()).await?;
         declare_queue(channel, &self.invalid_queue(), quorum()).await?;

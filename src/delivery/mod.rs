@@ -5,4 +5,5 @@ pub mod client;
 pub mod recorder;
 pub mod retry;
 pub mod task;
+pub mod throttle;
 pub mod worker;

@@ -14,6 +14,8 @@ const ENDPOINT_ID: &str = "x-herald-endpoint-id";
 const ATTEMPT: &str = "x-herald-attempt";
 const SCHEDULE_START: &str = "x-herald-schedule-start";
 const RECEIVED_AT_MS: &str = "x-herald-received-at-ms";
+const NOT_BEFORE_MS: &str = "x-herald-not-before-ms";
+const DEFERRALS: &str = "x-herald-deferrals";
 pub const TRACEPARENT: &str = "traceparent";
 
 /// Headers added when a delivery is dead-lettered.
@@ -34,6 +36,10 @@ pub struct DeliveryTask {
     pub schedule_start: u32,
     /// When Herald accepted the event, Unix milliseconds: end-to-end latency.
     pub received_at_ms: i64,
+    /// A rate-limit slot reserved for this task, Unix milliseconds: send at that time.
+    pub not_before_ms: Option<i64>,
+    /// Times the task was put off (endpoint busy or rate-limited) without an attempt.
+    pub deferrals: u32,
     pub traceparent: Option<String>,
     /// The webhook body, byte for byte what is signed and POSTed.
     pub body: Vec<u8>,
@@ -53,6 +59,8 @@ impl DeliveryTask {
     pub fn next_attempt(&self) -> DeliveryTask {
         DeliveryTask {
             attempt: self.attempt + 1,
+            not_before_ms: None,
+            deferrals: 0,
             ..self.clone()
         }
     }
@@ -71,6 +79,15 @@ impl DeliveryTask {
             RECEIVED_AT_MS.into(),
             AMQPValue::LongLongInt(self.received_at_ms),
         );
+        if let Some(at) = self.not_before_ms {
+            h.insert(NOT_BEFORE_MS.into(), AMQPValue::LongLongInt(at));
+        }
+        if self.deferrals > 0 {
+            h.insert(
+                DEFERRALS.into(),
+                AMQPValue::LongLongInt(self.deferrals.into()),
+            );
+        }
         if let Some(tp) = &self.traceparent {
             h.insert(TRACEPARENT.into(), text(tp));
         }
@@ -131,6 +148,10 @@ impl DeliveryTask {
             attempt: count(ATTEMPT)?,
             schedule_start: count(SCHEDULE_START)?,
             received_at_ms: header_int(h, RECEIVED_AT_MS).unwrap_or_default(),
+            not_before_ms: header_int(h, NOT_BEFORE_MS),
+            deferrals: header_int(h, DEFERRALS)
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
             traceparent: header_text(h, TRACEPARENT),
             body,
         })
@@ -154,6 +175,8 @@ mod tests {
             attempt: 3,
             schedule_start: 1,
             received_at_ms: 1_700_000_000_123,
+            not_before_ms: Some(1_700_000_001_000),
+            deferrals: 2,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             body: br#"{"id":"evt-1"}"#.to_vec(),
         };

@@ -22,6 +22,7 @@ use super::client::{header, Response, WebhookClient};
 use super::recorder::{RecordError, Recorder};
 use super::retry::{parse_retry_after, RetryPolicy};
 use super::task::DeliveryTask;
+use super::throttle::{busy_delay, defer_tier, Admission, Throttle};
 use crate::app::Readiness;
 use crate::broker::{self, Outgoing, PublishError, Publisher};
 use crate::config::Settings;
@@ -33,6 +34,9 @@ use crate::subscriptions::{Lookup, Subscriptions};
 use crate::telemetry;
 use crate::topology::Topology;
 
+/// Pause between the last acknowledgement and closing the channel on shutdown.
+const SETTLE_PAUSE: Duration = Duration::from_millis(300);
+
 /// Everything a delivery needs, shared by all of a process's deliveries.
 pub struct Deliverer {
     pub settings: Arc<Settings>,
@@ -41,6 +45,7 @@ pub struct Deliverer {
     pub client: WebhookClient,
     pub subscriptions: Arc<Subscriptions>,
     pub recorder: Recorder,
+    pub throttle: Throttle,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
 }
@@ -147,6 +152,11 @@ async fn consume(
             "deliveries still in flight after the grace period; they will be redelivered"
         );
     }
+    // RabbitMQ applies a quorum queue's acknowledgements asynchronously: closing the
+    // channel right after the last ack can let the broker return just-acknowledged
+    // tasks to the queue (seen as duplicate sends after a graceful stop). A short pause
+    // lets the acks settle first.
+    tokio::time::sleep(SETTLE_PAUSE).await;
     let _ = channel.close(200, "done").await;
     result
 }
@@ -235,6 +245,19 @@ async fn deliver(
             )
             .await;
         }
+    };
+
+    let _slot = match d
+        .throttle
+        .admit(endpoint.id, endpoint.rate_limit, task.not_before_ms)
+        .await
+    {
+        Admission::Go(slot) => slot,
+        Admission::Defer {
+            delay,
+            not_before_ms,
+            reason,
+        } => return defer(d, publisher, task, delay, not_before_ms, reason).await,
     };
 
     d.metrics.in_flight.inc();
@@ -380,6 +403,39 @@ async fn deliver(
             .await
         }
     }
+}
+
+/// Puts a task off through a defer queue: no attempt, nothing recorded.
+async fn defer(
+    d: &Deliverer,
+    publisher: &Publisher,
+    task: &DeliveryTask,
+    delay: Duration,
+    not_before_ms: Option<i64>,
+    reason: &'static str,
+) -> Result<(), Unsettled> {
+    let wanted = if reason == "endpoint_busy" {
+        busy_delay(task.deferrals)
+    } else {
+        delay
+    };
+    let tier = defer_tier(wanted);
+    let later = DeliveryTask {
+        deferrals: task.deferrals + 1,
+        not_before_ms,
+        ..task.clone()
+    };
+    publisher
+        .publish(Outgoing {
+            exchange: "",
+            routing_key: &d.topology.defer_queue(tier),
+            body: &later.body,
+            properties: later.properties(),
+        })
+        .await?;
+    d.metrics.deferred.with_label_values(&[reason]).inc();
+    tracing::debug!(reason, put_off = ?tier, "delivery put off");
+    Ok(())
 }
 
 /// Ends a delivery as `failed` and parks its task in the dead-letter queue.

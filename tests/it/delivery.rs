@@ -201,11 +201,13 @@ async fn redrive_of_chosen_deliveries_leaves_the_others_parked() {
         env.delivery_statuses().await == vec![("failed".to_string(), 2), ("success".to_string(), 1)]
     })
     .await;
-    assert_eq!(
-        env.queue_depth(&dlq_name).await,
-        2,
-        "the others stay parked"
-    );
+    // Held messages return to the queue as the redrive channel closes.
+    eventually(
+        "the others to stay parked",
+        Duration::from_secs(10),
+        || async { env.queue_depth(&dlq_name).await == 2 },
+    )
+    .await;
     app.stop().await;
     env.cleanup().await;
 }
@@ -376,6 +378,118 @@ async fn private_destinations_are_refused_unless_allowed() {
         .await
         .unwrap();
     assert_eq!(classes, ["refused_address", "refused_address"]);
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    herald::store::endpoints::insert(
+        &env.pool,
+        herald::store::endpoints::NewEndpoint {
+            url: receiver.url("/limited").parse().unwrap(),
+            event_types: vec!["#".parse().unwrap()],
+            tenant_id: None,
+            secret: None,
+            rate_limit: Some(60), // one a second
+            description: None,
+        },
+    )
+    .await
+    .unwrap();
+    let app = env.start_ready().await;
+    for n in 0..4 {
+        env.publish("a.b", Some(&format!("evt-rl-{n}")), None, b"{}")
+            .await;
+    }
+    eventually("four deliveries", Duration::from_secs(30), || async {
+        env.delivery_statuses().await == vec![("success".to_string(), 4)]
+    })
+    .await;
+    let times: Vec<chrono::DateTime<chrono::Utc>> = sqlx::query_scalar(
+        "SELECT attempted_at FROM herald.delivery_attempts ORDER BY attempted_at",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(times.len(), 4, "putting a task off is not an attempt");
+    // GCRA: the k-th request is never earlier than k intervals after the first (a
+    // late one may be followed closely by an on-time one).
+    for (k, t) in times.iter().enumerate() {
+        let since_first = (*t - times[0]).num_milliseconds();
+        assert!(
+            since_first >= k as i64 * 1000 - 100,
+            "request {k} came {since_first} ms after the first"
+        );
+    }
+    let attempts: Vec<i32> = sqlx::query_scalar("SELECT attempts FROM herald.deliveries")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(attempts.iter().all(|a| *a == 1));
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_is_put_off_instead_of_taking_every_slot() {
+    let env = TestEnv::with(|s| s.delivery.max_in_flight_per_endpoint = 2).await;
+    let receiver = Receiver::scripted(|path, _| Reply {
+        status: 200,
+        delay: if path == "/slow" {
+            Duration::from_millis(800)
+        } else {
+            Duration::ZERO
+        },
+        headers: vec![],
+    })
+    .await;
+    env.add_endpoint(&receiver.url("/slow"), &["#"], None).await;
+    let fast = env.add_endpoint(&receiver.url("/fast"), &["#"], None).await;
+    let app = env.start_ready().await;
+    for n in 0..12 {
+        env.publish("a.b", Some(&format!("evt-slow-{n}")), None, b"{}")
+            .await;
+    }
+    eventually("the fast endpoint served", Duration::from_secs(30), || async {
+        env.count(&format!(
+            "SELECT count(*) FROM herald.deliveries WHERE endpoint_id = '{}' AND status = 'success'",
+            fast.id
+        ))
+        .await
+            == 12
+    })
+    .await;
+    let slow_done = receiver.received_at("/slow").len();
+    assert!(
+        slow_done < 12,
+        "the fast endpoint did not wait for the slow one ({slow_done} slow done)"
+    );
+    eventually(
+        "the slow endpoint served too",
+        Duration::from_secs(60),
+        || async { env.delivery_statuses().await == vec![("success".to_string(), 24)] },
+    )
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", app.address()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with(r#"herald_deliveries_deferred_total{reason="endpoint_busy"}"#)),
+        "{metrics}"
+    );
+    assert_eq!(
+        receiver.received_at("/slow").len(),
+        12,
+        "put off, then sent once each"
+    );
     app.stop().await;
     env.cleanup().await;
 }
