@@ -79,6 +79,9 @@ rabbit_env() {
   export RABBITMQ_ADVANCED_CONFIG_FILE="$RABBIT_DIR/advanced.config"
   export RABBITMQ_ENABLED_PLUGINS_FILE="$RABBIT_DIR/enabled_plugins"
   export ERL_EPMD_ADDRESS=127.0.0.1
+  # The Erlang distribution listener too stays on loopback.
+  export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+  export RABBITMQ_CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 }
 
 rabbit_ctl() { "$(rabbit_bin)/rabbitmqctl" -n "$RABBIT_NODE" "$@"; }
