@@ -13,12 +13,12 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::broker::{self, Outgoing, Publisher};
+use crate::broker::{self, Publisher};
 use crate::config::Settings;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::task::DeliveryTask;
 use crate::store::deliveries::{self, DeliveryView, Filter};
-use crate::topology::{self, Topology, WORK_ROUTING_KEY};
+use crate::topology::{self, Topology};
 
 /// Messages republished per confirm round.
 const CHUNK: usize = 500;
@@ -110,17 +110,7 @@ pub async fn redrive(
             })
             .collect();
         publisher
-            .publish_all(
-                fresh
-                    .iter()
-                    .map(|t| Outgoing {
-                        exchange: &work_exchange,
-                        routing_key: WORK_ROUTING_KEY,
-                        body: &t.body,
-                        properties: t.properties(),
-                    })
-                    .collect(),
-            )
+            .publish_all(fresh.iter().map(|t| t.to_work(&work_exchange)).collect())
             .await?;
         let ids: Vec<Uuid> = fresh.iter().map(|t| t.delivery_id).collect();
         deliveries::mark_redriven(pool, &ids).await?;

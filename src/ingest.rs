@@ -27,7 +27,7 @@ use crate::metrics::Metrics;
 use crate::store::events::{self, FanOut, Recorded};
 use crate::subscriptions::Subscriptions;
 use crate::telemetry;
-use crate::topology::{header_text, Topology, WORK_ROUTING_KEY};
+use crate::topology::{header_text, Topology};
 
 pub struct Ingestor {
     pub settings: Arc<Settings>,
@@ -337,17 +337,7 @@ pub async fn fan_out(
     }
     let work_exchange = ingestor.topology.work_exchange();
     publisher
-        .publish_all(
-            tasks
-                .iter()
-                .map(|t| Outgoing {
-                    exchange: &work_exchange,
-                    routing_key: WORK_ROUTING_KEY,
-                    body: &t.body,
-                    properties: t.properties(),
-                })
-                .collect(),
-        )
+        .publish_all(tasks.iter().map(|t| t.to_work(&work_exchange)).collect())
         .await?;
     // Narrows what a crash right now would republish; if this write is lost, a
     // redelivery republishes the pending tasks (a duplicate, never a loss).

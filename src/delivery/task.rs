@@ -6,7 +6,8 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use uuid::Uuid;
 
-use crate::topology::{header_int, header_text};
+use crate::broker::Outgoing;
+use crate::topology::{header_int, header_text, WORK_ROUTING_KEY};
 
 const DELIVERY_ID: &str = "x-herald-delivery-id";
 const EVENT_ID: &str = "x-herald-event-id";
@@ -106,6 +107,26 @@ impl DeliveryTask {
             .with_content_type("application/json".into())
             .with_message_id(self.delivery_id.to_string().into())
             .with_headers(headers)
+    }
+
+    /// This task as a message to the work exchange.
+    pub fn to_work<'a>(&'a self, work_exchange: &'a str) -> Outgoing<'a> {
+        Outgoing {
+            exchange: work_exchange,
+            routing_key: WORK_ROUTING_KEY,
+            body: &self.body,
+            properties: self.properties(),
+        }
+    }
+
+    /// This task as a message straight to a queue (delay, defer): default exchange.
+    pub fn to_queue<'a>(&'a self, queue: &'a str) -> Outgoing<'a> {
+        Outgoing {
+            exchange: "",
+            routing_key: queue,
+            body: &self.body,
+            properties: self.properties(),
+        }
     }
 
     /// Headers of the copy parked in the dead-letter queue: the task's own plus why.

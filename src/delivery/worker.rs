@@ -276,7 +276,7 @@ async fn deliver(
     let duration_ms = i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX);
     let now = Utc::now();
 
-    let (status_code, error_class, error_text, retry_after, body) = match &attempt.response {
+    let (status_code, error_class, error_text, retry_after, body) = match attempt.response {
         Response::Answered {
             status,
             retry_after,
@@ -288,14 +288,14 @@ async fn deliver(
                 .inc();
             let wait = retry_after
                 .as_deref()
-                .filter(|_| *status == 429 || *status == 503)
+                .filter(|_| status == 429 || status == 503)
                 .and_then(parse_retry_after);
             (
-                Some(*status),
+                Some(status),
                 None,
                 format!("HTTP {status}"),
                 wait,
-                Some(truncate(body)),
+                Some(body),
             )
         }
         Response::Failed { class, message } => {
@@ -379,12 +379,7 @@ async fn deliver(
             d.recorder.record(outcome).await?;
             let next_task = task.next_attempt();
             publisher
-                .publish(Outgoing {
-                    exchange: "",
-                    routing_key: &d.topology.delay_queue(delay),
-                    body: &next_task.body,
-                    properties: next_task.properties(),
-                })
+                .publish(next_task.to_queue(&d.topology.delay_queue(delay)))
                 .await?;
             d.metrics.retries.inc();
             tracing::info!(error = %error_text, retry_in = ?delay, "attempt failed; retry scheduled");
@@ -426,12 +421,7 @@ async fn defer(
         ..task.clone()
     };
     publisher
-        .publish(Outgoing {
-            exchange: "",
-            routing_key: &d.topology.defer_queue(tier),
-            body: &later.body,
-            properties: later.properties(),
-        })
+        .publish(later.to_queue(&d.topology.defer_queue(tier)))
         .await?;
     d.metrics.deferred.with_label_values(&[reason]).inc();
     tracing::debug!(reason, put_off = ?tier, "delivery put off");
@@ -501,9 +491,4 @@ fn request_headers(endpoint: &Endpoint, task: &DeliveryTask) -> HeaderMap {
         headers.insert(name, value);
     }
     headers
-}
-
-/// Response bodies are stored truncated; the client already read at most the limit.
-fn truncate(body: &str) -> String {
-    body.to_string()
 }

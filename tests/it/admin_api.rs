@@ -1,7 +1,6 @@
 //! The HTTP surface: health, readiness, metrics after real deliveries, the admin API
 //! behind its token, and the command line.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -222,15 +221,9 @@ async fn the_admin_api_manages_endpoints_and_shows_deliveries_behind_its_token()
 }
 
 fn herald(env: &TestEnv, args: &[&str]) -> (bool, Value, String) {
-    let s = &env.settings;
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+    let out = env
+        .herald_command()
         .args(args)
-        .env("HERALD__AMQP__URL", s.amqp.url.expose())
-        .env("HERALD__DATABASE__URL", s.database.url.expose())
-        .env("HERALD__TOPOLOGY__PREFIX", &s.topology.prefix)
-        .env("HERALD__INGEST__EXCHANGES", &env.exchange)
-        .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
-        .env("HERALD__DELIVERY__JITTER", "0")
         .output()
         .expect("herald runs");
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -330,6 +323,13 @@ async fn the_command_line_adds_endpoints_publishes_and_lists_dead_letters() {
     assert_eq!(dead[0]["event_id"], "cli-1");
     assert_eq!(dead[0]["last_status_code"], 500);
 
+    let dlq = env.topology().dlq();
+    eventually(
+        "the dead letter parked",
+        Duration::from_secs(10),
+        || async { env.queue_depth(&dlq).await == 1 },
+    )
+    .await;
     receiver.set_script(|_, _| Reply::status(200));
     let (ok, report, err) = herald(&env, &["dlq", "redrive", "--all"]);
     assert!(ok, "{err}");

@@ -233,7 +233,12 @@ async fn gone_disables_the_endpoint_and_parks_the_delivery() {
             .unwrap();
     assert!(!enabled);
     assert!(reason.unwrap().contains("410"));
-    let parked = env.drain(&env.topology().dlq()).await;
+    let dlq = env.topology().dlq();
+    eventually("the delivery parked", Duration::from_secs(10), || async {
+        env.queue_depth(&dlq).await == 1
+    })
+    .await;
+    let parked = env.drain(&dlq).await;
     assert_eq!(
         amqp_header(&parked[0], "x-herald-reason").as_deref(),
         Some("gone")

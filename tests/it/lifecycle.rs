@@ -101,18 +101,8 @@ async fn a_graceful_stop_finishes_in_flight_deliveries_and_loses_nothing() {
 }
 
 fn spawn_herald(env: &TestEnv) -> Child {
-    let s = &env.settings;
-    Command::new(env!("CARGO_BIN_EXE_herald"))
+    env.herald_command()
         .arg("serve")
-        .env("HERALD__AMQP__URL", s.amqp.url.expose())
-        .env("HERALD__DATABASE__URL", s.database.url.expose())
-        .env("HERALD__TOPOLOGY__PREFIX", &s.topology.prefix)
-        .env("HERALD__INGEST__EXCHANGES", &env.exchange)
-        .env("HERALD__API__LISTEN", "127.0.0.1:0")
-        .env("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
-        .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
-        .env("HERALD__DELIVERY__JITTER", "0")
-        .env("HERALD__TELEMETRY__LOG_LEVEL", "warn")
         .stdout(Stdio::null())
         .spawn()
         .expect("herald binary starts")

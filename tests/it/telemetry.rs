@@ -58,21 +58,11 @@ async fn collector() -> (String, Arc<Mutex<Vec<Span>>>) {
 }
 
 fn herald(env: &TestEnv, otlp: &str) -> Command {
-    let s = &env.settings;
-    let mut command = Command::new(env!("CARGO_BIN_EXE_herald"));
+    let mut command = env.herald_command();
     command
-        .env("HERALD__AMQP__URL", s.amqp.url.expose())
-        .env("HERALD__DATABASE__URL", s.database.url.expose())
-        .env("HERALD__TOPOLOGY__PREFIX", &s.topology.prefix)
-        .env("HERALD__INGEST__EXCHANGES", &env.exchange)
-        .env("HERALD__API__LISTEN", "127.0.0.1:0")
-        .env("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
-        .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
-        .env("HERALD__DELIVERY__JITTER", "0")
         .env("HERALD__TELEMETRY__OTLP_ENDPOINT", otlp)
         .env("HERALD__TELEMETRY__LOG_FORMAT", "json")
-        .env("HERALD__TELEMETRY__LOG_LEVEL", "debug")
-        .env_remove("RUST_LOG");
+        .env("HERALD__TELEMETRY__LOG_LEVEL", "debug");
     command
 }
 

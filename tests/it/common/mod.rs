@@ -239,6 +239,25 @@ impl TestEnv {
         out
     }
 
+    /// The `herald` binary configured for this environment through `HERALD__…`
+    /// variables (retry schedule 50ms,100ms; loopback receivers allowed).
+    pub fn herald_command(&self) -> std::process::Command {
+        let s = &self.settings;
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        command
+            .env_remove("RUST_LOG")
+            .env("HERALD__AMQP__URL", s.amqp.url.expose())
+            .env("HERALD__DATABASE__URL", s.database.url.expose())
+            .env("HERALD__TOPOLOGY__PREFIX", &s.topology.prefix)
+            .env("HERALD__INGEST__EXCHANGES", &self.exchange)
+            .env("HERALD__API__LISTEN", "127.0.0.1:0")
+            .env("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+            .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
+            .env("HERALD__DELIVERY__JITTER", "0")
+            .env("HERALD__TELEMETRY__LOG_LEVEL", "warn");
+        command
+    }
+
     /// Deletes the test's queues and database.
     pub async fn cleanup(mut self) {
         if let Some((connection, _)) = self.publisher.take() {
