@@ -32,8 +32,15 @@ impl Drop for TelemetryGuard {
 
 /// Installs the global subscriber once; later calls (tests) keep the first.
 pub fn init(settings: &TelemetrySettings) -> anyhow::Result<TelemetryGuard> {
+    // lapin reports every connection close, ours included, as an ERROR; Herald logs
+    // broker trouble itself (with what it does about it), so lapin is quiet unless
+    // asked for by name.
+    let directives = match &settings.log_level {
+        level if level.contains("lapin") => level.clone(),
+        level => format!("{level},lapin=off"),
+    };
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&settings.log_level))
+        .or_else(|_| EnvFilter::try_new(&directives))
         .map_err(|e| anyhow::anyhow!("configuration key `telemetry.log_level`: {e}"))?;
     let fmt = match settings.log_format {
         LogFormat::Json => tracing_subscriber::fmt::layer()

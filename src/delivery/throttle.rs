@@ -150,6 +150,10 @@ impl Throttle {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        // The common case costs no timer: a free slot is taken at once.
+        if let Ok(permit) = limits.slots.clone().try_acquire_owned() {
+            return Admission::Go(permit);
+        }
         match tokio::time::timeout(MAX_INLINE_WAIT, limits.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Admission::Go(permit),
             _ => Admission::Defer {
