@@ -92,10 +92,14 @@ impl Publisher {
     }
 
     /// Publishes every message, then waits for all confirms: many in flight at once,
-    /// never one publish waiting for one confirm.
+    /// never one publish waiting for one confirm. At most `MAX_UNCONFIRMED` are
+    /// outstanding, which bounds the memory a large fan-out holds in send buffers.
     pub async fn publish_all(&self, messages: Vec<Outgoing<'_>>) -> Result<(), PublishError> {
-        let mut pending = Vec::new();
+        let mut pending = Vec::with_capacity(messages.len().min(MAX_UNCONFIRMED));
         for m in messages {
+            if pending.len() == MAX_UNCONFIRMED {
+                settle(std::mem::take(&mut pending)).await?;
+            }
             let confirm = self
                 .channel
                 .basic_publish(
@@ -111,18 +115,27 @@ impl Publisher {
                 .await?;
             pending.push((confirm, m.exchange, m.routing_key));
         }
-        for (confirm, exchange, routing_key) in pending {
-            match confirm.await? {
-                Confirmation::Ack(None) | Confirmation::NotRequested => {}
-                Confirmation::Ack(Some(_returned)) => {
-                    return Err(PublishError::Unroutable {
-                        exchange: exchange.to_string(),
-                        routing_key: routing_key.to_string(),
-                    })
-                }
-                Confirmation::Nack(_) => return Err(PublishError::Nacked),
-            }
-        }
-        Ok(())
+        settle(pending).await
     }
+}
+
+/// Most publishes awaiting their confirm at once.
+const MAX_UNCONFIRMED: usize = 1024;
+
+async fn settle(
+    pending: Vec<(lapin::publisher_confirm::PublisherConfirm, &str, &str)>,
+) -> Result<(), PublishError> {
+    for (confirm, exchange, routing_key) in pending {
+        match confirm.await? {
+            Confirmation::Ack(None) | Confirmation::NotRequested => {}
+            Confirmation::Ack(Some(_returned)) => {
+                return Err(PublishError::Unroutable {
+                    exchange: exchange.to_string(),
+                    routing_key: routing_key.to_string(),
+                })
+            }
+            Confirmation::Nack(_) => return Err(PublishError::Nacked),
+        }
+    }
+    Ok(())
 }

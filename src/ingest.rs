@@ -319,7 +319,7 @@ pub async fn fan_out(
             continue;
         }
         dispatched.push(a.event.id.as_str());
-        let body = a.event.webhook_body();
+        let body = bytes::Bytes::from(a.event.webhook_body());
         for d in deliveries {
             tasks.push(DeliveryTask {
                 delivery_id: d.delivery_id,

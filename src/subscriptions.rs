@@ -18,21 +18,30 @@ use crate::store::endpoints::{self, Endpoint};
 const CHANNEL: &str = "herald_endpoints";
 const SAFETY_RELOAD: Duration = Duration::from_secs(60);
 
-/// One immutable view of the active endpoints.
+/// One immutable view of the active endpoints. Patterns are indexed per tenant: an
+/// event is matched against its own tenant's trie and the trie of endpoints without a
+/// tenant (which receive every tenant's events), so the cost follows what one tenant
+/// subscribed, not how many tenants there are.
 #[derive(Default)]
 pub struct Snapshot {
     endpoints: Vec<Arc<Endpoint>>,
     by_id: HashMap<Uuid, usize>,
-    trie: TopicTrie<usize>,
+    untenanted: TopicTrie<usize>,
+    by_tenant: HashMap<String, TopicTrie<usize>>,
 }
 
 impl Snapshot {
     pub fn build(list: Vec<Endpoint>) -> Self {
-        let mut trie = TopicTrie::new();
+        let mut untenanted = TopicTrie::new();
+        let mut by_tenant: HashMap<String, TopicTrie<usize>> = HashMap::new();
         let mut by_id = HashMap::with_capacity(list.len());
         let endpoints: Vec<Arc<Endpoint>> = list.into_iter().map(Arc::new).collect();
         for (index, endpoint) in endpoints.iter().enumerate() {
             by_id.insert(endpoint.id, index);
+            let trie = match &endpoint.tenant_id {
+                None => &mut untenanted,
+                Some(tenant) => by_tenant.entry(tenant.clone()).or_default(),
+            };
             for pattern in &endpoint.event_types {
                 trie.insert(pattern, index);
             }
@@ -40,18 +49,18 @@ impl Snapshot {
         Self {
             endpoints,
             by_id,
-            trie,
+            untenanted,
+            by_tenant,
         }
     }
 
     /// The endpoints subscribed to this event type and tenant.
     pub fn matching(&self, event_type: &str, tenant: Option<&str>) -> Vec<&Arc<Endpoint>> {
-        self.trie
-            .matches(event_type)
-            .into_iter()
-            .map(|i| &self.endpoints[i])
-            .filter(|e| e.accepts_tenant(tenant))
-            .collect()
+        let mut indices = self.untenanted.matches(event_type);
+        if let Some(trie) = tenant.and_then(|t| self.by_tenant.get(t)) {
+            indices.extend(trie.matches(event_type));
+        }
+        indices.into_iter().map(|i| &self.endpoints[i]).collect()
     }
 
     pub fn get(&self, id: &Uuid) -> Option<&Arc<Endpoint>> {
@@ -197,5 +206,57 @@ async fn sleep_or_stop(shutdown: &CancellationToken, delay: Duration) {
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = tokio::time::sleep(delay) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SigningSecret;
+
+    fn endpoint(patterns: &[&str], tenant: Option<&str>) -> Endpoint {
+        Endpoint {
+            id: Uuid::new_v4(),
+            url: "https://example.com/hook".parse().unwrap(),
+            tenant_id: tenant.map(String::from),
+            event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
+            secrets: vec![SigningSecret::generate()],
+            enabled: true,
+            disabled_reason: None,
+            deleted: false,
+            rate_limit: None,
+            description: None,
+            created_at: chrono::Utc::now(),
+            updated_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn an_event_matches_its_tenants_endpoints_and_the_untenanted_ones_each_once() {
+        let list = vec![
+            endpoint(&["sales.#", "sales.order.*"], None),
+            endpoint(&["sales.order.created"], Some("acme")),
+            endpoint(&["sales.#"], Some("globex")),
+            endpoint(&["billing.#"], Some("acme")),
+        ];
+        let ids: Vec<Uuid> = list.iter().map(|e| e.id).collect();
+        let snapshot = Snapshot::build(list);
+        let matched = |tenant| -> Vec<Uuid> {
+            let mut m: Vec<Uuid> = snapshot
+                .matching("sales.order.created", tenant)
+                .iter()
+                .map(|e| e.id)
+                .collect();
+            m.sort();
+            m
+        };
+        let mut acme = vec![ids[0], ids[1]];
+        acme.sort();
+        assert_eq!(matched(Some("acme")), acme);
+        let mut globex = vec![ids[0], ids[2]];
+        globex.sort();
+        assert_eq!(matched(Some("globex")), globex);
+        assert_eq!(matched(None), vec![ids[0]]);
+        assert_eq!(matched(Some("initech")), vec![ids[0]]);
     }
 }

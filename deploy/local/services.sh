@@ -94,6 +94,11 @@ rabbit_start() {
     log "RabbitMQ already running on 127.0.0.1:$AMQP_PORT"
     return 0
   fi
+  if port_open "$AMQP_PORT" && command -v curl >/dev/null 2>&1 \
+      && curl -fsS -u guest:guest "http://127.0.0.1:$MGMT_PORT/api/overview" >/dev/null 2>&1; then
+    log "RabbitMQ already answering on 127.0.0.1:$AMQP_PORT (not from this checkout)"
+    return 0
+  fi
   port_open "$AMQP_PORT" && die "port $AMQP_PORT is taken by something else (set HERALD_AMQP_PORT)"
   mkdir -p "$RABBIT_DIR/log" "$RABBIT_DIR/mnesia"
   cat > "$RABBIT_DIR/rabbitmq.conf" <<CONF
@@ -182,6 +187,13 @@ pg_prepare_dir() {
 pg_start() {
   pg_bin >/dev/null || apt_install postgresql-15 || apt_install postgresql
   local bin; bin=$(pg_bin) || die "no PostgreSQL 15+ binaries found"
+  # A server answering as herald/herald on the port (another checkout's, or a git
+  # worktree's) serves just as well.
+  if port_open "$PG_PORT" && [ ! -f "$PG_DIR/data/PG_VERSION" ] && PGPASSWORD=herald "$bin/psql" \
+      -h 127.0.0.1 -p "$PG_PORT" -U herald -d herald -tAc 'SELECT 1' >/dev/null 2>&1; then
+    log "PostgreSQL already answering on 127.0.0.1:$PG_PORT (not from this checkout)"
+    return 0
+  fi
   local user; user=$(pg_user)
   pg_prepare_dir "$user"
   if [ ! -f "$PG_DIR/data/PG_VERSION" ]; then

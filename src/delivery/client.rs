@@ -147,7 +147,12 @@ impl WebhookClient {
     }
 
     /// POSTs one signed webhook and reads at most `max_response_body_bytes` of the answer.
-    pub async fn post(&self, url: &reqwest::Url, headers: HeaderMap, body: Vec<u8>) -> Attempt {
+    pub async fn post(
+        &self,
+        url: &reqwest::Url,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+    ) -> Attempt {
         let started = Instant::now();
         let response = self.send(url, headers, body).await;
         Attempt {
@@ -156,7 +161,7 @@ impl WebhookClient {
         }
     }
 
-    async fn send(&self, url: &reqwest::Url, headers: HeaderMap, body: Vec<u8>) -> Response {
+    async fn send(&self, url: &reqwest::Url, headers: HeaderMap, body: bytes::Bytes) -> Response {
         // An IP literal is never resolved, so the resolver cannot check it: do it here.
         if !self.allow_private {
             let literal = url

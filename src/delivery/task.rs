@@ -2,6 +2,7 @@
 //! the worker needs to send, record and route it as headers. It carries everything
 //! the request needs, so the per-delivery path reads nothing from the database.
 
+use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
 use uuid::Uuid;
@@ -42,8 +43,9 @@ pub struct DeliveryTask {
     /// Times the task was put off (endpoint busy or rate-limited) without an attempt.
     pub deferrals: u32,
     pub traceparent: Option<String>,
-    /// The webhook body, byte for byte what is signed and POSTed.
-    pub body: Vec<u8>,
+    /// The webhook body, byte for byte what is signed and POSTed; shared, not copied,
+    /// between an event's tasks and the HTTP request.
+    pub body: Bytes,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -148,7 +150,10 @@ impl DeliveryTask {
         h
     }
 
-    pub fn from_amqp(properties: &BasicProperties, body: Vec<u8>) -> Result<Self, MalformedTask> {
+    pub fn from_amqp(
+        properties: &BasicProperties,
+        body: impl Into<Bytes>,
+    ) -> Result<Self, MalformedTask> {
         let empty = FieldTable::default();
         let h = properties.headers().as_ref().unwrap_or(&empty);
         let uuid = |name: &'static str| {
@@ -174,7 +179,7 @@ impl DeliveryTask {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
             traceparent: header_text(h, TRACEPARENT),
-            body,
+            body: body.into(),
         })
     }
 }
@@ -199,7 +204,7 @@ mod tests {
             not_before_ms: Some(1_700_000_001_000),
             deferrals: 2,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
-            body: br#"{"id":"evt-1"}"#.to_vec(),
+            body: Bytes::from_static(br#"{"id":"evt-1"}"#),
         };
         let properties = task.properties();
         assert!(
