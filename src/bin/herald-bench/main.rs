@@ -68,6 +68,9 @@ struct Args {
     /// The herald binary; default: next to this one.
     #[arg(long)]
     herald: Option<PathBuf>,
+    /// Herald/baseline run pairs for steady and fan-out (default: 3 in full mode, else 1).
+    #[arg(long)]
+    reps: Option<usize>,
     /// Herald's delivery.concurrency (and the relay's requests in flight).
     #[arg(long, default_value_t = 256)]
     concurrency: u16,
@@ -133,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
     let mut failures = Vec::new();
     for name in &args.scenarios {
         eprintln!("scenario {name} …");
-        match scenarios::run(&bench, name, args.mode).await {
+        match scenarios::run(&bench, name, args.mode, args.reps).await {
             Ok(row) => rows.push(row),
             Err(error) => {
                 eprintln!("scenario {name} failed: {error:#}");

@@ -189,8 +189,13 @@ async fn compare(
     Ok((row, herald_runs))
 }
 
-pub async fn run(bench: &Bench, name: &str, size: Size) -> anyhow::Result<Row> {
-    let reps = size.pick(3, 1, 1);
+pub async fn run(
+    bench: &Bench,
+    name: &str,
+    size: Size,
+    reps: Option<usize>,
+) -> anyhow::Result<Row> {
+    let reps = reps.unwrap_or(size.pick(3, 1, 1)).max(1);
     match name {
         "steady" => {
             let count = size.pick(100_000, 5_000, 200);
