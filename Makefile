@@ -40,6 +40,15 @@ lint:
 build:
 	cargo build --all-targets
 
+## Benchmarks (not part of `make test`): every scenario against the local services and a
+## minimal relay; table to stdout and docs/benchmarks.md, figures to target/bench/results.json.
+## BENCH_QUICK=1 runs every scenario small (a few minutes).
+BENCH_TARGET := $(or $(CARGO_TARGET_DIR),target)
+bench: services
+	cargo build --release --bins
+	$(BENCH_TARGET)/release/herald-bench --mode $(if $(BENCH_QUICK),quick,full) \
+		--json $(BENCH_TARGET)/bench/results.json --docs docs/benchmarks.md
+
 check-deploy:
 	deploy/check.sh
 

@@ -4,6 +4,7 @@
 mod common;
 
 mod admin_api;
+mod bench_smoke;
 mod delivery;
 mod fan_out;
 mod ingest;

@@ -1,0 +1,196 @@
+//! Herald as a separate process: `herald migrate`, then `herald serve --role all`
+//! configured through `HERALD__…` variables; readiness from `/readyz`; resident memory
+//! sampled from `/proc/<pid>/status` every second; SIGTERM to stop.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+/// How to run Herald for one run.
+#[derive(Debug, Clone)]
+pub struct HeraldConfig {
+    pub binary: PathBuf,
+    pub amqp_url: String,
+    pub database_url: String,
+    pub prefix: String,
+    pub exchange: String,
+    pub retry_schedule: String,
+    pub concurrency: u16,
+    /// Herald's stderr (its warnings and errors) goes here.
+    pub log: PathBuf,
+}
+
+impl HeraldConfig {
+    fn env(&self, api: SocketAddr) -> Vec<(&'static str, String)> {
+        vec![
+            ("HERALD__AMQP__URL", self.amqp_url.clone()),
+            ("HERALD__DATABASE__URL", self.database_url.clone()),
+            ("HERALD__TOPOLOGY__PREFIX", self.prefix.clone()),
+            ("HERALD__INGEST__EXCHANGES", self.exchange.clone()),
+            ("HERALD__API__LISTEN", api.to_string()),
+            ("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true".into()),
+            (
+                "HERALD__DELIVERY__RETRY_SCHEDULE",
+                self.retry_schedule.clone(),
+            ),
+            ("HERALD__DELIVERY__JITTER", "0".into()),
+            (
+                "HERALD__DELIVERY__CONCURRENCY",
+                self.concurrency.to_string(),
+            ),
+            ("HERALD__TELEMETRY__LOG_LEVEL", "warn".into()),
+        ]
+    }
+
+    fn command(&self, api: SocketAddr, args: &[&str]) -> anyhow::Result<Command> {
+        if let Some(dir) = self.log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut command = Command::new(&self.binary);
+        command
+            .args(args)
+            .envs(self.env(api))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true);
+        Ok(command)
+    }
+}
+
+/// A free loopback port for Herald's API.
+fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
+}
+
+/// `herald migrate` with the run's settings.
+pub async fn migrate(config: &HeraldConfig) -> anyhow::Result<()> {
+    let status = config
+        .command(free_port()?, &["migrate"])?
+        .status()
+        .await
+        .with_context(|| format!("running {}", config.binary.display()))?;
+    if !status.success() {
+        bail!("herald migrate failed: {status}");
+    }
+    Ok(())
+}
+
+/// A running `herald serve`.
+pub struct Herald {
+    child: Child,
+    api: SocketAddr,
+    pub started: Instant,
+    rss_kib: Arc<Mutex<Vec<u64>>>,
+    sampler: CancellationToken,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl Herald {
+    pub async fn spawn(config: &HeraldConfig) -> anyhow::Result<Self> {
+        let api = free_port()?;
+        let started = Instant::now();
+        let child = config
+            .command(api, &["serve", "--role", "all"])?
+            .spawn()
+            .with_context(|| format!("starting {}", config.binary.display()))?;
+        let pid = child.id().context("herald exited at once")?;
+        let rss = Arc::new(Mutex::new(Vec::new()));
+        let sampler = CancellationToken::new();
+        {
+            let rss = rss.clone();
+            let stop = sampler.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tick.tick() => match rss_kib(pid) {
+                            Some(kib) => rss.lock().expect("rss lock").push(kib),
+                            None => break,
+                        },
+                    }
+                }
+            });
+        }
+        Ok(Self {
+            child,
+            api,
+            started,
+            rss_kib: rss,
+            sampler,
+        })
+    }
+
+    /// Waits until `/readyz` answers 200; returns the time since spawn.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<Duration> {
+        let client = reqwest::Client::new();
+        let url = format!("http://{}/readyz", self.api);
+        while self.started.elapsed() < timeout {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("herald exited before it was ready: {status}");
+            }
+            if let Ok(response) = client.get(&url).send().await {
+                if response.status().is_success() {
+                    return Ok(self.started.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        bail!("herald not ready within {timeout:?}")
+    }
+
+    pub fn still_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// RSS samples so far, MiB.
+    pub fn rss_mib(&self) -> Vec<f64> {
+        self.rss_kib
+            .lock()
+            .expect("rss lock")
+            .iter()
+            .map(|k| *k as f64 / 1024.0)
+            .collect()
+    }
+
+    /// SIGTERM, then SIGKILL if it has not stopped within 10 s; returns RSS samples.
+    pub async fn stop(mut self) -> anyhow::Result<Vec<f64>> {
+        self.sampler.cancel();
+        if let Some(kib) = self.child.id().and_then(rss_kib) {
+            self.rss_kib.lock().expect("rss lock").push(kib);
+        }
+        let samples = self.rss_mib();
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+                .await
+                .is_err()
+            {
+                self.child.kill().await?;
+            }
+        }
+        Ok(samples)
+    }
+}

@@ -1,0 +1,583 @@
+//! One measured run, Herald's or the baseline relay's: fresh database and topology
+//! under a run-specific prefix, endpoints inserted, receiver reset, load published,
+//! wait until every (event, endpoint) pair arrived (and, for Herald, every delivery
+//! is `success` in PostgreSQL) or the run's deadline passed, then clean up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use herald::broker::Publisher;
+use herald::config::Settings;
+use herald::delivery::retry::RetryPolicy;
+use herald::domain::{Secret, SigningSecret};
+use herald::topology::Topology;
+use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ExchangeKind};
+use serde::Serialize;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::load::{self, Load};
+use crate::process::{self, Herald, HeraldConfig};
+use crate::receiver::{Behavior, Receiver, RunRecord};
+use crate::{now_us, relay};
+
+/// One subscribed endpoint of a run.
+#[derive(Debug, Clone)]
+pub struct EndpointSpec {
+    pub patterns: Vec<String>,
+    pub tenant: Option<String>,
+    pub group: usize,
+    pub delay: Duration,
+    /// Answers 500 for this long from the start of publishing.
+    pub fail_for: Option<Duration>,
+}
+
+impl EndpointSpec {
+    pub fn simple(pattern: &str, group: usize) -> Self {
+        Self {
+            patterns: vec![pattern.to_string()],
+            tenant: None,
+            group,
+            delay: Duration::ZERO,
+            fail_for: None,
+        }
+    }
+}
+
+/// What one run does.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub endpoints: Vec<EndpointSpec>,
+    pub load: LoadSpec,
+    /// (event, endpoint) pairs expected in total.
+    pub expected: usize,
+    pub retry_schedule: String,
+    /// Publish everything before Herald starts.
+    pub backlog: bool,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadSpec {
+    pub count: usize,
+    pub rate: Option<f64>,
+    pub body_bytes: usize,
+    pub kinds: Vec<(String, Option<String>)>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        let ms = |v: u64| (v as f64 / 1000.0 * 100.0).round() / 100.0;
+        Self {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+/// One group of endpoints' figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupOutcome {
+    pub deliveries: u64,
+    pub seconds: f64,
+    pub deliveries_per_s: f64,
+    pub latency_ms: Latency,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub groups: Vec<GroupOutcome>,
+    pub unique: usize,
+    pub expected: usize,
+    pub duplicates: u64,
+    pub lost: u64,
+    pub rss_mib: Vec<f64>,
+    pub ready_s: Option<f64>,
+    pub publish_s: f64,
+    pub db_success: Option<i64>,
+    pub failed_answers: u64,
+    pub signatures_checked: u64,
+    pub signatures_bad: u64,
+    pub timed_out: bool,
+}
+
+impl RunOutcome {
+    pub fn rss_max(&self) -> Option<f64> {
+        self.rss_mib.iter().copied().reduce(f64::max)
+    }
+}
+
+/// Shared state of the whole invocation.
+pub struct Bench {
+    pub amqp_url: String,
+    pub database_base_url: String,
+    pub database: String,
+    pub herald_binary: std::path::PathBuf,
+    pub receiver: Receiver,
+    /// Keeps the channel's and publisher's connection open.
+    _connection: Connection,
+    pub channel: Channel,
+    pub publisher: Publisher,
+    pub tag_base: String,
+    pub concurrency: u16,
+    pub log_dir: std::path::PathBuf,
+    runs: std::sync::atomic::AtomicU32,
+}
+
+/// `postgres://…/herald` → `postgres://…/<name>`.
+pub fn with_database(url: &str, name: &str) -> String {
+    match url.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => format!("{url}/{name}"),
+    }
+}
+
+impl Bench {
+    pub async fn new(
+        amqp_url: String,
+        database_base_url: String,
+        database: String,
+        herald_binary: std::path::PathBuf,
+        receiver: Receiver,
+        concurrency: u16,
+        log_dir: std::path::PathBuf,
+    ) -> anyhow::Result<Self> {
+        let connection = herald::broker::connect(&amqp_url, "herald-bench")
+            .await
+            .with_context(|| format!("RabbitMQ unreachable at {amqp_url}; run `make services`"))?;
+        let channel = connection.create_channel().await?;
+        let publisher = Publisher::open(&connection).await?;
+        let tag_base = format!("hb{}", &Uuid::new_v4().simple().to_string()[..8]);
+        Ok(Self {
+            amqp_url,
+            database_base_url,
+            database,
+            herald_binary,
+            receiver,
+            _connection: connection,
+            channel,
+            publisher,
+            tag_base,
+            concurrency,
+            log_dir,
+            runs: Default::default(),
+        })
+    }
+
+    fn next_tag(&self) -> String {
+        let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{}r{n}", self.tag_base)
+    }
+
+    pub fn database_url(&self) -> String {
+        with_database(&self.database_base_url, &self.database)
+    }
+
+    async fn admin(&self) -> anyhow::Result<PgConnection> {
+        PgConnection::connect(&self.database_base_url)
+            .await
+            .with_context(|| {
+                format!(
+                    "PostgreSQL unreachable at {}; run `make services`",
+                    self.database_base_url
+                )
+            })
+    }
+
+    /// Drops and recreates the bench database, so runs are independent.
+    pub async fn fresh_database(&self) -> anyhow::Result<()> {
+        let mut admin = self.admin().await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        ))
+        .execute(&mut admin)
+        .await?;
+        sqlx::query(&format!("CREATE DATABASE {}", self.database))
+            .execute(&mut admin)
+            .await?;
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    pub async fn drop_database(&self) -> anyhow::Result<()> {
+        let mut admin = self.admin().await?;
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.database
+        ))
+        .execute(&mut admin)
+        .await?;
+        let _ = admin.close().await;
+        Ok(())
+    }
+
+    pub async fn pool(&self) -> anyhow::Result<PgPool> {
+        Ok(sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&self.database_url())
+            .await?)
+    }
+
+    fn settings(
+        &self,
+        tag: &str,
+        exchange: &str,
+        retry_schedule: &str,
+    ) -> anyhow::Result<Settings> {
+        let mut settings = Settings::default();
+        settings.amqp.url = Secret::new(self.amqp_url.clone());
+        settings.database.url = Secret::new(self.database_url());
+        settings.topology.prefix = tag.to_string();
+        settings.ingest.exchanges = vec![exchange.to_string()];
+        settings.delivery.retry_schedule = retry_schedule
+            .split(',')
+            .map(herald::config::parse_duration)
+            .collect::<Result<_, _>>()
+            .map_err(anyhow::Error::msg)?;
+        settings.delivery.jitter = 0.0;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn herald_config(&self, tag: &str, exchange: &str, retry_schedule: &str) -> HeraldConfig {
+        HeraldConfig {
+            binary: self.herald_binary.clone(),
+            amqp_url: self.amqp_url.clone(),
+            database_url: self.database_url(),
+            prefix: tag.to_string(),
+            exchange: exchange.to_string(),
+            retry_schedule: retry_schedule.to_string(),
+            concurrency: self.concurrency,
+            log: self.log_dir.join(format!("{tag}.log")),
+        }
+    }
+
+    fn behaviors(
+        &self,
+        spec: &RunSpec,
+        secrets: Option<&[SigningSecret]>,
+        start_us: u64,
+    ) -> Vec<Behavior> {
+        spec.endpoints
+            .iter()
+            .enumerate()
+            .map(|(i, e)| Behavior {
+                fail_until_us: e.fail_for.map(|d| start_us + d.as_micros() as u64),
+                delay: e.delay,
+                group: e.group,
+                secret: secrets.map(|s| s[i].clone()),
+            })
+            .collect()
+    }
+
+    fn load(&self, spec: &RunSpec, tag: &str, exchange: &str) -> Load {
+        Load {
+            exchange: exchange.to_string(),
+            tag: tag.to_string(),
+            count: spec.load.count,
+            rate: spec.load.rate,
+            body_bytes: spec.load.body_bytes,
+            kinds: spec.load.kinds.clone(),
+        }
+    }
+
+    /// Inserts the run's endpoints in bulk; returns their secrets, by index.
+    pub async fn insert_endpoints(
+        &self,
+        pool: &PgPool,
+        endpoints: &[EndpointSpec],
+    ) -> anyhow::Result<Vec<SigningSecret>> {
+        let secrets: Vec<SigningSecret> = endpoints
+            .iter()
+            .map(|_| SigningSecret::generate())
+            .collect();
+        for (chunk_index, chunk) in endpoints.chunks(10_000).enumerate() {
+            let offset = chunk_index * 10_000;
+            let ids: Vec<Uuid> = chunk.iter().map(|_| Uuid::now_v7()).collect();
+            let urls: Vec<String> = (0..chunk.len())
+                .map(|i| self.receiver.url(offset + i))
+                .collect();
+            let tenants: Vec<Option<String>> = chunk.iter().map(|e| e.tenant.clone()).collect();
+            let patterns: Vec<String> = chunk.iter().map(|e| e.patterns.join(",")).collect();
+            let keys: Vec<String> = (0..chunk.len())
+                .map(|i| secrets[offset + i].expose().to_string())
+                .collect();
+            sqlx::query(
+                "INSERT INTO herald.endpoints (id, url, tenant_id, event_types, secret)
+                 SELECT id, url, tenant, string_to_array(patterns, ','), secret
+                 FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[])
+                      AS t(id, url, tenant, patterns, secret)",
+            )
+            .bind(&ids)
+            .bind(&urls)
+            .bind(&tenants)
+            .bind(&patterns)
+            .bind(&keys)
+            .execute(pool)
+            .await?;
+        }
+        Ok(secrets)
+    }
+
+    async fn declare_exchange(&self, exchange: &str) -> lapin::Result<()> {
+        self.channel
+            .exchange_declare(
+                exchange,
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+    }
+
+    async fn delete_exchange(&self, exchange: &str) {
+        if let Err(error) = self
+            .channel
+            .exchange_delete(exchange, ExchangeDeleteOptions::default())
+            .await
+        {
+            eprintln!("cleanup: deleting exchange {exchange}: {error}");
+        }
+    }
+
+    /// Waits until the receiver saw `expected` pairs and `check` agrees, or `deadline`.
+    async fn wait_done(
+        &self,
+        expected: usize,
+        deadline: Instant,
+        pool: Option<&PgPool>,
+        herald: Option<&mut Herald>,
+    ) -> anyhow::Result<(bool, Option<i64>)> {
+        let mut herald = herald;
+        let mut db_success = None;
+        let mut last_db_check = Instant::now() - Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(h) = herald.as_deref_mut() {
+                if !h.still_running() {
+                    anyhow::bail!("herald exited during the run");
+                }
+            }
+            let received = self.receiver.unique() >= expected;
+            match pool {
+                Some(pool) if received && last_db_check.elapsed() >= Duration::from_millis(500) => {
+                    last_db_check = Instant::now();
+                    let (success, total): (i64, i64) = sqlx::query_as(
+                        "SELECT count(*) FILTER (WHERE status = 'success'), count(*)
+                         FROM herald.deliveries",
+                    )
+                    .fetch_one(pool)
+                    .await?;
+                    db_success = Some(success);
+                    if success == total && success as usize >= expected {
+                        return Ok((true, db_success));
+                    }
+                }
+                None if received => return Ok((true, None)),
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if let Some(pool) = pool {
+            let success: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM herald.deliveries WHERE status = 'success'",
+            )
+            .fetch_one(pool)
+            .await?;
+            db_success = Some(success);
+        }
+        Ok((false, db_success))
+    }
+
+    fn outcome(
+        record: &RunRecord,
+        start_us: u64,
+        expected: usize,
+        publish: Duration,
+        finished: (bool, Option<i64>),
+        rss_mib: Vec<f64>,
+        ready: Option<Duration>,
+    ) -> RunOutcome {
+        let groups = record
+            .groups
+            .iter()
+            .map(|g| {
+                let seconds = if g.delivered == 0 {
+                    0.0
+                } else {
+                    g.last_us.saturating_sub(start_us) as f64 / 1e6
+                };
+                GroupOutcome {
+                    deliveries: g.delivered,
+                    seconds,
+                    deliveries_per_s: if seconds > 0.0 {
+                        g.delivered as f64 / seconds
+                    } else {
+                        0.0
+                    },
+                    latency_ms: Latency::of(&g.latency_us),
+                }
+            })
+            .collect();
+        let unique = record.seen.len();
+        RunOutcome {
+            groups,
+            unique,
+            expected,
+            duplicates: record.duplicates,
+            lost: expected.saturating_sub(unique) as u64,
+            rss_mib,
+            ready_s: ready.map(|d| d.as_secs_f64()),
+            publish_s: publish.as_secs_f64(),
+            db_success: finished.1,
+            failed_answers: record.failed_answers,
+            signatures_checked: record.signatures_checked,
+            signatures_bad: record.signatures_bad,
+            timed_out: !finished.0,
+        }
+    }
+
+    /// One Herald run.
+    pub async fn run_herald(&self, spec: &RunSpec) -> anyhow::Result<RunOutcome> {
+        let tag = self.next_tag();
+        let exchange = format!("{tag}.events");
+        let settings = self.settings(&tag, &exchange, &spec.retry_schedule)?;
+        let topology = Topology::new(&settings, &RetryPolicy::from_settings(&settings.delivery));
+        let config = self.herald_config(&tag, &exchange, &spec.retry_schedule);
+
+        self.fresh_database().await?;
+        process::migrate(&config).await?;
+        let pool = self.pool().await?;
+        let secrets = self.insert_endpoints(&pool, &spec.endpoints).await?;
+        topology.declare(&self.channel).await?;
+
+        let result = async {
+            let (mut herald, start_us, publish, ready) = if spec.backlog {
+                let start = now_us();
+                self.receiver
+                    .reset(self.behaviors(spec, Some(&secrets), start));
+                let publish =
+                    load::publish(&self.publisher, self.load(spec, &tag, &exchange)).await?;
+                let start_us = now_us();
+                let mut herald = Herald::spawn(&config).await?;
+                let ready = herald.wait_ready(Duration::from_secs(60)).await?;
+                (herald, start_us, publish, ready)
+            } else {
+                let mut herald = Herald::spawn(&config).await?;
+                let ready = herald.wait_ready(Duration::from_secs(60)).await?;
+                let start_us = now_us();
+                self.receiver
+                    .reset(self.behaviors(spec, Some(&secrets), start_us));
+                let publish =
+                    load::publish(&self.publisher, self.load(spec, &tag, &exchange)).await?;
+                (herald, start_us, publish, ready)
+            };
+            let deadline = Instant::now() + spec.timeout;
+            let finished = self
+                .wait_done(spec.expected, deadline, Some(&pool), Some(&mut herald))
+                .await;
+            // Late duplicates still count.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let rss = herald.stop().await?;
+            let finished = finished?;
+            let record = self.receiver.reset(Vec::new());
+            anyhow::Ok(Self::outcome(
+                &record,
+                start_us,
+                spec.expected,
+                publish,
+                finished,
+                rss,
+                Some(ready),
+            ))
+        }
+        .await;
+
+        if let Err(error) = topology.delete(&self.channel).await {
+            eprintln!("cleanup: deleting queues of {tag}: {error}");
+        }
+        self.delete_exchange(&exchange).await;
+        pool.close().await;
+        result
+    }
+
+    /// One baseline relay run (no database, no signing, no retries).
+    pub async fn run_baseline(&self, spec: &RunSpec) -> anyhow::Result<RunOutcome> {
+        let tag = self.next_tag();
+        let exchange = format!("{tag}.events");
+        let queue = format!("{tag}.relay");
+        self.declare_exchange(&exchange).await?;
+        relay::declare(&self.channel, &queue, &exchange).await?;
+        let urls: Arc<Vec<String>> = Arc::new(
+            (0..spec.endpoints.len())
+                .map(|i| self.receiver.url(i))
+                .collect(),
+        );
+        // Same number of requests in flight as Herald: prefetch × endpoints ≈ concurrency.
+        let prefetch = (self.concurrency as usize / spec.endpoints.len().max(1)).max(1) as u16;
+        let stop = CancellationToken::new();
+        let relay_task = {
+            let stop = stop.clone();
+            let queue = queue.clone();
+            let url = self.amqp_url.clone();
+            tokio::spawn(async move {
+                let connection = herald::broker::connect(&url, "herald-bench-relay").await?;
+                let result = relay::run(&connection, &queue, urls, prefetch, stop).await;
+                let _ = connection.close(200, "bench done").await;
+                result
+            })
+        };
+        let result = async {
+            let start_us = now_us();
+            self.receiver.reset(self.behaviors(spec, None, start_us));
+            let publish = load::publish(&self.publisher, self.load(spec, &tag, &exchange)).await?;
+            let deadline = Instant::now() + spec.timeout;
+            let finished = self.wait_done(spec.expected, deadline, None, None).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let record = self.receiver.reset(Vec::new());
+            anyhow::Ok(Self::outcome(
+                &record,
+                start_us,
+                spec.expected,
+                publish,
+                finished,
+                Vec::new(),
+                None,
+            ))
+        }
+        .await;
+        stop.cancel();
+        match relay_task.await {
+            Ok(Err(error)) => eprintln!("relay: {error}"),
+            Err(error) => eprintln!("relay task: {error}"),
+            Ok(Ok(())) => {}
+        }
+        if let Err(error) = relay::delete(&self.channel, &queue).await {
+            eprintln!("cleanup: deleting {queue}: {error}");
+        }
+        self.delete_exchange(&exchange).await;
+        result
+    }
+}

@@ -1,0 +1,58 @@
+//! The benchmark tool on tiny numbers, so that `make bench` cannot rot: one Herald run
+//! and one baseline run of the steady and fan-out scenarios against the real services;
+//! nothing lost, and `results.json` has every field the report promises.
+
+use std::process::Command;
+
+#[test]
+fn bench_tool_runs_tiny_scenarios_and_writes_results() {
+    let dir = std::env::temp_dir().join(format!("herald-bench-smoke-{}", std::process::id()));
+    let json = dir.join("results.json");
+    let database = format!("herald_bench_smoke_{}", std::process::id());
+    let output = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+        .args([
+            "--mode",
+            "tiny",
+            "--scenarios",
+            "steady,fanout",
+            "--database",
+        ])
+        .arg(&database)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("herald-bench starts");
+    assert!(
+        output.status.success(),
+        "herald-bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("results.json written");
+    let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let scenarios = results["scenarios"].as_array().expect("scenarios array");
+    assert_eq!(scenarios.len(), 2, "{text}");
+    for s in scenarios {
+        for field in [
+            "name",
+            "deliveries",
+            "seconds",
+            "deliveries_per_s",
+            "baseline_per_s",
+            "ratio",
+            "latency_ms",
+            "rss_mib_max",
+            "duplicates",
+            "lost",
+        ] {
+            assert!(s.get(field).is_some(), "{field} missing in {s}");
+        }
+        for p in ["p50", "p90", "p99", "max"] {
+            assert!(s["latency_ms"][p].is_number(), "latency_ms.{p} in {s}");
+        }
+        assert_eq!(s["lost"], 0, "{s}");
+        assert!(s["deliveries"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(s["baseline_per_s"].is_number(), "{s}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
