@@ -247,7 +247,7 @@ async fn deliver(
         }
     };
 
-    let _slot = match d
+    let slot = match d
         .throttle
         .admit(endpoint.id, endpoint.rate_limit, task.not_before_ms)
         .await
@@ -269,6 +269,8 @@ async fn deliver(
             task.body.clone(),
         )
         .await;
+    // The endpoint's slot is for the request only, not for recording its outcome.
+    drop(slot);
     d.metrics.in_flight.dec();
     d.metrics
         .delivery_duration
