@@ -21,7 +21,7 @@ run: services
 ## The local services, then the whole test suite, then the deploy artifacts
 ## (promtool checks and unit-tests the alert rules; installs Debian's prometheus).
 test: services
-	cargo test --all-targets -- --test-threads=4
+	cargo test --lib --bins --tests -- --test-threads=4
 	deploy/check.sh
 
 services:
