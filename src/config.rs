@@ -16,7 +16,7 @@ use crate::domain::{Secret, TopicPattern};
 /// Why settings could not be loaded; always names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration: {0}")]
+    #[error("configuration")]
     Load(#[from] config::ConfigError),
     #[error("configuration key `{key}`: {problem}")]
     Invalid { key: &'static str, problem: String },
