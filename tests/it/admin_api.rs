@@ -348,3 +348,29 @@ async fn the_command_line_adds_endpoints_publishes_and_lists_dead_letters() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[test]
+fn a_bad_configuration_stops_startup_naming_the_key() {
+    for (key, value) in [
+        ("HERALD__DELIVERY__TIMEOUT", "soon"),
+        ("HERALD__DELIVERY__RETRY_SCHEDULE", "1m,often"),
+        ("HERALD__TOPOLOGY__PREFIX", "has space"),
+        ("HERALD__AMQP__URL", "http://not-amqp"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--role", "api"])
+            .env(key, value)
+            .output()
+            .expect("herald runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key}={value} must stop startup");
+        let dotted = key
+            .trim_start_matches("HERALD__")
+            .replace("__", ".")
+            .to_lowercase();
+        assert!(
+            stderr.contains(&dotted),
+            "{key}: the message names `{dotted}`: {stderr}"
+        );
+    }
+}
