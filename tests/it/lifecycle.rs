@@ -256,6 +256,19 @@ async fn losing_the_broker_connection_mid_stream_loses_nothing() {
     cut_broker_connections(&herald_connections(&prefix).await).await;
     let at_cut = receiver.count();
     assert!(at_cut < 600, "cut mid-stream ({at_cut} delivered)");
+    // Not ready while reconnecting (at least the 200 ms backoff), ready again after.
+    let readyz = format!("http://{}/readyz", app.address());
+    let status = || async { reqwest::get(&readyz).await.unwrap().status().as_u16() };
+    eventually(
+        "readiness to drop while reconnecting",
+        Duration::from_secs(10),
+        || async { status().await == 503 },
+    )
+    .await;
+    eventually("readiness to return", Duration::from_secs(30), || async {
+        status().await == 200
+    })
+    .await;
     eventually(
         "all 600 delivered after reconnecting",
         Duration::from_secs(90),
