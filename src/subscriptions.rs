@@ -1,9 +1,10 @@
 //! The in-memory subscription cache: every active endpoint and a trie of their
-//! patterns, so matching an event costs no query. Reloaded when PostgreSQL notifies a
-//! change (`LISTEN herald_endpoints`, fired by a trigger on `herald.endpoints`), and
-//! every minute in case a notification was missed while disconnected.
+//! patterns, so matching an event costs no query. A trigger on `herald.endpoints`
+//! notifies every change with the endpoint's id (`LISTEN herald_endpoints`): only the
+//! changed endpoints are reloaded (everything when a burst is large), and everything is
+//! reloaded every minute in case a notification was missed while disconnected.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ use crate::store::endpoints::{self, Endpoint};
 
 const CHANNEL: &str = "herald_endpoints";
 const SAFETY_RELOAD: Duration = Duration::from_secs(60);
+/// More changed endpoints than this in one burst: reload everything instead.
+const INCREMENTAL_LIMIT: usize = 256;
 
 /// One immutable view of the active endpoints. Patterns are indexed per tenant: an
 /// event is matched against its own tenant's trie and the trie of endpoints without a
@@ -32,10 +35,14 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn build(list: Vec<Endpoint>) -> Self {
+        Self::from_shared(list.into_iter().map(Arc::new).collect())
+    }
+
+    /// Builds the indexes over endpoints already shared with an earlier snapshot.
+    fn from_shared(endpoints: Vec<Arc<Endpoint>>) -> Self {
         let mut untenanted = TopicTrie::new();
         let mut by_tenant: HashMap<String, TopicTrie<usize>> = HashMap::new();
-        let mut by_id = HashMap::with_capacity(list.len());
-        let endpoints: Vec<Arc<Endpoint>> = list.into_iter().map(Arc::new).collect();
+        let mut by_id = HashMap::with_capacity(endpoints.len());
         for (index, endpoint) in endpoints.iter().enumerate() {
             by_id.insert(endpoint.id, index);
             let trie = match &endpoint.tenant_id {
@@ -111,6 +118,36 @@ impl Subscriptions {
         Ok(count)
     }
 
+    /// Reloads only the given endpoints (changed, added, disabled or deleted), keeping
+    /// the others as they are: a change costs one query per endpoint and an index
+    /// rebuild, not a reload of every endpoint.
+    pub async fn refresh(&self, ids: &HashSet<Uuid>) -> Result<(), sqlx::Error> {
+        let mut fresh = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(endpoint) = endpoints::get(&self.pool, *id).await? {
+                if endpoint.is_active() {
+                    fresh.push(Arc::new(endpoint));
+                }
+            }
+        }
+        let current = self.snapshot();
+        let mut list: Vec<Arc<Endpoint>> = current
+            .endpoints
+            .iter()
+            .filter(|e| !ids.contains(&e.id))
+            .cloned()
+            .collect();
+        list.extend(fresh);
+        let snapshot = Arc::new(Snapshot::from_shared(list));
+        tracing::debug!(
+            changed = ids.len(),
+            endpoints = snapshot.len(),
+            "subscriptions refreshed"
+        );
+        *self.current.write().expect("lock not poisoned") = snapshot;
+        Ok(())
+    }
+
     /// Loads the cache, retrying while the database is away; `false` if shutdown came
     /// first.
     pub async fn wait_loaded(&self, shutdown: &CancellationToken) -> bool {
@@ -184,10 +221,26 @@ impl Subscriptions {
                         }
                     }
                     note = listener.recv() => match note {
-                        Ok(_) => {
-                            // Coalesce a burst of notifications into one reload.
-                            while listener.next_buffered().is_some() {}
-                            if let Err(error) = self.reload().await {
+                        Ok(first) => {
+                            // A burst of notifications is handled at once: the changed
+                            // endpoints alone, or everything when there are many.
+                            let mut ids = HashSet::new();
+                            let mut everything = false;
+                            let buffered = std::iter::from_fn(|| listener.next_buffered());
+                            for note in std::iter::once(first).chain(buffered) {
+                                match note.payload().parse::<Uuid>() {
+                                    Ok(id) => {
+                                        ids.insert(id);
+                                    }
+                                    Err(_) => everything = true,
+                                }
+                            }
+                            let result = if everything || ids.len() > INCREMENTAL_LIMIT {
+                                self.reload().await.map(|_| ())
+                            } else {
+                                self.refresh(&ids).await
+                            };
+                            if let Err(error) = result {
                                 tracing::warn!(%error, "subscription reload failed");
                             }
                         }

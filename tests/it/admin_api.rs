@@ -202,6 +202,12 @@ async fn the_admin_api_manages_endpoints_and_shows_deliveries_behind_its_token()
         .await
         .unwrap();
     assert_eq!(disabled["enabled"], false);
+    eventually(
+        "the running process to drop the disabled endpoint",
+        Duration::from_secs(10),
+        || async { app.subscriptions().snapshot().get(&uuid).is_none() },
+    )
+    .await;
     let deleted = http
         .delete(format!("{base}/endpoints/{id}"))
         .bearer_auth("test-admin-token")
