@@ -58,6 +58,43 @@ pub async fn connect_with_backoff(
     }
 }
 
+/// A consumer on a queue of the declared topology, its channel (prefetch set), and a
+/// confirm-mode publisher on the same connection for what the consumed messages cause.
+pub struct ConsumerSetup {
+    pub channel: Channel,
+    pub consumer: lapin::Consumer,
+    pub publisher: Publisher,
+}
+
+/// Declares the topology, then starts consuming `queue` with `prefetch` unacked
+/// messages at most.
+pub async fn start_consumer(
+    connection: &Connection,
+    topology: &crate::topology::Topology,
+    queue: &str,
+    prefetch: u16,
+) -> lapin::Result<ConsumerSetup> {
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel
+        .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
+        .await?;
+    let publisher = Publisher::open(connection).await?;
+    let consumer = channel
+        .basic_consume(
+            queue,
+            "",
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok(ConsumerSetup {
+        channel,
+        consumer,
+        publisher,
+    })
+}
+
 /// One message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {

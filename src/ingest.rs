@@ -13,7 +13,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
@@ -103,23 +103,17 @@ async fn consume(
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<(), IngestError> {
-    let channel = connection.create_channel().await?;
-    ingestor.topology.declare(&channel).await?;
-    channel
-        .basic_qos(
-            ingestor.settings.ingest.prefetch,
-            BasicQosOptions::default(),
-        )
-        .await?;
-    let publisher = Publisher::open(connection).await?;
-    let mut consumer = channel
-        .basic_consume(
-            &ingestor.topology.ingest_queue(),
-            "",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let broker::ConsumerSetup {
+        channel,
+        mut consumer,
+        publisher,
+    } = broker::start_consumer(
+        connection,
+        &ingestor.topology,
+        &ingestor.topology.ingest_queue(),
+        ingestor.settings.ingest.prefetch,
+    )
+    .await?;
     readiness.set_ingest(true);
     tracing::info!(queue = %ingestor.topology.ingest_queue(), "ingesting");
     let max_batch = ingestor.settings.ingest.batch_size;

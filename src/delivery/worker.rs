@@ -8,10 +8,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::Connection;
 use reqwest::header::HeaderMap;
 use tokio_util::sync::CancellationToken;
@@ -101,25 +98,19 @@ async fn consume(
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> lapin::Result<()> {
-    let channel = connection.create_channel().await?;
-    deliverer.topology.declare(&channel).await?;
     // The prefetch is the concurrency: the broker hands out no more tasks than the
     // process works on at once.
-    channel
-        .basic_qos(
-            deliverer.settings.delivery.concurrency,
-            BasicQosOptions::default(),
-        )
-        .await?;
-    let publisher = Publisher::open(connection).await?;
-    let mut consumer = channel
-        .basic_consume(
-            &deliverer.topology.work_queue(),
-            "",
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let broker::ConsumerSetup {
+        channel,
+        mut consumer,
+        publisher,
+    } = broker::start_consumer(
+        connection,
+        &deliverer.topology,
+        &deliverer.topology.work_queue(),
+        deliverer.settings.delivery.concurrency,
+    )
+    .await?;
     readiness.set_deliver(true);
     tracing::info!(queue = %deliverer.topology.work_queue(), "delivering");
     let tracker = TaskTracker::new();
