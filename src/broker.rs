@@ -95,6 +95,50 @@ pub async fn start_consumer(
     })
 }
 
+/// What `keep_consuming` runs on each connection.
+pub type ConsumeFuture<'c, E> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), E>> + Send + 'c>>;
+
+/// Keeps one consumer running until `shutdown`: connects (waiting with backoff while
+/// the broker is away), runs `consume` on the connection, and when it fails calls
+/// `down` and reconnects after a growing delay. `consume` returning `Ok` means it
+/// stopped for shutdown.
+pub async fn keep_consuming<E: std::fmt::Display>(
+    settings: &crate::config::AmqpSettings,
+    name: &str,
+    shutdown: &CancellationToken,
+    down: impl Fn(),
+    consume: impl for<'c> Fn(&'c Connection) -> ConsumeFuture<'c, E>,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let Some(connection) = connect_with_backoff(
+            settings.url.expose(),
+            name,
+            settings.reconnect_max_backoff,
+            shutdown,
+        )
+        .await
+        else {
+            return;
+        };
+        let result = consume(&connection).await;
+        down();
+        let _ = connection.close(200, "closing").await;
+        match result {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, consumer = name, retry_in = ?backoff, "consumer stopped; reconnecting");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(settings.reconnect_max_backoff);
+            }
+        }
+    }
+}
+
 /// One message to publish.
 #[derive(Debug, Clone)]
 pub struct Outgoing<'a> {

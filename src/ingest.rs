@@ -68,33 +68,18 @@ async fn run_consumer(
     n: usize,
 ) {
     let settings = ingestor.settings.clone();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let Some(connection) = broker::connect_with_backoff(
-            settings.amqp.url.expose(),
-            &format!("{}-ingest-{n}", settings.topology.prefix),
-            settings.amqp.reconnect_max_backoff,
-            &shutdown,
-        )
-        .await
-        else {
-            return;
-        };
-        let result = consume(&ingestor, &connection, &readiness, &shutdown).await;
-        readiness.set_ingest(false);
-        let _ = connection.close(200, "closing").await;
-        match result {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, retry_in = ?backoff, "ingest consumer stopped; reconnecting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(settings.amqp.reconnect_max_backoff);
-            }
-        }
-    }
+    broker::keep_consuming(
+        &settings.amqp,
+        &format!("{}-ingest-{n}", settings.topology.prefix),
+        &shutdown,
+        || readiness.set_ingest(false),
+        |connection| {
+            let (ingestor, readiness, shutdown) =
+                (ingestor.clone(), readiness.clone(), shutdown.clone());
+            Box::pin(async move { consume(&ingestor, connection, &readiness, &shutdown).await })
+        },
+    )
+    .await;
 }
 
 async fn consume(

@@ -61,35 +61,18 @@ enum Unsettled {
 /// Runs the deliver role until `shutdown`, reconnecting whenever the broker goes away.
 pub async fn run(deliverer: Arc<Deliverer>, readiness: Readiness, shutdown: CancellationToken) {
     let settings = deliverer.settings.clone();
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let Some(connection) = broker::connect_with_backoff(
-            settings.amqp.url.expose(),
-            &format!("{}-deliver", settings.topology.prefix),
-            settings.amqp.reconnect_max_backoff,
-            &shutdown,
-        )
-        .await
-        else {
-            return;
-        };
-        match consume(&deliverer, &connection, &readiness, &shutdown).await {
-            Ok(()) => {
-                let _ = connection.close(200, "shutdown").await;
-                return;
-            }
-            Err(error) => {
-                readiness.set_deliver(false);
-                tracing::warn!(%error, retry_in = ?backoff, "deliver consumer stopped; reconnecting");
-                let _ = connection.close(200, "reconnect").await;
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(settings.amqp.reconnect_max_backoff);
-            }
-        }
-    }
+    broker::keep_consuming(
+        &settings.amqp,
+        &format!("{}-deliver", settings.topology.prefix),
+        &shutdown,
+        || readiness.set_deliver(false),
+        |connection| {
+            let (deliverer, readiness, shutdown) =
+                (deliverer.clone(), readiness.clone(), shutdown.clone());
+            Box::pin(async move { consume(&deliverer, connection, &readiness, &shutdown).await })
+        },
+    )
+    .await;
 }
 
 async fn consume(
