@@ -21,7 +21,7 @@ use crate::delivery::recorder::Recorder;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::throttle::Throttle;
 use crate::delivery::worker::{self, Deliverer};
-use crate::ingest::{self, Ingestor};
+use crate::ingest::{self, Direct, Ingestor};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::subscriptions::Subscriptions;
@@ -114,6 +114,28 @@ impl App {
         if role.ingests() || role.delivers() {
             workers.spawn(subscriptions.clone().keep_fresh(shutdown.clone()));
         }
+        // One deliverer per process: the deliver role's, which the ingest role shares
+        // for first attempts (same HTTP client, group commit and per-endpoint limits).
+        let first_attempts = role.ingests() && settings.ingest.deliver_first_attempt;
+        let deliverer = if role.delivers() || first_attempts {
+            let (recorder, recorder_task) = Recorder::spawn(pool.clone(), shutdown.clone());
+            workers.spawn(async move {
+                let _ = recorder_task.await;
+            });
+            Some(Arc::new(Deliverer {
+                settings: settings.clone(),
+                topology: topology.clone(),
+                retry: retry.clone(),
+                client: WebhookClient::new(&settings.delivery).context("HTTP client")?,
+                subscriptions: subscriptions.clone(),
+                recorder,
+                throttle: Throttle::new(usize::from(settings.delivery.max_in_flight_per_endpoint)),
+                metrics: metrics.clone(),
+                pool: pool.clone(),
+            }))
+        } else {
+            None
+        };
         if role.ingests() {
             let ingestor = Arc::new(Ingestor {
                 settings: settings.clone(),
@@ -121,6 +143,10 @@ impl App {
                 subscriptions: subscriptions.clone(),
                 metrics: metrics.clone(),
                 pool: pool.clone(),
+                direct: deliverer
+                    .clone()
+                    .filter(|_| first_attempts)
+                    .map(|d| Arc::new(Direct::new(d))),
             });
             let (readiness, shutdown, subscriptions) =
                 (readiness.clone(), shutdown.clone(), subscriptions.clone());
@@ -131,23 +157,8 @@ impl App {
                 }
             });
         }
-        if role.delivers() {
-            let (recorder, recorder_task) = Recorder::spawn(pool.clone(), shutdown.clone());
-            let deliverer = Arc::new(Deliverer {
-                settings: settings.clone(),
-                topology: topology.clone(),
-                retry: retry.clone(),
-                client: WebhookClient::new(&settings.delivery).context("HTTP client")?,
-                subscriptions: subscriptions.clone(),
-                recorder,
-                throttle: Throttle::new(usize::from(settings.delivery.max_in_flight_per_endpoint)),
-                metrics: metrics.clone(),
-                pool: pool.clone(),
-            });
+        if let Some(deliverer) = deliverer.filter(|_| role.delivers()) {
             workers.spawn(worker::run(deliverer, readiness.clone(), shutdown.clone()));
-            workers.spawn(async move {
-                let _ = recorder_task.await;
-            });
         }
         if role.serves_admin_api() {
             workers.spawn(crate::monitor::sample_queues(

@@ -111,6 +111,12 @@ pub struct IngestSettings {
     pub max_body_bytes: usize,
     /// Ingest consumers (channels) per process.
     pub consumers: usize,
+    /// The ingest process makes each delivery's first attempt itself and acknowledges
+    /// the event once every first attempt is recorded (or handed on to a retry);
+    /// `<prefix>.work` then carries only retries, put-off and redriven deliveries.
+    /// `false`: every attempt goes through `<prefix>.work` and the deliver role, so
+    /// ingest needs no egress and the two roles scale fully apart.
+    pub deliver_first_attempt: bool,
 }
 
 impl Default for IngestSettings {
@@ -122,6 +128,7 @@ impl Default for IngestSettings {
             batch_size: 250,
             max_body_bytes: 256 * 1024,
             consumers: 2,
+            deliver_first_attempt: true,
         }
     }
 }

@@ -3,8 +3,14 @@
 //!
 //! Per batch of messages: parse (refusals are parked in `<prefix>.invalid`), match
 //! against the in-memory subscriptions, record events and deliveries in one
-//! transaction (idempotent on the event id), publish the tasks with confirms, and only
-//! then acknowledge the batch.
+//! transaction (idempotent on the event id). Then, with `ingest.deliver_first_attempt`
+//! (the default), make each delivery's first attempt right here and acknowledge a
+//! message once all of its attempts are recorded or handed on to a retry queue;
+//! otherwise publish the tasks to `<prefix>.work` with confirms and only then
+//! acknowledge the batch.
+//!
+//! A message that is not acknowledged comes back flagged `redelivered`: its event is
+//! already recorded, and the deliveries still `pending` with no attempt are tried again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,16 +18,20 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::{FutureExt, StreamExt};
+use lapin::acker::Acker;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions};
+use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Connection;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::app::Readiness;
 use crate::broker::{self, Outgoing, PublishError, Publisher};
 use crate::config::Settings;
 use crate::delivery::task::DeliveryTask;
+use crate::delivery::worker::{self, Deliverer, Origin};
 use crate::envelope::{self, Event, Inbound};
 use crate::metrics::Metrics;
 use crate::store::events::{self, FanOut, Recorded};
@@ -35,6 +45,22 @@ pub struct Ingestor {
     pub subscriptions: Arc<Subscriptions>,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
+    /// Present with `ingest.deliver_first_attempt`: first attempts are made here.
+    pub direct: Option<Arc<Direct>>,
+}
+
+/// What the ingest role needs to make first attempts itself.
+pub struct Direct {
+    pub deliverer: Arc<Deliverer>,
+    /// Caps this process's first attempts in flight at `delivery.concurrency`.
+    pub permits: Semaphore,
+}
+
+impl Direct {
+    pub fn new(deliverer: Arc<Deliverer>) -> Self {
+        let permits = Semaphore::new(usize::from(deliverer.settings.delivery.concurrency));
+        Self { deliverer, permits }
+    }
 }
 
 /// Why a batch was not acknowledged; its messages will be redelivered.
@@ -102,34 +128,120 @@ async fn consume(
     readiness.set_ingest(true);
     tracing::info!(queue = %ingestor.topology.ingest_queue(), "ingesting");
     let max_batch = ingestor.settings.ingest.batch_size;
-    loop {
-        let first = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(error)) => return Err(error.into()),
-                None => return Err(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into()),
+    // First attempts in flight, each holding its message unacknowledged.
+    let attempts = TaskTracker::new();
+    let result: Result<(), IngestError> = async {
+        loop {
+            let first = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => return Err(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into()),
+                }
+            };
+            // Whatever else the broker has already handed us joins the batch.
+            let mut batch = vec![first];
+            while batch.len() < max_batch {
+                match consumer.next().now_or_never() {
+                    Some(Some(Ok(delivery))) => batch.push(delivery),
+                    Some(Some(Err(error))) => return Err(error.into()),
+                    _ => break,
+                }
             }
-        };
-        // Whatever else the broker has already handed us joins the batch.
-        let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match consumer.next().now_or_never() {
-                Some(Some(Ok(delivery))) => batch.push(delivery),
-                Some(Some(Err(error))) => return Err(error.into()),
-                _ => break,
+            let tasks = fan_out(ingestor, &publisher, &batch, shutdown).await?;
+            match &ingestor.direct {
+                None => {
+                    dispatch(ingestor, &publisher, &tasks).await?;
+                    let last = batch.last().expect("batch is not empty").delivery_tag;
+                    channel
+                        .basic_ack(last, BasicAckOptions { multiple: true })
+                        .await?;
+                }
+                Some(direct) => {
+                    for (message, tasks) in batch.into_iter().zip(tasks) {
+                        if tasks.is_empty() {
+                            message.acker.ack(BasicAckOptions::default()).await?;
+                        } else {
+                            attempts.spawn(first_attempts(
+                                direct.clone(),
+                                publisher.clone(),
+                                message.acker,
+                                tasks,
+                            ));
+                        }
+                    }
+                }
             }
         }
-        fan_out(ingestor, &publisher, &batch, shutdown).await?;
-        let last = batch.last().expect("batch is not empty").delivery_tag;
-        channel
-            .basic_ack(last, BasicAckOptions { multiple: true })
-            .await?;
     }
+    .await;
     let _ = channel
         .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
         .await;
+    worker::drain(&attempts, ingestor.settings.delivery.shutdown_grace).await;
     let _ = channel.close(200, "shutdown").await;
+    result
+}
+
+/// Makes the first attempts of one message's deliveries, then acknowledges the
+/// message if every one is settled, or returns it to the queue (flagged redelivered).
+async fn first_attempts(
+    direct: Arc<Direct>,
+    publisher: Publisher,
+    acker: Acker,
+    tasks: Vec<DeliveryTask>,
+) {
+    let settled = futures_util::future::join_all(tasks.iter().map(|task| async {
+        let _permit = direct.permits.acquire().await.expect("never closed");
+        worker::attempt(&direct.deliverer, &publisher, task, Origin::Ingest)
+            .await
+            .is_ok()
+    }))
+    .await;
+    let result = if settled.iter().all(|ok| *ok) {
+        acker.ack(BasicAckOptions::default()).await
+    } else {
+        let requeue = BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        };
+        acker.nack(requeue).await
+    };
+    if let Err(error) = result {
+        tracing::warn!(%error, event_id = %tasks[0].event_id,
+            "cannot settle the event's message; it will be redelivered");
+    }
+}
+
+/// Publishes the tasks to `<prefix>.work` with confirms, then marks their events
+/// dispatched.
+async fn dispatch(
+    ingestor: &Ingestor,
+    publisher: &Publisher,
+    tasks: &[Vec<DeliveryTask>],
+) -> Result<(), IngestError> {
+    let work_exchange = ingestor.topology.work_exchange();
+    publisher
+        .publish_all(
+            tasks
+                .iter()
+                .flatten()
+                .map(|t| t.to_work(&work_exchange))
+                .collect(),
+        )
+        .await?;
+    // Narrows what a crash right now would republish; if this write is lost, a
+    // redelivery republishes the pending tasks (a duplicate, never a loss).
+    let dispatched: Vec<&str> = tasks
+        .iter()
+        .filter_map(|t| t.first().map(|t| t.event_id.as_str()))
+        .collect();
+    if !dispatched.is_empty() {
+        if let Err(error) = events::mark_dispatched(&ingestor.pool, &dispatched).await {
+            tracing::warn!(%error, "cannot mark events dispatched");
+        }
+    }
     Ok(())
 }
 
@@ -160,24 +272,27 @@ fn inbound(delivery: &Delivery) -> Inbound<'_> {
 
 /// An accepted event and what its message said about tracing and redelivery.
 struct Accepted {
+    /// Position of its message in the batch.
+    index: usize,
     event: Event,
     redelivered: bool,
     traceparent: Option<String>,
 }
 
-/// Records and fans out one batch; `Ok` means everything it caused is durable.
-pub async fn fan_out(
+/// Records one batch: refusals parked, events and deliveries committed. Returns, for
+/// each message of the batch, the delivery tasks still to be started.
+async fn fan_out(
     ingestor: &Ingestor,
     publisher: &Publisher,
     batch: &[Delivery],
     shutdown: &CancellationToken,
-) -> Result<(), IngestError> {
+) -> Result<Vec<Vec<DeliveryTask>>, IngestError> {
     let received_at = Utc::now();
     let max_body = ingestor.settings.ingest.max_body_bytes;
     let invalid_queue = ingestor.topology.invalid_queue();
     let mut accepted = Vec::with_capacity(batch.len());
     let mut parked = Vec::new();
-    for delivery in batch {
+    for (index, delivery) in batch.iter().enumerate() {
         let message = inbound(delivery);
         match envelope::parse(&message, max_body, received_at) {
             Ok(event) => {
@@ -190,6 +305,7 @@ pub async fn fan_out(
                 telemetry::set_parent(&span, parent);
                 let traceparent = span.in_scope(telemetry::current_traceparent);
                 accepted.push(Accepted {
+                    index,
                     event,
                     redelivered: delivery.redelivered,
                     traceparent,
@@ -252,8 +368,9 @@ pub async fn fan_out(
         }
         first
     });
+    let mut tasks: Vec<Vec<DeliveryTask>> = batch.iter().map(|_| Vec::new()).collect();
     if accepted.is_empty() {
-        return Ok(());
+        return Ok(tasks);
     }
 
     let snapshot = ingestor.subscriptions.snapshot();
@@ -273,8 +390,6 @@ pub async fn fan_out(
     let recorded = record_with_retry(ingestor, &fan_outs, received_at, shutdown).await?;
 
     let received_at_ms = received_at.timestamp_millis();
-    let mut tasks = Vec::new();
-    let mut dispatched = Vec::new();
     for ((a, fan_out), result) in accepted.iter().zip(&fan_outs).zip(recorded) {
         let deliveries = match result {
             Recorded::New(deliveries) => {
@@ -297,10 +412,9 @@ pub async fn fan_out(
         if deliveries.is_empty() {
             continue;
         }
-        dispatched.push(a.event.id.as_str());
         let body = bytes::Bytes::from(a.event.webhook_body());
         for d in deliveries {
-            tasks.push(DeliveryTask {
+            tasks[a.index].push(DeliveryTask {
                 delivery_id: d.delivery_id,
                 event_id: a.event.id.clone(),
                 endpoint_id: d.endpoint_id,
@@ -314,18 +428,7 @@ pub async fn fan_out(
             });
         }
     }
-    let work_exchange = ingestor.topology.work_exchange();
-    publisher
-        .publish_all(tasks.iter().map(|t| t.to_work(&work_exchange)).collect())
-        .await?;
-    // Narrows what a crash right now would republish; if this write is lost, a
-    // redelivery republishes the pending tasks (a duplicate, never a loss).
-    if !dispatched.is_empty() {
-        if let Err(error) = events::mark_dispatched(&ingestor.pool, &dispatched).await {
-            tracing::warn!(%error, "cannot mark events dispatched");
-        }
-    }
-    Ok(())
+    Ok(tasks)
 }
 
 /// Retries the transaction while the database is away; gives up only on shutdown, and

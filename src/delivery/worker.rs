@@ -47,15 +47,28 @@ pub struct Deliverer {
     pub pool: sqlx::PgPool,
 }
 
-/// Why a task was not settled; it goes back to the queue and will be tried again.
+/// Why a task was not settled; it will be tried again (see [`Origin`]).
 #[derive(Debug, thiserror::Error)]
-enum Unsettled {
+pub enum Unsettled {
     #[error(transparent)]
     Record(#[from] RecordError),
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+}
+
+/// Where a task came from, which decides the order of the writes after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A message of `<prefix>.work`: if settling fails, the task itself comes back.
+    /// The outcome is recorded first, then the retry or dead letter is published.
+    WorkQueue,
+    /// A first attempt made by the ingest role: if settling fails, the event's message
+    /// comes back and only deliveries still `pending` are tried again. The retry or
+    /// dead letter is published first, then the outcome recorded, so a delivery is never
+    /// left `retrying` without a task to retry it.
+    Ingest,
 }
 
 /// Runs the deliver role until `shutdown`, reconnecting whenever the broker goes away.
@@ -117,8 +130,15 @@ async fn consume(
     let _ = channel
         .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
         .await;
+    drain(&tracker, deliverer.settings.delivery.shutdown_grace).await;
+    let _ = channel.close(200, "done").await;
+    result
+}
+
+/// Lets the deliveries in flight finish within `grace`, then pauses for their
+/// acknowledgements to settle. Call before closing the channel they ack on.
+pub async fn drain(tracker: &TaskTracker, grace: Duration) {
     tracker.close();
-    let grace = deliverer.settings.delivery.shutdown_grace;
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
             unfinished = tracker.len(),
@@ -128,11 +148,9 @@ async fn consume(
     }
     // RabbitMQ applies a quorum queue's acknowledgements asynchronously: closing the
     // channel right after the last ack can let the broker return just-acknowledged
-    // tasks to the queue (seen as duplicate sends after a graceful stop). A short pause
-    // lets the acks settle first.
+    // messages to the queue (seen as duplicate sends after a graceful stop). A short
+    // pause lets the acks settle first.
     tokio::time::sleep(SETTLE_PAUSE).await;
-    let _ = channel.close(200, "done").await;
-    result
 }
 
 /// Settles one message from the work queue: ack when done, nack (requeue) otherwise.
@@ -164,22 +182,37 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: 
             return;
         }
     };
+    match attempt(deliverer, publisher, &task, Origin::WorkQueue).await {
+        Ok(()) => {
+            if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+                tracing::warn!(%error, delivery_id = %task.delivery_id,
+                    "ack failed; the task will be redelivered");
+            }
+        }
+        Err(_) => {
+            let _ = acker.nack(requeue()).await;
+        }
+    }
+}
+
+/// Makes one attempt of `task` in its own `deliver` span (a child of the event's
+/// trace). `Ok` once everything the attempt caused is durable.
+pub async fn attempt(
+    deliverer: &Deliverer,
+    publisher: &Publisher,
+    task: &DeliveryTask,
+    origin: Origin,
+) -> Result<(), Unsettled> {
     let span = tracing::info_span!("deliver",
         event_id = %task.event_id, endpoint_id = %task.endpoint_id,
         delivery_id = %task.delivery_id, attempt = task.attempt);
     telemetry::set_parent(&span, task.traceparent.as_deref());
     async {
-        match deliver(deliverer, publisher, &task).await {
-            Ok(()) => {
-                if let Err(error) = acker.ack(BasicAckOptions::default()).await {
-                    tracing::warn!(%error, "ack failed; the task will be redelivered");
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "delivery not settled; returning it to the queue");
-                let _ = acker.nack(requeue()).await;
-            }
+        let result = deliver(deliverer, publisher, task, origin).await;
+        if let Err(error) = &result {
+            tracing::warn!(%error, "delivery not settled; it will be tried again");
         }
+        result
     }
     .instrument(span)
     .await
@@ -197,6 +230,7 @@ async fn deliver(
     d: &Deliverer,
     publisher: &Publisher,
     task: &DeliveryTask,
+    origin: Origin,
 ) -> Result<(), Unsettled> {
     let endpoint = match d.subscriptions.lookup(task.endpoint_id).await? {
         Lookup::Active(endpoint) => endpoint,
@@ -205,19 +239,12 @@ async fn deliver(
                 "endpoint disabled{}",
                 reason.map(|r| format!(": {r}")).unwrap_or_default()
             );
-            return dead_letter(d, publisher, task, "endpoint_disabled", None, &why, None).await;
+            let failure = Failure::new("endpoint_disabled", None, why);
+            return dead_letter(d, publisher, task, origin, failure, None).await;
         }
         Lookup::Deleted => {
-            return dead_letter(
-                d,
-                publisher,
-                task,
-                "endpoint_deleted",
-                None,
-                "endpoint deleted",
-                None,
-            )
-            .await;
+            let failure = Failure::new("endpoint_deleted", None, "endpoint deleted".into());
+            return dead_letter(d, publisher, task, origin, failure, None).await;
         }
     };
 
@@ -332,16 +359,8 @@ async fn deliver(
         .await?;
         d.metrics.endpoints_disabled.inc();
         tracing::warn!("endpoint answered 410 Gone; disabled");
-        return dead_letter(
-            d,
-            publisher,
-            task,
-            "gone",
-            status_code,
-            &error_text,
-            Some(outcome),
-        )
-        .await;
+        let failure = Failure::new("gone", status_code, error_text);
+        return dead_letter(d, publisher, task, origin, failure, Some(outcome)).await;
     }
 
     let next = d
@@ -352,26 +371,16 @@ async fn deliver(
             outcome.status = Status::Retrying;
             outcome.next_retry_at =
                 Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
-            d.recorder.record(outcome).await?;
             let next_task = task.next_attempt();
-            publisher
-                .publish(next_task.to_queue(&d.topology.delay_queue(delay)))
-                .await?;
+            let queue = d.topology.delay_queue(delay);
+            follow_up(d, publisher, origin, outcome, next_task.to_queue(&queue)).await?;
             d.metrics.retries.inc();
             tracing::info!(error = %error_text, retry_in = ?delay, "attempt failed; retry scheduled");
             Ok(())
         }
         None => {
-            dead_letter(
-                d,
-                publisher,
-                task,
-                "retries_exhausted",
-                status_code,
-                &error_text,
-                Some(outcome),
-            )
-            .await
+            let failure = Failure::new("retries_exhausted", status_code, error_text);
+            dead_letter(d, publisher, task, origin, failure, Some(outcome)).await
         }
     }
 }
@@ -404,16 +413,59 @@ async fn defer(
     Ok(())
 }
 
+/// Records `outcome` and publishes the message that carries the delivery on, in the
+/// order `origin` needs (see [`Origin`]).
+async fn follow_up(
+    d: &Deliverer,
+    publisher: &Publisher,
+    origin: Origin,
+    outcome: Outcome,
+    message: Outgoing<'_>,
+) -> Result<(), Unsettled> {
+    match origin {
+        Origin::WorkQueue => {
+            d.recorder.record(outcome).await?;
+            publisher.publish(message).await?;
+        }
+        Origin::Ingest => {
+            publisher.publish(message).await?;
+            d.recorder.record(outcome).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Why a delivery ends `failed`.
+struct Failure {
+    reason: &'static str,
+    last_status: Option<u16>,
+    error: String,
+}
+
+impl Failure {
+    fn new(reason: &'static str, last_status: Option<u16>, error: String) -> Self {
+        Self {
+            reason,
+            last_status,
+            error,
+        }
+    }
+}
+
 /// Ends a delivery as `failed` and parks its task in the dead-letter queue.
 async fn dead_letter(
     d: &Deliverer,
     publisher: &Publisher,
     task: &DeliveryTask,
-    reason: &str,
-    last_status: Option<u16>,
-    error: &str,
+    origin: Origin,
+    failure: Failure,
     outcome: Option<Outcome>,
 ) -> Result<(), Unsettled> {
+    let Failure {
+        reason,
+        last_status,
+        error,
+    } = failure;
     let mut outcome = outcome.unwrap_or_else(|| Outcome {
         delivery_id: task.delivery_id,
         attempt: None,
@@ -427,19 +479,18 @@ async fn dead_letter(
     outcome.status = Status::Failed;
     outcome.next_retry_at = None;
     outcome.last_error = Some(format!("{reason}: {error}"));
-    d.recorder.record(outcome).await?;
-    publisher
-        .publish(Outgoing {
-            exchange: "",
-            routing_key: &d.topology.dlq(),
-            body: &task.body,
-            properties: task.properties_with(task.dead_letter_headers(
-                reason,
-                last_status,
-                Some(error),
-            )),
-        })
-        .await?;
+    let dlq = d.topology.dlq();
+    let parked = Outgoing {
+        exchange: "",
+        routing_key: &dlq,
+        body: &task.body,
+        properties: task.properties_with(task.dead_letter_headers(
+            reason,
+            last_status,
+            Some(&error),
+        )),
+    };
+    follow_up(d, publisher, origin, outcome, parked).await?;
     d.metrics.dead_lettered.with_label_values(&[reason]).inc();
     tracing::warn!(
         reason,

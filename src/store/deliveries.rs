@@ -51,7 +51,8 @@ pub struct Outcome {
 }
 
 /// Records many outcomes in one transaction: attempts inserted, deliveries updated.
-/// A delivery already `success` is never moved back (a duplicate task after a crash).
+/// A delivery already `success` is never moved back (a duplicate task after a crash),
+/// nor is a later attempt's outcome overwritten by an earlier one's.
 pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let attempts: Vec<(&Outcome, &AttemptRecord)> = outcomes
@@ -88,7 +89,7 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), 
          FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[], $5::int4[],
                      $6::text[], $7::timestamptz[])
               AS u(id, status, attempts, next_retry_at, last_status_code, last_error, at)
-         WHERE d.id = u.id AND d.status <> 'success'",
+         WHERE d.id = u.id AND d.status <> 'success' AND d.attempts <= u.attempts",
     )
     .bind(outcomes.iter().map(|o| o.delivery_id).collect::<Vec<_>>())
     .bind(

@@ -249,10 +249,11 @@ async fn gone_disables_the_endpoint_and_parks_the_delivery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_queued_for_an_endpoint_disabled_meanwhile_end_failed_with_the_reason() {
-    let env = TestEnv::new().await;
+    let env = TestEnv::with(|s| s.ingest.deliver_first_attempt = false).await;
     let receiver = Receiver::start().await;
     let endpoint = env.add_endpoint(&receiver.url("/off"), &["#"], None).await;
-    // Only ingest runs: the tasks wait in the work queue.
+    // Only ingest runs, and it leaves every attempt to the deliver role: the tasks
+    // wait in the work queue.
     let ingest = env.start(Role::Ingest).await;
     wait_ready(&ingest).await;
     for n in 0..5 {
@@ -297,6 +298,63 @@ async fn deliveries_queued_for_an_endpoint_disabled_meanwhile_end_failed_with_th
     .await;
     deliver.stop().await;
     ingest.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_role_makes_first_attempts_and_leaves_retries_to_the_deliver_role() {
+    let env = TestEnv::with(|s| {
+        s.delivery.retry_schedule = vec![Duration::from_millis(50)];
+    })
+    .await;
+    let receiver = Receiver::scripted(|path, nth| {
+        Reply::status(if path == "/flaky" && nth == 1 {
+            500
+        } else {
+            200
+        })
+    })
+    .await;
+    env.add_endpoint(&receiver.url("/ok"), &["#"], None).await;
+    env.add_endpoint(&receiver.url("/flaky"), &["#"], None)
+        .await;
+    let ingest = env.start(Role::Ingest).await;
+    wait_ready(&ingest).await;
+    env.publish("sales.order.created", Some("evt-direct"), None, b"{}")
+        .await;
+
+    // No deliver role runs: the first attempts came from the ingest process, and the
+    // failed one's retry waits in the work queue (via its delay queue).
+    let work = env.topology().work_queue();
+    eventually(
+        "one success, one retry queued",
+        Duration::from_secs(10),
+        || async {
+            env.delivery_statuses().await
+                == vec![("retrying".to_string(), 1), ("success".to_string(), 1)]
+                && env.queue_depth(&work).await == 1
+        },
+    )
+    .await;
+    assert_eq!(receiver.received_at("/ok").len(), 1);
+    assert_eq!(receiver.received_at("/flaky").len(), 1);
+    // The event's message was acknowledged: stopping ingest returns nothing to the queue.
+    ingest.stop().await;
+    assert_eq!(env.queue_depth(&env.topology().ingest_queue()).await, 0);
+
+    let deliver = env.start(Role::Deliver).await;
+    eventually("the retry succeeded", Duration::from_secs(10), || async {
+        env.delivery_statuses().await == vec![("success".to_string(), 2)]
+    })
+    .await;
+    let attempts: Vec<String> = receiver
+        .received_at("/flaky")
+        .iter()
+        .map(|r| r.header("x-herald-attempt"))
+        .collect();
+    assert_eq!(attempts, ["1", "2"]);
+    assert_eq!(receiver.received_at("/ok").len(), 1, "no repeat");
+    deliver.stop().await;
     env.cleanup().await;
 }
 
