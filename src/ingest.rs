@@ -13,6 +13,7 @@
 //! already recorded, and the deliveries still `pending` with no attempt are tried again.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +24,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Connection;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -53,12 +54,14 @@ pub struct Ingestor {
 pub struct Direct {
     pub deliverer: Arc<Deliverer>,
     /// Caps this process's first attempts in flight at `delivery.concurrency`.
-    pub permits: Semaphore,
+    pub permits: Arc<Semaphore>,
 }
 
 impl Direct {
     pub fn new(deliverer: Arc<Deliverer>) -> Self {
-        let permits = Semaphore::new(usize::from(deliverer.settings.delivery.concurrency));
+        let permits = Arc::new(Semaphore::new(usize::from(
+            deliverer.settings.delivery.concurrency,
+        )));
         Self { deliverer, permits }
     }
 }
@@ -162,12 +165,25 @@ async fn consume(
                     for (message, tasks) in batch.into_iter().zip(tasks) {
                         if tasks.is_empty() {
                             message.acker.ack(BasicAckOptions::default()).await?;
-                        } else {
-                            attempts.spawn(first_attempts(
+                            continue;
+                        }
+                        let unsettled = Arc::new(Unsettled::new(message.acker, &tasks));
+                        for task in tasks {
+                            // A free request slot first: at most `delivery.concurrency`
+                            // attempts exist at once, however large the fan-out. On
+                            // shutdown the rest stay unattempted and their messages
+                            // unacknowledged, to be redelivered.
+                            let permit = tokio::select! {
+                                _ = shutdown.cancelled() => return Ok(()),
+                                permit = direct.permits.clone().acquire_owned() =>
+                                    permit.expect("never closed"),
+                            };
+                            attempts.spawn(first_attempt(
                                 direct.clone(),
                                 publisher.clone(),
-                                message.acker,
-                                tasks,
+                                task,
+                                permit,
+                                unsettled.clone(),
                             ));
                         }
                     }
@@ -184,34 +200,62 @@ async fn consume(
     result
 }
 
-/// Makes the first attempts of one message's deliveries, then acknowledges the
-/// message if every one is settled, or returns it to the queue (flagged redelivered).
-async fn first_attempts(
+/// An event's message whose first attempts are in flight: the last attempt to finish
+/// acknowledges it if every attempt was settled, or returns it to the queue (flagged
+/// redelivered, so its deliveries still `pending` are tried again).
+struct Unsettled {
+    acker: Acker,
+    event_id: String,
+    attempts_left: AtomicUsize,
+    failed: AtomicBool,
+}
+
+impl Unsettled {
+    fn new(acker: Acker, tasks: &[DeliveryTask]) -> Self {
+        Self {
+            acker,
+            event_id: tasks[0].event_id.clone(),
+            attempts_left: AtomicUsize::new(tasks.len()),
+            failed: AtomicBool::new(false),
+        }
+    }
+
+    async fn attempt_finished(&self, settled: bool) {
+        if !settled {
+            self.failed.store(true, Ordering::Relaxed);
+        }
+        if self.attempts_left.fetch_sub(1, Ordering::AcqRel) > 1 {
+            return;
+        }
+        let result = if self.failed.load(Ordering::Relaxed) {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            };
+            self.acker.nack(requeue).await
+        } else {
+            self.acker.ack(BasicAckOptions::default()).await
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, event_id = %self.event_id,
+                "cannot settle the event's message; it will be redelivered");
+        }
+    }
+}
+
+/// One delivery's first attempt, holding one of the process's request slots.
+async fn first_attempt(
     direct: Arc<Direct>,
     publisher: Publisher,
-    acker: Acker,
-    tasks: Vec<DeliveryTask>,
+    task: DeliveryTask,
+    permit: OwnedSemaphorePermit,
+    message: Arc<Unsettled>,
 ) {
-    let settled = futures_util::future::join_all(tasks.iter().map(|task| async {
-        let _permit = direct.permits.acquire().await.expect("never closed");
-        worker::attempt(&direct.deliverer, &publisher, task, Origin::Ingest)
-            .await
-            .is_ok()
-    }))
-    .await;
-    let result = if settled.iter().all(|ok| *ok) {
-        acker.ack(BasicAckOptions::default()).await
-    } else {
-        let requeue = BasicNackOptions {
-            requeue: true,
-            ..Default::default()
-        };
-        acker.nack(requeue).await
-    };
-    if let Err(error) = result {
-        tracing::warn!(%error, event_id = %tasks[0].event_id,
-            "cannot settle the event's message; it will be redelivered");
-    }
+    let settled = worker::attempt(&direct.deliverer, &publisher, &task, Origin::Ingest)
+        .await
+        .is_ok();
+    drop(permit);
+    message.attempt_finished(settled).await;
 }
 
 /// Publishes the tasks to `<prefix>.work` with confirms, then marks their events

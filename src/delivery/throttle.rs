@@ -2,9 +2,10 @@
 //! the whole process's delivery slots.
 //!
 //! - Concurrency: at most `delivery.max_in_flight_per_endpoint` requests to one endpoint
-//!   at once. A task that finds its endpoint at the cap waits a moment for a slot; if
-//!   none frees up (the endpoint is slow), the task is put off through a short defer
-//!   queue instead of holding a slot.
+//!   at once. A task that finds its endpoint at the cap waits for a slot: up to a second
+//!   while the endpoint answers fast (its slots turn over quickly), a moment while it is
+//!   not yet known, not at all once it is known to be slow; if none frees up, the task
+//!   is put off through a short defer queue instead of holding a process slot.
 //! - Rate: an endpoint's `rate_limit` (requests per minute, per deliver process) is
 //!   enforced with GCRA. A task over the limit reserves the next free slot and is put
 //!   off until then (`x-herald-not-before-ms`); when it comes back it goes without
@@ -13,15 +14,23 @@
 //! Putting a task off is not an attempt: nothing is sent or recorded.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
-/// Longest a task waits in-process (for a rate slot or a concurrency slot) before it
-/// is put off through a defer queue instead.
+/// Longest a task waits in-process (for a rate slot, or a slow endpoint's concurrency
+/// slot) before it is put off through a defer queue instead.
 pub const MAX_INLINE_WAIT: Duration = Duration::from_millis(50);
+
+/// Longest a task waits for a concurrency slot of an endpoint that answers fast:
+/// waiting in the process is cheaper than a round trip through a defer queue.
+pub const FAST_ENDPOINT_WAIT: Duration = Duration::from_secs(1);
+
+/// An endpoint whose recent requests took longer than this on average is slow.
+pub const SLOW_ENDPOINT: Duration = Duration::from_millis(250);
 
 /// Delays of the defer queues.
 pub const DEFER_TIERS: [Duration; 5] = [
@@ -77,6 +86,54 @@ impl Gcra {
 struct EndpointLimits {
     slots: Arc<Semaphore>,
     rate: Mutex<Gcra>,
+    /// Moving average of the endpoint's request durations, milliseconds; `UNKNOWN`
+    /// until its first request is done.
+    recent_ms: AtomicU64,
+}
+
+const UNKNOWN: u64 = u64::MAX;
+
+impl EndpointLimits {
+    /// How long a task may wait for one of the endpoint's slots. An endpoint known to
+    /// answer fast turns its slots over quickly: worth waiting for. One not yet heard
+    /// from may be slow, and waiting tasks hold the process's slots: a moment. One known
+    /// to be slow: not at all (its other tasks would only pile up behind it).
+    fn patience(&self) -> Duration {
+        match self.recent_ms.load(Ordering::Relaxed) {
+            UNKNOWN => MAX_INLINE_WAIT,
+            ms if ms <= SLOW_ENDPOINT.as_millis() as u64 => FAST_ENDPOINT_WAIT,
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+/// Moves the average a quarter of the way towards the new sample; the first sample is
+/// the average.
+fn smoothed(average_ms: u64, sample_ms: u64) -> u64 {
+    if average_ms == UNKNOWN {
+        sample_ms
+    } else {
+        (average_ms * 3 + sample_ms) / 4
+    }
+}
+
+/// One of an endpoint's concurrency slots, held for the duration of a request; the
+/// request's duration feeds the endpoint's average when the slot is dropped.
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    limits: Arc<EndpointLimits>,
+    taken: Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let sample = self.taken.elapsed().as_millis() as u64;
+        // A lost race between two updates only drops one sample.
+        let average = self.limits.recent_ms.load(Ordering::Relaxed);
+        self.limits
+            .recent_ms
+            .store(smoothed(average, sample), Ordering::Relaxed);
+    }
 }
 
 /// Decides, per task, whether it may be sent now.
@@ -87,8 +144,8 @@ pub struct Throttle {
 
 /// What to do with a task.
 pub enum Admission {
-    /// Send it now, holding the permit until the attempt is done.
-    Go(OwnedSemaphorePermit),
+    /// Send it now, holding the slot until the request is done.
+    Go(Slot),
     /// Put it off: `not_before` is a reserved rate slot to keep (Unix ms), `delay` how
     /// long to put it off.
     Defer {
@@ -115,13 +172,15 @@ impl Throttle {
                 Arc::new(EndpointLimits {
                     slots: Arc::new(Semaphore::new(self.max_in_flight)),
                     rate: Mutex::new(Gcra::new(Instant::now())),
+                    recent_ms: AtomicU64::new(UNKNOWN),
                 })
             })
             .clone()
     }
 
-    /// Waits (at most `MAX_INLINE_WAIT` per limit) for the endpoint to take one more
-    /// request, or says how long to put the task off.
+    /// Waits (at most `MAX_INLINE_WAIT` for a rate slot, the endpoint's patience for a
+    /// concurrency slot) for the endpoint to take one more request, or says how long to
+    /// put the task off.
     pub async fn admit(
         &self,
         endpoint: Uuid,
@@ -150,12 +209,27 @@ impl Throttle {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
+        let slot = |permit| {
+            Admission::Go(Slot {
+                _permit: permit,
+                limits: limits.clone(),
+                taken: Instant::now(),
+            })
+        };
         // The common case costs no timer: a free slot is taken at once.
         if let Ok(permit) = limits.slots.clone().try_acquire_owned() {
-            return Admission::Go(permit);
+            return slot(permit);
         }
-        match tokio::time::timeout(MAX_INLINE_WAIT, limits.slots.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Admission::Go(permit),
+        let patience = limits.patience();
+        let waited = if patience.is_zero() {
+            None
+        } else {
+            tokio::time::timeout(patience, limits.slots.clone().acquire_owned())
+                .await
+                .ok()
+        };
+        match waited {
+            Some(Ok(permit)) => slot(permit),
             _ => Admission::Defer {
                 delay: Duration::ZERO,
                 // The rate slot (if any) was used up: a busy endpoint is not also
@@ -185,6 +259,26 @@ mod tests {
         let later = start + Duration::from_secs(60);
         assert_eq!(gcra.reserve(120, later), Duration::ZERO);
         assert_eq!(gcra.reserve(120, later), Duration::from_millis(500));
+    }
+
+    #[test]
+    fn the_average_request_time_follows_an_endpoint_that_turns_slow() {
+        let slow = SLOW_ENDPOINT.as_millis() as u64;
+        assert!(UNKNOWN > slow, "an endpoint not heard from counts as slow");
+        assert_eq!(smoothed(UNKNOWN, 5), 5, "the first answer is the average");
+        let mut average = 5;
+        let mut samples = 0;
+        while average <= slow {
+            average = smoothed(average, 2000);
+            samples += 1;
+        }
+        assert_eq!(samples, 1, "one 2 s answer marks a fast endpoint slow");
+        let mut samples = 0;
+        while average > slow {
+            average = smoothed(average, 5);
+            samples += 1;
+        }
+        assert_eq!(samples, 3, "a few fast answers make it fast again");
     }
 
     #[test]
