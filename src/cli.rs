@@ -234,12 +234,11 @@ async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
         );
     }
     let span = tracing::info_span!("publish", event_id = %id);
-    if let Some(traceparent) = span.in_scope(telemetry::current_traceparent) {
-        headers.insert(
-            "traceparent".into(),
-            AMQPValue::LongString(LongString::from(traceparent.as_str())),
-        );
-    }
+    let traceparent = telemetry::link(&span, None);
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(LongString::from(traceparent.as_str())),
+    );
     let properties = BasicProperties::default()
         .with_delivery_mode(2)
         .with_content_type("application/json".into())

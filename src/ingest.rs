@@ -346,8 +346,7 @@ async fn fan_out(
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case("traceparent"))
                     .map(|(_, v)| v.as_str());
-                telemetry::set_parent(&span, parent);
-                let traceparent = span.in_scope(telemetry::current_traceparent);
+                let traceparent = Some(telemetry::link(&span, parent));
                 accepted.push(Accepted {
                     index,
                     event,

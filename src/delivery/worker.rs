@@ -206,9 +206,9 @@ pub async fn attempt(
     let span = tracing::info_span!("deliver",
         event_id = %task.event_id, endpoint_id = %task.endpoint_id,
         delivery_id = %task.delivery_id, attempt = task.attempt);
-    telemetry::set_parent(&span, task.traceparent.as_deref());
+    let traceparent = telemetry::link(&span, task.traceparent.as_deref());
     async {
-        let result = deliver(deliverer, publisher, task, origin).await;
+        let result = deliver(deliverer, publisher, task, origin, &traceparent).await;
         if let Err(error) = &result {
             tracing::warn!(%error, "delivery not settled; it will be tried again");
         }
@@ -231,6 +231,7 @@ async fn deliver(
     publisher: &Publisher,
     task: &DeliveryTask,
     origin: Origin,
+    traceparent: &str,
 ) -> Result<(), Unsettled> {
     let endpoint = match d.subscriptions.lookup(task.endpoint_id).await? {
         Lookup::Active(endpoint) => endpoint,
@@ -266,7 +267,7 @@ async fn deliver(
         .client
         .post(
             endpoint.url.as_url(),
-            request_headers(&endpoint, task),
+            request_headers(&endpoint, task, traceparent),
             task.body.clone(),
         )
         .await;
@@ -501,7 +502,7 @@ async fn dead_letter(
 }
 
 /// Standard Webhooks headers plus Herald's own, signed at this moment.
-fn request_headers(endpoint: &Endpoint, task: &DeliveryTask) -> HeaderMap {
+fn request_headers(endpoint: &Endpoint, task: &DeliveryTask, traceparent: &str) -> HeaderMap {
     let timestamp = Utc::now().timestamp();
     let signature = signature_header(&endpoint.secrets, &task.event_id, timestamp, &task.body);
     let mut headers = HeaderMap::with_capacity(6);
@@ -513,9 +514,7 @@ fn request_headers(endpoint: &Endpoint, task: &DeliveryTask) -> HeaderMap {
     ] {
         headers.insert(name, value);
     }
-    if let Some(traceparent) = telemetry::current_traceparent() {
-        let (name, value) = header("traceparent", &traceparent);
-        headers.insert(name, value);
-    }
+    let (name, value) = header("traceparent", traceparent);
+    headers.insert(name, value);
     headers
 }

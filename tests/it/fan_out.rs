@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::BasicProperties;
+
 use crate::common::receiver::Receiver;
 use crate::common::{eventually, TestEnv};
 
@@ -28,11 +31,21 @@ async fn one_event_reaches_every_matching_endpoint_with_a_verifiable_signature()
         .await;
     let app = env.start_ready().await;
 
-    env.publish(
+    // The publisher's trace context, as an instrumented ERP service would send it.
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "traceparent".into(),
+        AMQPValue::LongString(format!("00-{trace_id}-00f067aa0ba902b7-01").into()),
+    );
+    env.publish_raw(
         "sales.order.created",
-        Some("evt-fan-1"),
-        None,
         br#"{"order": 42, "lines": [1, 2]}"#,
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id("evt-fan-1".into())
+            .with_headers(headers),
     )
     .await;
     eventually("three deliveries", Duration::from_secs(15), || async {
@@ -57,7 +70,14 @@ async fn one_event_reaches_every_matching_endpoint_with_a_verifiable_signature()
         assert_eq!(request.header("content-type"), "application/json");
         assert_eq!(request.header("x-herald-attempt"), "1");
         assert!(request.header("user-agent").starts_with("Herald/"));
-        assert_eq!(request.header("traceparent").len(), 55, "W3C traceparent");
+        let traceparent = request.header("traceparent");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "W3C traceparent: {traceparent}");
+        assert_eq!(
+            parts[1], trace_id,
+            "the receiver joins the publisher's trace"
+        );
+        assert_ne!(parts[2], "00f067aa0ba902b7", "Herald's own hop");
         standardwebhooks::Webhook::new(endpoint.secrets[0].expose())
             .unwrap()
             .verify(&request.body, &request.headers)
