@@ -26,10 +26,11 @@ impl Size {
     }
 }
 
-pub const ALL: [&str; 7] = [
+pub const ALL: [&str; 8] = [
     "steady",
     "fanout",
     "latency",
+    "latency-light",
     "failing",
     "slow",
     "backlog",
@@ -238,36 +239,41 @@ pub async fn run(
             row.notes = format!("{endpoints} endpoints on one type, {count} events");
             Ok(row)
         }
-        "latency" => {
-            let rate = size.pick(1_000.0, 1_000.0, 100.0);
-            let seconds = size.pick(60, 10, 1);
-            let count = rate as usize * seconds;
-            let endpoints = 5;
-            let spec = RunSpec {
-                endpoints: (0..endpoints)
-                    .map(|_| EndpointSpec::simple("bench.#", 0))
-                    .collect(),
-                load: LoadSpec {
-                    count,
-                    rate: Some(rate),
-                    body_bytes: 500,
-                    kinds: kinds(),
-                },
-                expected: count * endpoints,
-                retry_schedule: "1s,2s,5s".into(),
-                backlog: false,
-                timeout: timeout(count * endpoints, Duration::from_secs(seconds as u64)),
-            };
-            let (mut row, _) = compare(bench, name, &spec, 1, true).await?;
-            row.notes = format!("{rate} ev/s for {seconds} s, {endpoints} endpoints");
-            Ok(row)
-        }
+        "latency" => latency(bench, size, name, size.pick(1_000.0, 1_000.0, 100.0)).await,
+        // Not one of issue 4's scenarios: the same at half the rate, below what this
+        // machine saturates at, to show latency when the pipeline keeps up.
+        "latency-light" => latency(bench, size, name, size.pick(500.0, 500.0, 50.0)).await,
         "failing" => failing(bench, size).await,
         "slow" => slow(bench, size).await,
         "backlog" => backlog(bench, size).await,
         "many-endpoints" => many_endpoints(bench, size).await,
         other => anyhow::bail!("unknown scenario `{other}` (known: {})", ALL.join(", ")),
     }
+}
+
+/// `rate` events/s offered to 5 endpoints for a minute (10 s quick).
+async fn latency(bench: &Bench, size: Size, name: &str, rate: f64) -> anyhow::Result<Row> {
+    let seconds = size.pick(60, 10, 1);
+    let count = rate as usize * seconds;
+    let endpoints = 5;
+    let spec = RunSpec {
+        endpoints: (0..endpoints)
+            .map(|_| EndpointSpec::simple("bench.#", 0))
+            .collect(),
+        load: LoadSpec {
+            count,
+            rate: Some(rate),
+            body_bytes: 500,
+            kinds: kinds(),
+        },
+        expected: count * endpoints,
+        retry_schedule: "1s,2s,5s".into(),
+        backlog: false,
+        timeout: timeout(count * endpoints, Duration::from_secs(seconds as u64)),
+    };
+    let (mut row, _) = compare(bench, name, &spec, 1, true).await?;
+    row.notes = format!("{rate} ev/s for {seconds} s, {endpoints} endpoints");
+    Ok(row)
 }
 
 async fn failing(bench: &Bench, size: Size) -> anyhow::Result<Row> {
