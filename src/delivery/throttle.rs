@@ -5,7 +5,9 @@
 //!   at once. A task that finds its endpoint at the cap waits for a slot: up to a second
 //!   while the endpoint answers fast (its slots turn over quickly), a moment while it is
 //!   not yet known, not at all once it is known to be slow; if none frees up, the task
-//!   is put off through a short defer queue instead of holding a process slot.
+//!   is put off through a defer queue instead of holding a process slot, until its turn:
+//!   put-off tasks are spaced at the endpoint's pace (slots ÷ average request time), so
+//!   they come back about when a slot frees instead of cycling through the queues.
 //! - Rate: an endpoint's `rate_limit` (requests per minute, per deliver process) is
 //!   enforced with GCRA. A task over the limit reserves the next free slot and is put
 //!   off until then (`x-herald-not-before-ms`); when it comes back it goes without
@@ -76,7 +78,11 @@ impl Gcra {
     /// Reserves the next slot for `per_minute` requests a minute (bursts of one) and
     /// returns how long to wait for it.
     pub fn reserve(&mut self, per_minute: u32, now: Instant) -> Duration {
-        let interval = Duration::from_secs(60) / per_minute.max(1);
+        self.reserve_every(Duration::from_secs(60) / per_minute.max(1), now)
+    }
+
+    /// Reserves the next slot, one per `interval`, and returns how long to wait for it.
+    pub fn reserve_every(&mut self, interval: Duration, now: Instant) -> Duration {
         let slot = self.tat.max(now);
         self.tat = slot + interval;
         slot - now
@@ -86,6 +92,10 @@ impl Gcra {
 struct EndpointLimits {
     slots: Arc<Semaphore>,
     rate: Mutex<Gcra>,
+    /// Turns handed to tasks put off because the endpoint was busy, spaced at the rate
+    /// it serves requests, so they come back when a slot is likely free instead of
+    /// cycling through the defer queues.
+    turns: Mutex<Gcra>,
     /// Moving average of the endpoint's request durations, milliseconds; `UNKNOWN`
     /// until its first request is done.
     recent_ms: AtomicU64,
@@ -172,6 +182,7 @@ impl Throttle {
                 Arc::new(EndpointLimits {
                     slots: Arc::new(Semaphore::new(self.max_in_flight)),
                     rate: Mutex::new(Gcra::new(Instant::now())),
+                    turns: Mutex::new(Gcra::new(Instant::now())),
                     recent_ms: AtomicU64::new(UNKNOWN),
                 })
             })
@@ -203,7 +214,11 @@ impl Throttle {
             return Admission::Defer {
                 delay: wait,
                 not_before_ms: Some(now_ms + wait.as_millis() as i64),
-                reason: "rate_limit",
+                reason: if rate_limit.is_some() {
+                    "rate_limit"
+                } else {
+                    "endpoint_busy"
+                },
             };
         }
         if !wait.is_zero() {
@@ -220,7 +235,11 @@ impl Throttle {
         if let Ok(permit) = limits.slots.clone().try_acquire_owned() {
             return slot(permit);
         }
-        let patience = limits.patience();
+        let mut patience = limits.patience();
+        if not_before_ms.is_some() {
+            // The task's turn has come: give it a moment even at a slow endpoint.
+            patience = patience.max(MAX_INLINE_WAIT);
+        }
         let waited = if patience.is_zero() {
             None
         } else {
@@ -230,14 +249,39 @@ impl Throttle {
         };
         match waited {
             Some(Ok(permit)) => slot(permit),
-            _ => Admission::Defer {
-                delay: Duration::ZERO,
-                // The rate slot (if any) was used up: a busy endpoint is not also
-                // charged a second slot when the task comes back.
-                not_before_ms: rate_limit.map(|_| now_ms),
-                reason: "endpoint_busy",
-            },
+            _ => {
+                let delay = self.next_turn(&limits);
+                Admission::Defer {
+                    delay,
+                    // A turn is kept when the task comes back, and so is the rate slot
+                    // (if any) it used up: a busy endpoint does not charge it twice.
+                    not_before_ms: if delay.is_zero() {
+                        rate_limit.map(|_| now_ms)
+                    } else {
+                        Some(now_ms + delay.as_millis() as i64)
+                    },
+                    reason: "endpoint_busy",
+                }
+            }
         }
+    }
+
+    /// For a task that found the endpoint busy: when to come back. An endpoint with
+    /// `max_in_flight` requests of `recent_ms` each frees a slot every
+    /// `recent_ms / max_in_flight`; put-off tasks take those turns one after another.
+    /// Zero while the endpoint's speed is unknown (the caller backs off instead).
+    fn next_turn(&self, limits: &EndpointLimits) -> Duration {
+        let recent_ms = limits.recent_ms.load(Ordering::Relaxed);
+        if recent_ms == UNKNOWN {
+            return Duration::ZERO;
+        }
+        let interval = Duration::from_millis(recent_ms.max(1)) / self.max_in_flight as u32;
+        let wait = limits
+            .turns
+            .lock()
+            .expect("lock not poisoned")
+            .reserve_every(interval, Instant::now());
+        wait + interval
     }
 }
 
@@ -324,6 +368,42 @@ mod tests {
             throttle.admit(slow, None, None).await,
             Admission::Go(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn tasks_put_off_by_a_slow_endpoint_come_back_at_its_pace() {
+        let throttle = Throttle::new(2);
+        let slow = Uuid::new_v4();
+        let _held: Vec<_> = [
+            throttle.admit(slow, None, None).await,
+            throttle.admit(slow, None, None).await,
+        ]
+        .into_iter()
+        .map(|a| match a {
+            Admission::Go(slot) => slot,
+            Admission::Defer { .. } => panic!("under the cap"),
+        })
+        .collect();
+        // Two slots of 2 s requests: a slot frees about every second.
+        throttle
+            .limits(slow)
+            .recent_ms
+            .store(2000, Ordering::Relaxed);
+        let mut delays = Vec::new();
+        for _ in 0..3 {
+            match throttle.admit(slow, None, None).await {
+                Admission::Defer {
+                    delay,
+                    not_before_ms,
+                    reason: "endpoint_busy",
+                } => {
+                    assert!(not_before_ms.is_some(), "the turn is kept");
+                    delays.push(delay.as_millis().div_ceil(100) * 100);
+                }
+                _ => panic!("the endpoint is busy"),
+            }
+        }
+        assert_eq!(delays, [1000, 2000, 3000]);
     }
 
     #[tokio::test]

@@ -395,7 +395,8 @@ async fn defer(
     not_before_ms: Option<i64>,
     reason: &'static str,
 ) -> Result<(), Unsettled> {
-    let wanted = if reason == "endpoint_busy" {
+    // A busy endpoint whose pace is not known yet: back off.
+    let wanted = if delay.is_zero() {
         busy_delay(task.deferrals)
     } else {
         delay
