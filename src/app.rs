@@ -129,7 +129,10 @@ impl App {
                 client: WebhookClient::new(&settings.delivery).context("HTTP client")?,
                 subscriptions: subscriptions.clone(),
                 recorder,
-                throttle: Throttle::new(usize::from(settings.delivery.max_in_flight_per_endpoint)),
+                throttle: Throttle::new(
+                    usize::from(settings.delivery.max_in_flight_per_endpoint),
+                    usize::from(settings.delivery.concurrency),
+                ),
                 metrics: metrics.clone(),
                 pool: pool.clone(),
             }))

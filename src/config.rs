@@ -157,8 +157,10 @@ pub struct DeliverySettings {
     pub allow_private_networks: bool,
     /// Requests in flight per process; also the work queue prefetch.
     pub concurrency: u16,
-    /// Requests in flight to one endpoint per process; a slow endpoint's further tasks
-    /// are put off rather than taking every slot.
+    /// Requests in flight per process to one endpoint that is slow (its requests take
+    /// over 250 ms on average) or not yet heard from; its further tasks are put off
+    /// rather than taking the slots others need. An endpoint answering fast may use
+    /// the whole `concurrency`.
     pub max_in_flight_per_endpoint: u16,
     /// Spread of retry delays: each delay d is served by queues from d to d × (1 + jitter).
     pub jitter: f64,
@@ -179,7 +181,7 @@ impl Default for DeliverySettings {
             timeout: Duration::from_secs(10),
             allow_private_networks: false,
             concurrency: 256,
-            max_in_flight_per_endpoint: 64,
+            max_in_flight_per_endpoint: 16,
             jitter: 0.2,
             max_response_body_bytes: 4096,
             shutdown_grace: Duration::from_secs(30),

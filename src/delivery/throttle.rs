@@ -1,8 +1,9 @@
 //! Per-endpoint fairness and rate limits, so one slow or limited endpoint cannot take
 //! the whole process's delivery slots.
 //!
-//! - Concurrency: at most `delivery.max_in_flight_per_endpoint` requests to one endpoint
-//!   at once. A task that finds its endpoint at the cap waits for a slot: up to a second
+//! - Concurrency: at most `delivery.max_in_flight_per_endpoint` requests at once to an
+//!   endpoint that is slow (or not yet heard from), up to the process's whole
+//!   `delivery.concurrency` to one that answers fast. A task that finds its endpoint at the cap waits for a slot: up to a second
 //!   while the endpoint answers fast (its slots turn over quickly), a moment while it is
 //!   not yet known, not at all once it is known to be slow; if none frees up, the task
 //!   is put off through a defer queue instead of holding a process slot, until its turn:
@@ -90,7 +91,10 @@ impl Gcra {
 }
 
 struct EndpointLimits {
-    slots: Arc<Semaphore>,
+    /// `max_in_flight_per_endpoint`: what the endpoint may hold while slow or unknown.
+    narrow: Arc<Semaphore>,
+    /// The process's whole `delivery.concurrency`: what it may hold while fast.
+    wide: Arc<Semaphore>,
     rate: Mutex<Gcra>,
     /// Turns handed to tasks put off because the endpoint was busy, spaced at the rate
     /// it serves requests, so they come back when a slot is likely free instead of
@@ -104,6 +108,10 @@ struct EndpointLimits {
 const UNKNOWN: u64 = u64::MAX;
 
 impl EndpointLimits {
+    fn answers_fast(&self) -> bool {
+        self.recent_ms.load(Ordering::Relaxed) <= SLOW_ENDPOINT.as_millis() as u64
+    }
+
     /// How long a task may wait for one of the endpoint's slots. An endpoint known to
     /// answer fast turns its slots over quickly: worth waiting for. One not yet heard
     /// from may be slow, and waiting tasks hold the process's slots: a moment. One known
@@ -130,7 +138,8 @@ fn smoothed(average_ms: u64, sample_ms: u64) -> u64 {
 /// One of an endpoint's concurrency slots, held for the duration of a request; the
 /// request's duration feeds the endpoint's average when the slot is dropped.
 pub struct Slot {
-    _permit: OwnedSemaphorePermit,
+    _narrow: Option<OwnedSemaphorePermit>,
+    _wide: OwnedSemaphorePermit,
     limits: Arc<EndpointLimits>,
     taken: Instant,
 }
@@ -149,6 +158,7 @@ impl Drop for Slot {
 /// Decides, per task, whether it may be sent now.
 pub struct Throttle {
     max_in_flight: usize,
+    concurrency: usize,
     endpoints: Mutex<HashMap<Uuid, Arc<EndpointLimits>>>,
 }
 
@@ -166,9 +176,13 @@ pub enum Admission {
 }
 
 impl Throttle {
-    pub fn new(max_in_flight: usize) -> Self {
+    /// `max_in_flight` requests to a slow (or not yet known) endpoint, up to
+    /// `concurrency` to one that answers fast.
+    pub fn new(max_in_flight: usize, concurrency: usize) -> Self {
+        let max_in_flight = max_in_flight.max(1);
         Self {
-            max_in_flight: max_in_flight.max(1),
+            max_in_flight,
+            concurrency: concurrency.max(max_in_flight),
             endpoints: Mutex::new(HashMap::new()),
         }
     }
@@ -180,7 +194,8 @@ impl Throttle {
             .entry(endpoint)
             .or_insert_with(|| {
                 Arc::new(EndpointLimits {
-                    slots: Arc::new(Semaphore::new(self.max_in_flight)),
+                    narrow: Arc::new(Semaphore::new(self.max_in_flight)),
+                    wide: Arc::new(Semaphore::new(self.concurrency)),
                     rate: Mutex::new(Gcra::new(Instant::now())),
                     turns: Mutex::new(Gcra::new(Instant::now())),
                     recent_ms: AtomicU64::new(UNKNOWN),
@@ -224,58 +239,63 @@ impl Throttle {
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
-        let slot = |permit| {
-            Admission::Go(Slot {
-                _permit: permit,
-                limits: limits.clone(),
-                taken: Instant::now(),
-            })
-        };
-        // The common case costs no timer: a free slot is taken at once.
-        if let Ok(permit) = limits.slots.clone().try_acquire_owned() {
-            return slot(permit);
-        }
         let mut patience = limits.patience();
         if not_before_ms.is_some() {
             // The task's turn has come: give it a moment even at a slow endpoint.
             patience = patience.max(MAX_INLINE_WAIT);
         }
-        let waited = if patience.is_zero() {
+        // A fast endpoint turns its slots over quickly and may use the process's
+        // whole concurrency; a slow or unknown one is held to `max_in_flight`.
+        let narrow = if limits.answers_fast() {
             None
         } else {
-            tokio::time::timeout(patience, limits.slots.clone().acquire_owned())
-                .await
-                .ok()
-        };
-        match waited {
-            Some(Ok(permit)) => slot(permit),
-            _ => {
-                let delay = self.next_turn(&limits);
-                Admission::Defer {
-                    delay,
-                    // A turn is kept when the task comes back, and so is the rate slot
-                    // (if any) it used up: a busy endpoint does not charge it twice.
-                    not_before_ms: if delay.is_zero() {
-                        rate_limit.map(|_| now_ms)
-                    } else {
-                        Some(now_ms + delay.as_millis() as i64)
-                    },
-                    reason: "endpoint_busy",
-                }
+            match take(&limits.narrow, patience).await {
+                Some(permit) => Some(permit),
+                None => return self.busy(&limits, rate_limit, now_ms),
             }
+        };
+        match take(&limits.wide, patience).await {
+            Some(wide) => Admission::Go(Slot {
+                _narrow: narrow,
+                _wide: wide,
+                limits: limits.clone(),
+                taken: Instant::now(),
+            }),
+            None => self.busy(&limits, rate_limit, now_ms),
+        }
+    }
+
+    /// Puts off a task that found the endpoint busy, until its turn.
+    fn busy(&self, limits: &EndpointLimits, rate_limit: Option<i32>, now_ms: i64) -> Admission {
+        let delay = self.next_turn(limits);
+        Admission::Defer {
+            delay,
+            // A turn is kept when the task comes back, and so is the rate slot (if any)
+            // it used up: a busy endpoint does not charge it twice.
+            not_before_ms: if delay.is_zero() {
+                rate_limit.map(|_| now_ms)
+            } else {
+                Some(now_ms + delay.as_millis() as i64)
+            },
+            reason: "endpoint_busy",
         }
     }
 
     /// For a task that found the endpoint busy: when to come back. An endpoint with
-    /// `max_in_flight` requests of `recent_ms` each frees a slot every
-    /// `recent_ms / max_in_flight`; put-off tasks take those turns one after another.
+    /// `slots` requests of `recent_ms` each in flight frees a slot every
+    /// `recent_ms / slots`; put-off tasks take those turns one after another.
     /// Zero while the endpoint's speed is unknown (the caller backs off instead).
     fn next_turn(&self, limits: &EndpointLimits) -> Duration {
         let recent_ms = limits.recent_ms.load(Ordering::Relaxed);
         if recent_ms == UNKNOWN {
             return Duration::ZERO;
         }
-        let interval = Duration::from_millis(recent_ms.max(1)) / self.max_in_flight as u32;
+        let slots = if limits.answers_fast() {
+            self.concurrency
+        } else {
+            self.max_in_flight
+        };
+        let interval = Duration::from_millis(recent_ms.max(1)) / slots as u32;
         let wait = limits
             .turns
             .lock()
@@ -283,6 +303,21 @@ impl Throttle {
             .reserve_every(interval, Instant::now());
         wait + interval
     }
+}
+
+/// A permit now, or within `patience`.
+async fn take(semaphore: &Arc<Semaphore>, patience: Duration) -> Option<OwnedSemaphorePermit> {
+    // The common case costs no timer: a free permit is taken at once.
+    if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+        return Some(permit);
+    }
+    if patience.is_zero() {
+        return None;
+    }
+    tokio::time::timeout(patience, semaphore.clone().acquire_owned())
+        .await
+        .ok()?
+        .ok()
 }
 
 #[cfg(test)]
@@ -339,7 +374,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_busy_endpoint_defers_only_its_own_tasks() {
-        let throttle = Throttle::new(2);
+        let throttle = Throttle::new(2, 8);
         let slow = Uuid::new_v4();
         let fast = Uuid::new_v4();
         let held: Vec<_> = [
@@ -372,7 +407,7 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_put_off_by_a_slow_endpoint_come_back_at_its_pace() {
-        let throttle = Throttle::new(2);
+        let throttle = Throttle::new(2, 8);
         let slow = Uuid::new_v4();
         let _held: Vec<_> = [
             throttle.admit(slow, None, None).await,
@@ -407,8 +442,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_fast_endpoint_may_use_the_whole_concurrency_a_slow_one_only_its_cap() {
+        let throttle = Throttle::new(2, 8);
+        let (fast, slow) = (Uuid::new_v4(), Uuid::new_v4());
+        throttle.limits(fast).recent_ms.store(5, Ordering::Relaxed);
+        throttle
+            .limits(slow)
+            .recent_ms
+            .store(2000, Ordering::Relaxed);
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            match throttle.admit(fast, None, None).await {
+                Admission::Go(slot) => held.push(slot),
+                Admission::Defer { .. } => panic!("a fast endpoint goes up to 8"),
+            }
+        }
+        assert!(matches!(
+            throttle.admit(fast, None, None).await,
+            Admission::Defer { .. }
+        ));
+        let first = throttle.admit(slow, None, None).await;
+        let second = throttle.admit(slow, None, None).await;
+        assert!(matches!(first, Admission::Go(_)) && matches!(second, Admission::Go(_)));
+        assert!(
+            matches!(
+                throttle.admit(slow, None, None).await,
+                Admission::Defer { .. }
+            ),
+            "a slow endpoint holds at most 2"
+        );
+    }
+
+    #[tokio::test]
     async fn over_the_rate_a_task_reserves_a_later_slot() {
-        let throttle = Throttle::new(10);
+        let throttle = Throttle::new(10, 10);
         let endpoint = Uuid::new_v4();
         assert!(matches!(
             throttle.admit(endpoint, Some(6), None).await,
