@@ -159,8 +159,8 @@ pub struct DeliverySettings {
     pub concurrency: u16,
     /// Requests in flight per process to one endpoint that is slow (its requests take
     /// over 250 ms on average) or not yet heard from; its further tasks are put off
-    /// rather than taking the slots others need. An endpoint answering fast may use
-    /// the whole `concurrency`.
+    /// rather than taking the slots others need. An endpoint answering fast may hold
+    /// four times as many (at most `concurrency`).
     pub max_in_flight_per_endpoint: u16,
     /// Spread of retry delays: each delay d is served by queues from d to d × (1 + jitter).
     pub jitter: f64,

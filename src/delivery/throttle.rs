@@ -2,10 +2,10 @@
 //! the whole process's delivery slots.
 //!
 //! - Concurrency: at most `delivery.max_in_flight_per_endpoint` requests at once to an
-//!   endpoint that is slow (or not yet heard from), up to the process's whole
-//!   `delivery.concurrency` to one that answers fast. A task that finds its endpoint at the cap waits for a slot: up to a second
-//!   while the endpoint answers fast (its slots turn over quickly), a moment while it is
-//!   not yet known, not at all once it is known to be slow; if none frees up, the task
+//!   endpoint that is slow (or not yet heard from), four times as many (at most
+//!   `delivery.concurrency`) to one that answers fast. A task that finds its endpoint
+//!   at its cap waits for a slot: up to a second while the endpoint answers fast (its
+//!   slots turn over quickly), a moment while it is not yet known, not at all once it is known to be slow; if none frees up, the task
 //!   is put off through a defer queue instead of holding a process slot, until its turn:
 //!   put-off tasks are spaced at the endpoint's pace (slots ÷ average request time), so
 //!   they come back about when a slot frees instead of cycling through the queues.
@@ -31,6 +31,9 @@ pub const MAX_INLINE_WAIT: Duration = Duration::from_millis(50);
 /// Longest a task waits for a concurrency slot of an endpoint that answers fast:
 /// waiting in the process is cheaper than a round trip through a defer queue.
 pub const FAST_ENDPOINT_WAIT: Duration = Duration::from_secs(1);
+
+/// How many more requests than a slow endpoint a fast one may have in flight.
+pub const FAST_FACTOR: usize = 4;
 
 /// An endpoint whose recent requests took longer than this on average is slow.
 pub const SLOW_ENDPOINT: Duration = Duration::from_millis(250);
@@ -93,7 +96,8 @@ impl Gcra {
 struct EndpointLimits {
     /// `max_in_flight_per_endpoint`: what the endpoint may hold while slow or unknown.
     narrow: Arc<Semaphore>,
-    /// The process's whole `delivery.concurrency`: what it may hold while fast.
+    /// `FAST_FACTOR` times that (at most `delivery.concurrency`): what it may hold while
+    /// it answers fast.
     wide: Arc<Semaphore>,
     rate: Mutex<Gcra>,
     /// Turns handed to tasks put off because the endpoint was busy, spaced at the rate
@@ -158,7 +162,7 @@ impl Drop for Slot {
 /// Decides, per task, whether it may be sent now.
 pub struct Throttle {
     max_in_flight: usize,
-    concurrency: usize,
+    fast_max_in_flight: usize,
     endpoints: Mutex<HashMap<Uuid, Arc<EndpointLimits>>>,
 }
 
@@ -176,13 +180,15 @@ pub enum Admission {
 }
 
 impl Throttle {
-    /// `max_in_flight` requests to a slow (or not yet known) endpoint, up to
-    /// `concurrency` to one that answers fast.
+    /// `max_in_flight` requests to a slow (or not yet known) endpoint, four times as
+    /// many (at most `concurrency`) to one that answers fast.
     pub fn new(max_in_flight: usize, concurrency: usize) -> Self {
         let max_in_flight = max_in_flight.max(1);
         Self {
             max_in_flight,
-            concurrency: concurrency.max(max_in_flight),
+            fast_max_in_flight: concurrency
+                .min(FAST_FACTOR * max_in_flight)
+                .max(max_in_flight),
             endpoints: Mutex::new(HashMap::new()),
         }
     }
@@ -195,7 +201,7 @@ impl Throttle {
             .or_insert_with(|| {
                 Arc::new(EndpointLimits {
                     narrow: Arc::new(Semaphore::new(self.max_in_flight)),
-                    wide: Arc::new(Semaphore::new(self.concurrency)),
+                    wide: Arc::new(Semaphore::new(self.fast_max_in_flight)),
                     rate: Mutex::new(Gcra::new(Instant::now())),
                     turns: Mutex::new(Gcra::new(Instant::now())),
                     recent_ms: AtomicU64::new(UNKNOWN),
@@ -244,8 +250,8 @@ impl Throttle {
             // The task's turn has come: give it a moment even at a slow endpoint.
             patience = patience.max(MAX_INLINE_WAIT);
         }
-        // A fast endpoint turns its slots over quickly and may use the process's
-        // whole concurrency; a slow or unknown one is held to `max_in_flight`.
+        // A fast endpoint turns its slots over quickly and may hold more of them; a slow
+        // or unknown one is held to `max_in_flight`.
         let narrow = if limits.answers_fast() {
             None
         } else {
@@ -291,7 +297,7 @@ impl Throttle {
             return Duration::ZERO;
         }
         let slots = if limits.answers_fast() {
-            self.concurrency
+            self.fast_max_in_flight
         } else {
             self.max_in_flight
         };
@@ -442,7 +448,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_fast_endpoint_may_use_the_whole_concurrency_a_slow_one_only_its_cap() {
+    async fn a_fast_endpoint_may_hold_more_requests_than_a_slow_one() {
         let throttle = Throttle::new(2, 8);
         let (fast, slow) = (Uuid::new_v4(), Uuid::new_v4());
         throttle.limits(fast).recent_ms.store(5, Ordering::Relaxed);
