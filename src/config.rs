@@ -155,7 +155,8 @@ pub struct DeliverySettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub allow_private_networks: bool,
-    /// Requests in flight per process; also the work queue prefetch.
+    /// Requests in flight for the deliver role (its work queue prefetch) and,
+    /// separately, for the ingest role's first attempts.
     pub concurrency: u16,
     /// Requests in flight per process to one endpoint that is slow (its requests take
     /// over 250 ms on average) or not yet heard from; its further tasks are put off
