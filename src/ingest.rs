@@ -162,30 +162,11 @@ async fn consume(
                         .await?;
                 }
                 Some(direct) => {
-                    for (message, tasks) in batch.into_iter().zip(tasks) {
-                        if tasks.is_empty() {
-                            message.acker.ack(BasicAckOptions::default()).await?;
-                            continue;
-                        }
-                        let unsettled = Arc::new(Unsettled::new(message.acker, &tasks));
-                        for task in tasks {
-                            // A free request slot first: at most `delivery.concurrency`
-                            // attempts exist at once, however large the fan-out. On
-                            // shutdown the rest stay unattempted and their messages
-                            // unacknowledged, to be redelivered.
-                            let permit = tokio::select! {
-                                _ = shutdown.cancelled() => return Ok(()),
-                                permit = direct.permits.clone().acquire_owned() =>
-                                    permit.expect("never closed"),
-                            };
-                            attempts.spawn(first_attempt(
-                                direct.clone(),
-                                publisher.clone(),
-                                task,
-                                permit,
-                                unsettled.clone(),
-                            ));
-                        }
+                    let started =
+                        start_first_attempts(direct, &publisher, batch, tasks, &attempts, shutdown)
+                            .await?;
+                    if !started {
+                        return Ok(());
                     }
                 }
             }
@@ -198,6 +179,42 @@ async fn consume(
     worker::drain(&attempts, ingestor.settings.delivery.shutdown_grace).await;
     let _ = channel.close(200, "shutdown").await;
     result
+}
+
+/// Spawns the first attempts of a batch's deliveries, each once one of the process's
+/// request slots is free: at most `delivery.concurrency` attempts exist at once,
+/// however large the fan-out. A message with nothing to attempt is acknowledged at
+/// once. `false` if shutdown came first: the rest stay unattempted and their messages
+/// unacknowledged, to be redelivered.
+async fn start_first_attempts(
+    direct: &Arc<Direct>,
+    publisher: &Publisher,
+    batch: Vec<Delivery>,
+    tasks: Vec<Vec<DeliveryTask>>,
+    attempts: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<bool, IngestError> {
+    for (message, tasks) in batch.into_iter().zip(tasks) {
+        if tasks.is_empty() {
+            message.acker.ack(BasicAckOptions::default()).await?;
+            continue;
+        }
+        let unsettled = Arc::new(Unsettled::new(message.acker, &tasks));
+        for task in tasks {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(false),
+                permit = direct.permits.clone().acquire_owned() => permit.expect("never closed"),
+            };
+            attempts.spawn(first_attempt(
+                direct.clone(),
+                publisher.clone(),
+                task,
+                permit,
+                unsettled.clone(),
+            ));
+        }
+    }
+    Ok(true)
 }
 
 /// An event's message whose first attempts are in flight: the last attempt to finish
