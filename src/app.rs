@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::delivery::client::WebhookClient;
+use crate::delivery::put_off::PutOffs;
 use crate::delivery::recorder::Recorder;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::throttle::Throttle;
@@ -133,6 +134,7 @@ impl App {
                     usize::from(settings.delivery.max_in_flight_per_endpoint),
                     usize::from(settings.delivery.concurrency),
                 ),
+                put_offs: PutOffs::new(metrics.clone()),
                 metrics: metrics.clone(),
                 pool: pool.clone(),
             }))

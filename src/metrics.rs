@@ -18,6 +18,7 @@ pub struct Metrics {
     pub delivery_duration: Histogram,
     pub retries: IntCounter,
     pub deferred: IntCounterVec,
+    pub put_off_messages: IntCounter,
     pub http_status: IntCounterVec,
     pub delivery_errors: IntCounterVec,
     pub dead_lettered: IntCounterVec,
@@ -112,6 +113,11 @@ impl Metrics {
                 "herald_deliveries_deferred_total",
                 "Tasks put off without an attempt (endpoint_busy, rate_limit)",
                 "reason",
+            ),
+            put_off_messages: r.counter(
+                "herald_put_off_messages_total",
+                "Messages published to the defer queues; one carries every task put off \
+                 for the same queue within a few milliseconds",
             ),
             http_status: r.counter_vec(
                 "webhook_delivery_http_status",

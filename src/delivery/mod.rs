@@ -2,6 +2,7 @@
 //! worker that ties them together.
 
 pub mod client;
+pub mod put_off;
 pub mod recorder;
 pub mod retry;
 pub mod task;

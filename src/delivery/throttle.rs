@@ -5,7 +5,10 @@
 //!   endpoint that is slow (or not yet heard from), four times as many (at most
 //!   `delivery.concurrency`) to one that answers fast. A task that finds its endpoint
 //!   at its cap waits for a slot: up to a second while the endpoint answers fast (its
-//!   slots turn over quickly), a moment while it is not yet known, not at all once it is known to be slow; if none frees up, the task
+//!   slots turn over quickly), a moment while it is not yet known, not at all once it
+//!   is known to be slow. A slow endpoint may borrow beyond its cap (up to the fast
+//!   cap) while more than half of the process's slots are idle, so a lone slow
+//!   endpoint still drains at a useful pace. If no slot frees up, the task
 //!   is put off through a defer queue instead of holding a process slot, until its turn:
 //!   put-off tasks are spaced at the endpoint's pace (slots ÷ average request time), so
 //!   they come back about when a slot frees instead of cycling through the queues.
@@ -17,7 +20,7 @@
 //! Putting a task off is not an attempt: nothing is sent or recorded.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,6 +40,11 @@ pub const FAST_FACTOR: usize = 4;
 
 /// An endpoint whose recent requests took longer than this on average is slow.
 pub const SLOW_ENDPOINT: Duration = Duration::from_millis(250);
+
+/// Longest a task put off for a busy endpoint stays away, even when its turn is later:
+/// tasks taken early (a slot was free) leave gaps in the turns, and returning tasks
+/// fill them. Put-offs travel in bulk, so checking back costs little.
+pub const BUSY_RECHECK: Duration = Duration::from_secs(5);
 
 /// Delays of the defer queues.
 pub const DEFER_TIERS: [Duration; 5] = [
@@ -145,11 +153,13 @@ pub struct Slot {
     _narrow: Option<OwnedSemaphorePermit>,
     _wide: OwnedSemaphorePermit,
     limits: Arc<EndpointLimits>,
+    in_flight: Arc<AtomicUsize>,
     taken: Instant,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let sample = self.taken.elapsed().as_millis() as u64;
         // A lost race between two updates only drops one sample.
         let average = self.limits.recent_ms.load(Ordering::Relaxed);
@@ -163,6 +173,10 @@ impl Drop for Slot {
 pub struct Throttle {
     max_in_flight: usize,
     fast_max_in_flight: usize,
+    /// Requests in flight to any endpoint, and how many above which a slow endpoint
+    /// may no longer borrow beyond its cap (half of `delivery.concurrency`).
+    in_flight: Arc<AtomicUsize>,
+    borrow_below: usize,
     endpoints: Mutex<HashMap<Uuid, Arc<EndpointLimits>>>,
 }
 
@@ -189,6 +203,8 @@ impl Throttle {
             fast_max_in_flight: concurrency
                 .min(FAST_FACTOR * max_in_flight)
                 .max(max_in_flight),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            borrow_below: concurrency / 2,
             endpoints: Mutex::new(HashMap::new()),
         }
     }
@@ -232,13 +248,23 @@ impl Throttle {
             _ => Duration::ZERO,
         };
         if wait > MAX_INLINE_WAIT {
-            return Admission::Defer {
-                delay: wait,
-                not_before_ms: Some(now_ms + wait.as_millis() as i64),
-                reason: if rate_limit.is_some() {
-                    "rate_limit"
-                } else {
-                    "endpoint_busy"
+            if rate_limit.is_none() {
+                // A turn handed out while the endpoint was busy only guesses when a slot
+                // frees; one free now is as good (a reserved rate slot is kept, though).
+                if let Some(slot) = self.slot(&limits, Duration::ZERO).await {
+                    return Admission::Go(slot);
+                }
+            }
+            return match rate_limit {
+                Some(_) => Admission::Defer {
+                    delay: wait,
+                    not_before_ms: Some(now_ms + wait.as_millis() as i64),
+                    reason: "rate_limit",
+                },
+                None => Admission::Defer {
+                    delay: wait.min(BUSY_RECHECK),
+                    not_before_ms,
+                    reason: "endpoint_busy",
                 },
             };
         }
@@ -250,38 +276,54 @@ impl Throttle {
             // The task's turn has come: give it a moment even at a slow endpoint.
             patience = patience.max(MAX_INLINE_WAIT);
         }
-        // A fast endpoint turns its slots over quickly and may hold more of them; a slow
-        // or unknown one is held to `max_in_flight`.
+        match self.slot(&limits, patience).await {
+            Some(slot) => Admission::Go(slot),
+            None => self.busy(&limits, rate_limit, now_ms),
+        }
+    }
+
+    /// One of the endpoint's slots, now or within `patience`. A fast endpoint turns its
+    /// slots over quickly and may hold more of them; a slow or unknown one is held to
+    /// `max_in_flight`, unless the process is mostly idle.
+    async fn slot(&self, limits: &Arc<EndpointLimits>, patience: Duration) -> Option<Slot> {
         let narrow = if limits.answers_fast() {
             None
         } else {
             match take(&limits.narrow, patience).await {
                 Some(permit) => Some(permit),
-                None => return self.busy(&limits, rate_limit, now_ms),
+                None if self.mostly_idle() => None,
+                None => return None,
             }
         };
-        match take(&limits.wide, patience).await {
-            Some(wide) => Admission::Go(Slot {
-                _narrow: narrow,
-                _wide: wide,
-                limits: limits.clone(),
-                taken: Instant::now(),
-            }),
-            None => self.busy(&limits, rate_limit, now_ms),
-        }
+        let wide = take(&limits.wide, patience).await?;
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            _narrow: narrow,
+            _wide: wide,
+            limits: limits.clone(),
+            in_flight: self.in_flight.clone(),
+            taken: Instant::now(),
+        })
+    }
+
+    /// Fewer than half of the process's slots are taken: an endpoint at its cap may
+    /// borrow one (a request to a slow endpoint holds it for a while, so never more).
+    fn mostly_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) < self.borrow_below
     }
 
     /// Puts off a task that found the endpoint busy, until its turn.
     fn busy(&self, limits: &EndpointLimits, rate_limit: Option<i32>, now_ms: i64) -> Admission {
-        let delay = self.next_turn(limits);
+        let turn = self.next_turn(limits);
+        let delay = turn.min(BUSY_RECHECK);
         Admission::Defer {
             delay,
             // A turn is kept when the task comes back, and so is the rate slot (if any)
             // it used up: a busy endpoint does not charge it twice.
-            not_before_ms: if delay.is_zero() {
+            not_before_ms: if turn.is_zero() {
                 rate_limit.map(|_| now_ms)
             } else {
-                Some(now_ms + delay.as_millis() as i64)
+                Some(now_ms + turn.as_millis() as i64)
             },
             reason: "endpoint_busy",
         }
@@ -296,7 +338,7 @@ impl Throttle {
         if recent_ms == UNKNOWN {
             return Duration::ZERO;
         }
-        let slots = if limits.answers_fast() {
+        let slots = if limits.answers_fast() || self.mostly_idle() {
             self.fast_max_in_flight
         } else {
             self.max_in_flight
@@ -380,7 +422,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_busy_endpoint_defers_only_its_own_tasks() {
-        let throttle = Throttle::new(2, 8);
+        // Concurrency 4: with 2 requests in flight the process is not idle enough for
+        // the busy endpoint to borrow.
+        let throttle = Throttle::new(2, 4);
         let slow = Uuid::new_v4();
         let fast = Uuid::new_v4();
         let held: Vec<_> = [
@@ -413,9 +457,9 @@ mod tests {
 
     #[tokio::test]
     async fn tasks_put_off_by_a_slow_endpoint_come_back_at_its_pace() {
-        let throttle = Throttle::new(2, 8);
+        let throttle = Throttle::new(2, 4);
         let slow = Uuid::new_v4();
-        let _held: Vec<_> = [
+        let held: Vec<_> = [
             throttle.admit(slow, None, None).await,
             throttle.admit(slow, None, None).await,
         ]
@@ -431,20 +475,31 @@ mod tests {
             .recent_ms
             .store(2000, Ordering::Relaxed);
         let mut delays = Vec::new();
-        for _ in 0..3 {
+        let mut turns = Vec::new();
+        let now = chrono::Utc::now().timestamp_millis();
+        for _ in 0..7 {
             match throttle.admit(slow, None, None).await {
                 Admission::Defer {
                     delay,
-                    not_before_ms,
+                    not_before_ms: Some(turn),
                     reason: "endpoint_busy",
                 } => {
-                    assert!(not_before_ms.is_some(), "the turn is kept");
                     delays.push(delay.as_millis().div_ceil(100) * 100);
+                    turns.push((turn - now + 50).div_euclid(100) * 100);
                 }
-                _ => panic!("the endpoint is busy"),
+                _ => panic!("the endpoint is busy; the turn is kept"),
             }
         }
-        assert_eq!(delays, [1000, 2000, 3000]);
+        // Every task checks back within BUSY_RECHECK, keeping its place in the line.
+        assert_eq!(delays, [1000, 2000, 3000, 4000, 5000, 5000, 5000]);
+        assert_eq!(turns, [1000, 2000, 3000, 4000, 5000, 6000, 7000]);
+        // Back before its turn, a task takes a slot that is free anyway.
+        drop(held);
+        let turn = chrono::Utc::now().timestamp_millis() + 3000;
+        assert!(matches!(
+            throttle.admit(slow, None, Some(turn)).await,
+            Admission::Go(_)
+        ));
     }
 
     #[tokio::test]
@@ -476,6 +531,44 @@ mod tests {
                 Admission::Defer { .. }
             ),
             "a slow endpoint holds at most 2"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_slow_endpoint_borrows_slots_only_while_the_process_is_mostly_idle() {
+        // Cap 2 for a slow endpoint, 8 for a fast one; borrowing stops at 8 of 16 taken.
+        let throttle = Throttle::new(2, 16);
+        let slow = Uuid::new_v4();
+        throttle
+            .limits(slow)
+            .recent_ms
+            .store(2000, Ordering::Relaxed);
+        let mut held = Vec::new();
+        while let Admission::Go(slot) = throttle.admit(slow, None, None).await {
+            held.push(slot);
+            assert!(held.len() <= 8, "never beyond the fast cap");
+        }
+        assert_eq!(
+            held.len(),
+            8,
+            "an idle process lends a slow endpoint its slots"
+        );
+        held.truncate(2);
+        // Another endpoint now keeps the process busy: no more borrowing.
+        let fast = Uuid::new_v4();
+        throttle.limits(fast).recent_ms.store(5, Ordering::Relaxed);
+        for _ in 0..6 {
+            match throttle.admit(fast, None, None).await {
+                Admission::Go(slot) => held.push(slot),
+                Admission::Defer { .. } => panic!("the fast endpoint is under its cap"),
+            }
+        }
+        assert!(
+            matches!(
+                throttle.admit(slow, None, None).await,
+                Admission::Defer { .. }
+            ),
+            "at its cap in a busy process, a slow endpoint's task is put off"
         );
     }
 

@@ -16,9 +16,10 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::client::{header, Response, WebhookClient};
+use super::put_off::{PutOffError, PutOffs};
 use super::recorder::{RecordError, Recorder};
 use super::retry::{parse_retry_after, RetryPolicy};
-use super::task::DeliveryTask;
+use super::task::{unpack, DeliveryTask};
 use super::throttle::{busy_delay, defer_tier, Admission, Throttle};
 use crate::app::Readiness;
 use crate::broker::{self, Outgoing, PublishError, Publisher};
@@ -43,6 +44,7 @@ pub struct Deliverer {
     pub subscriptions: Arc<Subscriptions>,
     pub recorder: Recorder,
     pub throttle: Throttle,
+    pub put_offs: PutOffs,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
 }
@@ -56,6 +58,8 @@ pub enum Unsettled {
     Publish(#[from] PublishError),
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    PutOff(#[from] PutOffError),
 }
 
 /// Where a task came from, which decides the order of the writes after a failed attempt.
@@ -153,11 +157,12 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) {
     tokio::time::sleep(SETTLE_PAUSE).await;
 }
 
-/// Settles one message from the work queue: ack when done, nack (requeue) otherwise.
+/// Settles one message from the work queue — one task, or several put off together —
+/// ack when every task is done, nack (requeue) otherwise.
 async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: Delivery) {
     let acker = delivery.acker.clone();
-    let task = match DeliveryTask::from_amqp(&delivery.properties, delivery.data) {
-        Ok(task) => task,
+    let tasks = match unpack(&delivery.properties, delivery.data.into()) {
+        Ok(tasks) => tasks,
         Err(error) => {
             // Not ours, or damaged: park it where an SRE sees it rather than retry forever.
             tracing::error!(%error, "malformed delivery task; parking it");
@@ -182,16 +187,28 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: 
             return;
         }
     };
-    match attempt(deliverer, publisher, &task, Origin::WorkQueue).await {
-        Ok(()) => {
-            if let Err(error) = acker.ack(BasicAckOptions::default()).await {
-                tracing::warn!(%error, delivery_id = %task.delivery_id,
-                    "ack failed; the task will be redelivered");
-            }
+    let settled = match tasks.as_slice() {
+        [task] => attempt(deliverer, publisher, task, Origin::WorkQueue)
+            .await
+            .is_ok(),
+        // Put off together: each goes on (or is put off again) on its own; the message
+        // is done when all of them are. If one fails, all come back (at least once).
+        _ => futures_util::future::join_all(
+            tasks
+                .iter()
+                .map(|task| attempt(deliverer, publisher, task, Origin::WorkQueue)),
+        )
+        .await
+        .iter()
+        .all(Result::is_ok),
+    };
+    if settled {
+        if let Err(error) = acker.ack(BasicAckOptions::default()).await {
+            tracing::warn!(%error, tasks = tasks.len(),
+                "ack failed; the task will be redelivered");
         }
-        Err(_) => {
-            let _ = acker.nack(requeue()).await;
-        }
+    } else {
+        let _ = acker.nack(requeue()).await;
     }
 }
 
@@ -407,8 +424,8 @@ async fn defer(
         not_before_ms,
         ..task.clone()
     };
-    publisher
-        .publish(later.to_queue(&d.topology.defer_queue(tier)))
+    d.put_offs
+        .put_off(publisher, d.topology.defer_queue(tier), later)
         .await?;
     d.metrics.deferred.with_label_values(&[reason]).inc();
     tracing::debug!(reason, put_off = ?tier, "delivery put off");

@@ -498,7 +498,13 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_endpoint_is_put_off_instead_of_taking_every_slot() {
-    let env = TestEnv::with(|s| s.delivery.max_in_flight_per_endpoint = 2).await;
+    // Concurrency 4: two slow requests keep the process from lending the slow endpoint
+    // more slots, so its cap holds.
+    let env = TestEnv::with(|s| {
+        s.delivery.max_in_flight_per_endpoint = 2;
+        s.delivery.concurrency = 4;
+    })
+    .await;
     let receiver = Receiver::scripted(|path, _| Reply {
         status: 200,
         delay: if path == "/slow" {
@@ -552,6 +558,70 @@ async fn a_slow_endpoint_is_put_off_instead_of_taking_every_slot() {
         receiver.received_at("/slow").len(),
         12,
         "put off, then sent once each"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// Reads one unlabelled counter, or the sum of a labelled one, from `/metrics`.
+async fn counter(app: &herald::app::App, name: &str) -> f64 {
+    let metrics = reqwest::get(format!("http://{}/metrics", app.address()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_put_off_together_travel_in_few_messages_and_each_arrives_once() {
+    let env = TestEnv::with(|s| {
+        s.delivery.max_in_flight_per_endpoint = 1;
+        s.delivery.concurrency = 8;
+    })
+    .await;
+    let receiver = Receiver::scripted(|_, _| Reply::ok_after(Duration::from_millis(400))).await;
+    env.add_endpoint(&receiver.url("/slow"), &["#"], None).await;
+    // Queued before Herald starts, so ingest takes them in one batch and puts most of
+    // them off at once.
+    let events = 40;
+    for n in 0..events {
+        env.publish("a.b", Some(&format!("evt-batch-{n}")), None, b"{\"n\":1}")
+            .await;
+    }
+    let app = env.start_ready().await;
+    eventually("every delivery made", Duration::from_secs(60), || async {
+        env.delivery_statuses().await == vec![("success".to_string(), events)]
+    })
+    .await;
+    let ids: std::collections::HashSet<String> = receiver
+        .received_at("/slow")
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    assert_eq!(ids.len(), events as usize, "every event arrived");
+    assert_eq!(
+        receiver.received_at("/slow").len(),
+        events as usize,
+        "and each once: putting off is not an attempt"
+    );
+    let put_off = counter(&app, "herald_deliveries_deferred_total").await;
+    let messages = counter(&app, "herald_put_off_messages_total").await;
+    eprintln!("put off {put_off} times in {messages} messages");
+    assert!(put_off >= 20.0, "most tasks were put off ({put_off})");
+    assert!(
+        messages * 2.0 <= put_off,
+        "{put_off} put-offs took {messages} messages: they travel together"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM herald.delivery_attempts")
+            .await,
+        events
     );
     app.stop().await;
     env.cleanup().await;

@@ -151,12 +151,7 @@ async fn readiness_turns_false_while_draining_and_health_stays_up() {
     use crate::common::{eventually, TestEnv};
 
     let env = TestEnv::new().await;
-    let receiver = Receiver::scripted(|_, _| Reply {
-        status: 200,
-        delay: Duration::from_secs(2),
-        headers: vec![],
-    })
-    .await;
+    let receiver = Receiver::scripted(|_, _| Reply::ok_after(Duration::from_secs(2))).await;
     env.add_endpoint(&receiver.url("/slow"), &["#"], None).await;
     let app = env.start_ready().await;
     let base = format!("http://{}", app.address());

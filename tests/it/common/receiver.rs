@@ -44,6 +44,14 @@ impl Reply {
             headers: Vec::new(),
         }
     }
+
+    /// 200, after `delay`.
+    pub fn ok_after(delay: Duration) -> Self {
+        Reply {
+            delay,
+            ..Reply::status(200)
+        }
+    }
 }
 
 /// (path, 1-based number of this request to that path) → reply.
