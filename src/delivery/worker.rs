@@ -32,6 +32,9 @@ use crate::subscriptions::{Lookup, Subscriptions};
 use crate::telemetry;
 use crate::topology::Topology;
 
+/// Most tasks of one bulk message in progress at once (each holds an attempt's state).
+const TASKS_AT_ONCE: usize = 64;
+
 /// Pause between the last acknowledgement and closing the channel on shutdown.
 const SETTLE_PAUSE: Duration = Duration::from_millis(300);
 
@@ -191,16 +194,10 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: 
         [task] => attempt(deliverer, publisher, task, Origin::WorkQueue)
             .await
             .is_ok(),
-        // Put off together: each goes on (or is put off again) on its own; the message
-        // is done when all of them are. If one fails, all come back (at least once).
-        _ => futures_util::future::join_all(
-            tasks
-                .iter()
-                .map(|task| attempt(deliverer, publisher, task, Origin::WorkQueue)),
-        )
-        .await
-        .iter()
-        .all(Result::is_ok),
+        // Put off together: each goes on (or is put off again) on its own, a bounded
+        // number at a time; the message is done when all of them are. If one fails, all
+        // come back (at least once).
+        _ => attempt_all(deliverer, publisher, &tasks).await,
     };
     if settled {
         if let Err(error) = acker.ack(BasicAckOptions::default()).await {
@@ -210,6 +207,23 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: 
     } else {
         let _ = acker.nack(requeue()).await;
     }
+}
+
+/// Attempts every task, at most `TASKS_AT_ONCE` at a time; `true` if all were settled.
+async fn attempt_all(deliverer: &Deliverer, publisher: &Publisher, tasks: &[DeliveryTask]) -> bool {
+    let mut waiting = tasks.iter();
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    for task in waiting.by_ref().take(TASKS_AT_ONCE) {
+        running.push(attempt(deliverer, publisher, task, Origin::WorkQueue));
+    }
+    let mut settled = true;
+    while let Some(result) = running.next().await {
+        settled &= result.is_ok();
+        if let Some(task) = waiting.next() {
+            running.push(attempt(deliverer, publisher, task, Origin::WorkQueue));
+        }
+    }
+    settled
 }
 
 /// Makes one attempt of `task` in its own `deliver` span (a child of the event's
