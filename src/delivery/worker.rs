@@ -1,6 +1,7 @@
 //! The deliver role: consume delivery tasks, sign and POST each, record the attempt,
 //! then route the task — done, to a delay queue, or to the dead-letter queue — and
-//! only then acknowledge it.
+//! only then acknowledge it. A message may carry several tasks put off together
+//! (see [`super::put_off`]); it is acknowledged once all of them are settled.
 
 use std::sync::Arc;
 use std::time::Duration;
