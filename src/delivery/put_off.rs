@@ -69,7 +69,9 @@ impl PutOffs {
             let mut open = self.open.lock().expect("lock not poisoned");
             let gathering = open.entry(queue.clone()).or_default();
             if gathering.tasks.is_empty() {
-                // The first task of a message sends it when the linger is over.
+                // The first task of a message sends it when the linger is over. (If the
+                // message filled up and left early, this sends the next one a little
+                // early instead: harmless.)
                 let (this, publisher, queue) = (self.clone(), publisher.clone(), queue.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(LINGER).await;
