@@ -29,8 +29,13 @@ const MAX_BYTES: usize = 1 << 20;
 
 /// A put-off task that did not reach the broker; its message must come back.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("putting the delivery off failed: {0}")]
-pub struct PutOffError(Arc<PublishError>);
+pub enum PutOffError {
+    #[error("putting the delivery off failed: {0}")]
+    Publish(Arc<PublishError>),
+    /// The message holding the task was dropped unsent (the runtime is shutting down).
+    #[error("putting the delivery off was abandoned")]
+    Abandoned,
+}
 
 type Waiter = oneshot::Sender<Result<(), PutOffError>>;
 
@@ -94,11 +99,7 @@ impl PutOffs {
             let (this, publisher) = (self.clone(), publisher.clone());
             tokio::spawn(async move { this.send(&publisher, &queue, gathered).await });
         }
-        confirmed.await.unwrap_or_else(|_| {
-            Err(PutOffError(Arc::new(PublishError::Broker(
-                lapin::Error::InvalidChannelState(lapin::ChannelState::Closed),
-            ))))
-        })
+        confirmed.await.unwrap_or(Err(PutOffError::Abandoned))
     }
 
     async fn send(&self, publisher: &Publisher, queue: &str, gathered: Gathering) {
@@ -108,7 +109,7 @@ impl PutOffs {
                 self.metrics.put_off_messages.inc_by(messages);
                 Ok(())
             }
-            Err(error) => Err(PutOffError(Arc::new(error))),
+            Err(error) => Err(PutOffError::Publish(Arc::new(error))),
         };
         for waiter in waiters {
             let _ = waiter.send(result.clone());

@@ -248,23 +248,23 @@ impl Throttle {
             _ => Duration::ZERO,
         };
         if wait > MAX_INLINE_WAIT {
-            if rate_limit.is_none() {
-                // A turn handed out while the endpoint was busy only guesses when a slot
-                // frees; one free now is as good (a reserved rate slot is kept, though).
-                if let Some(slot) = self.slot(&limits, Duration::ZERO).await {
-                    return Admission::Go(slot);
-                }
-            }
             return match rate_limit {
+                // A reserved rate slot is waited for to the end.
                 Some(_) => Admission::Defer {
                     delay: wait,
                     not_before_ms: Some(now_ms + wait.as_millis() as i64),
                     reason: "rate_limit",
                 },
-                None => Admission::Defer {
-                    delay: wait.min(BUSY_RECHECK),
-                    not_before_ms,
-                    reason: "endpoint_busy",
+                // A turn handed out while the endpoint was busy only guesses when a slot
+                // frees: one free now is as good; otherwise check back within
+                // `BUSY_RECHECK`, keeping the turn.
+                None => match self.slot(&limits, Duration::ZERO).await {
+                    Some(slot) => Admission::Go(slot),
+                    None => Admission::Defer {
+                        delay: wait.min(BUSY_RECHECK),
+                        not_before_ms,
+                        reason: "endpoint_busy",
+                    },
                 },
             };
         }
