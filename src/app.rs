@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -134,6 +135,7 @@ impl App {
                     usize::from(settings.delivery.max_in_flight_per_endpoint),
                     usize::from(settings.delivery.concurrency),
                 ),
+                requests: Semaphore::new(usize::from(settings.delivery.concurrency)),
                 put_offs: PutOffs::new(metrics.clone()),
                 metrics: metrics.clone(),
                 pool: pool.clone(),

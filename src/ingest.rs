@@ -53,15 +53,17 @@ pub struct Ingestor {
 /// What the ingest role needs to make first attempts itself.
 pub struct Direct {
     pub deliverer: Arc<Deliverer>,
-    /// Caps this process's first attempts in flight at `delivery.concurrency`.
+    /// Caps this process's first attempts in progress (requests, and outcomes being
+    /// recorded) at [`crate::config::DeliverySettings::attempts_in_progress`]; the requests themselves
+    /// share the deliverer's `delivery.concurrency` slots.
     pub permits: Arc<Semaphore>,
 }
 
 impl Direct {
     pub fn new(deliverer: Arc<Deliverer>) -> Self {
-        let permits = Arc::new(Semaphore::new(usize::from(
-            deliverer.settings.delivery.concurrency,
-        )));
+        let permits = Arc::new(Semaphore::new(
+            deliverer.settings.delivery.attempts_in_progress(),
+        ));
         Self { deliverer, permits }
     }
 }
@@ -181,9 +183,9 @@ async fn consume(
     result
 }
 
-/// Spawns the first attempts of a batch's deliveries, each once one of the process's
-/// request slots is free: at most `delivery.concurrency` attempts exist at once,
-/// however large the fan-out. A message with nothing to attempt is acknowledged at
+/// Spawns the first attempts of a batch's deliveries, each once one of the ingest
+/// role's attempt permits is free: a bounded number of attempts exist at once, however
+/// large the fan-out. A message with nothing to attempt is acknowledged at
 /// once. `false` if shutdown came first: the rest stay unattempted and their messages
 /// unacknowledged, to be redelivered.
 async fn start_first_attempts(

@@ -12,6 +12,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::Connection;
 use reqwest::header::HeaderMap;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -48,6 +49,9 @@ pub struct Deliverer {
     pub subscriptions: Arc<Subscriptions>,
     pub recorder: Recorder,
     pub throttle: Throttle,
+    /// The process's `delivery.concurrency` request slots, each held for one HTTP
+    /// request only (not while its outcome is recorded).
+    pub requests: Semaphore,
     pub put_offs: PutOffs,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
@@ -102,8 +106,8 @@ async fn consume(
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> lapin::Result<()> {
-    // The prefetch is the concurrency: the broker hands out no more tasks than the
-    // process works on at once.
+    // The broker hands out no more tasks than the process keeps in progress at once:
+    // requests in flight (`delivery.concurrency`) and outcomes being recorded.
     let broker::ConsumerSetup {
         channel,
         mut consumer,
@@ -112,7 +116,7 @@ async fn consume(
         connection,
         &deliverer.topology,
         &deliverer.topology.work_queue(),
-        deliverer.settings.delivery.concurrency,
+        u16::try_from(deliverer.settings.delivery.attempts_in_progress()).unwrap_or(u16::MAX),
     )
     .await?;
     readiness.set_deliver(true);
@@ -294,6 +298,7 @@ async fn deliver(
         } => return defer(d, publisher, task, delay, not_before_ms, reason).await,
     };
 
+    let request = d.requests.acquire().await.expect("never closed");
     d.metrics.in_flight.inc();
     let attempt = d
         .client
@@ -303,8 +308,10 @@ async fn deliver(
             task.body.clone(),
         )
         .await;
-    // The endpoint's slot is for the request only, not for recording its outcome.
+    // The endpoint's and the process's slots are for the request only, not for
+    // recording its outcome.
     drop(slot);
+    drop(request);
     d.metrics.in_flight.dec();
     d.metrics
         .delivery_duration

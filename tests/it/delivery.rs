@@ -563,6 +563,103 @@ async fn a_slow_endpoint_is_put_off_instead_of_taking_every_slot() {
     env.cleanup().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_slot_is_freed_while_its_outcome_waits_for_the_database() {
+    // Two request slots, so eight attempts in progress (ATTEMPTS_PER_REQUEST = 4).
+    let env = TestEnv::with(|s| s.delivery.concurrency = 2).await;
+    let receiver = Receiver::start().await;
+    for n in 0..5 {
+        env.add_endpoint(&receiver.url(&format!("/e{n}")), &["#"], None)
+            .await;
+    }
+    // No attempt can be recorded while this lock is held (events and deliveries can).
+    let mut lock = env.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE herald.delivery_attempts IN SHARE ROW EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let app = env.start_ready().await;
+    for n in 0..3 {
+        env.publish("a.b", Some(&format!("evt-locked-{n}")), None, b"{}")
+            .await;
+    }
+    let in_progress = herald::config::ATTEMPTS_PER_REQUEST * 2;
+    eventually(
+        "requests made while no outcome can be recorded",
+        Duration::from_secs(30),
+        || async { receiver.count() >= in_progress },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        receiver.count(),
+        in_progress,
+        "attempts waiting on the database are bounded"
+    );
+    assert_eq!(
+        env.delivery_statuses().await,
+        vec![("pending".to_string(), 15)],
+        "nothing recorded yet"
+    );
+    lock.rollback().await.unwrap();
+    eventually(
+        "every delivery recorded",
+        Duration::from_secs(30),
+        || async { env.delivery_statuses().await == vec![("success".to_string(), 15)] },
+    )
+    .await;
+    assert_eq!(receiver.count(), 15, "each delivery sent once");
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_attempts_and_retries_together_stay_within_delivery_concurrency() {
+    let env = TestEnv::with(|s| {
+        s.delivery.concurrency = 3;
+        s.delivery.retry_schedule = vec![Duration::from_millis(50); 5];
+    })
+    .await;
+    // Every request takes 150 ms; `/flaky` fails its first 10, so its deliveries come
+    // back through the work queue while other first attempts are still being made.
+    let receiver = Receiver::scripted(|path, nth| Reply {
+        status: if path == "/flaky" && nth <= 10 {
+            500
+        } else {
+            200
+        },
+        ..Reply::ok_after(Duration::from_millis(150))
+    })
+    .await;
+    env.add_endpoint(&receiver.url("/flaky"), &["#"], None)
+        .await;
+    for n in 0..4 {
+        env.add_endpoint(&receiver.url(&format!("/ok{n}")), &["#"], None)
+            .await;
+    }
+    let app = env.start_ready().await;
+    for n in 0..10 {
+        env.publish("a.b", Some(&format!("evt-mixed-{n}")), None, b"{}")
+            .await;
+    }
+    eventually("every delivery made", Duration::from_secs(60), || async {
+        env.delivery_statuses().await == vec![("success".to_string(), 50)]
+    })
+    .await;
+    assert_eq!(
+        receiver.received_at("/flaky").len(),
+        20,
+        "10 failed, 10 retried"
+    );
+    let peak = receiver.peak_in_flight();
+    assert!(
+        (2..=3).contains(&peak),
+        "requests in flight at once: {peak}, delivery.concurrency is 3"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
 /// Reads one unlabelled counter, or the sum of a labelled one, from `/metrics`.
 async fn counter(app: &herald::app::App, name: &str) -> f64 {
     let metrics = reqwest::get(format!("http://{}/metrics", app.address()))

@@ -5,7 +5,7 @@
 //! sample of Standard Webhooks signatures, and answers as the run's script says
 //! (200, 500 until a deadline, or 200 after a delay).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -41,6 +41,9 @@ pub struct GroupStats {
     pub first_us: u64,
     pub last_us: u64,
     pub latency_us: Histogram<u64>,
+    /// Latency by the second the event was published in (µs since the epoch ÷ 10⁶):
+    /// shows whether a tail is steady queueing or a few stalls.
+    pub by_second: BTreeMap<u64, Histogram<u64>>,
 }
 
 impl GroupStats {
@@ -52,6 +55,7 @@ impl GroupStats {
             // 1 µs .. 1 hour, 3 significant digits.
             latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .expect("static histogram bounds are valid"),
+            by_second: BTreeMap::new(),
         }
     }
 }
@@ -218,9 +222,16 @@ async fn receive(
         group.delivered += 1;
         group.first_us = group.first_us.min(arrived);
         group.last_us = group.last_us.max(arrived);
+        let latency = arrived.saturating_sub(sent).clamp(1, 3_600_000_000);
+        let _ = group.latency_us.record(latency);
         let _ = group
-            .latency_us
-            .record(arrived.saturating_sub(sent).clamp(1, 3_600_000_000));
+            .by_second
+            .entry(sent / 1_000_000)
+            .or_insert_with(|| {
+                Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                    .expect("static histogram bounds are valid")
+            })
+            .record(latency);
     }
     StatusCode::OK
 }

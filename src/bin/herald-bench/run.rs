@@ -100,6 +100,39 @@ pub struct GroupOutcome {
     pub seconds: f64,
     pub deliveries_per_s: f64,
     pub latency_ms: Latency,
+    /// Per second of publishing, in order (written out where a scenario asks for it).
+    #[serde(skip)]
+    pub timeline: Vec<Second>,
+}
+
+/// The deliveries of the events published in one second.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Second {
+    /// Seconds since the first event was published.
+    pub s: u64,
+    pub deliveries: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+impl Second {
+    fn timeline(by_second: &std::collections::BTreeMap<u64, Histogram<u64>>) -> Vec<Self> {
+        let first = by_second.keys().next().copied().unwrap_or_default();
+        by_second
+            .iter()
+            .map(|(second, h)| {
+                let latency = Latency::of(h);
+                Self {
+                    s: second - first,
+                    deliveries: h.len(),
+                    p50_ms: latency.p50,
+                    p99_ms: latency.p99,
+                    max_ms: latency.max,
+                }
+            })
+            .collect()
+    }
 }
 
 /// What one run measured.
@@ -438,6 +471,7 @@ impl Bench {
                         0.0
                     },
                     latency_ms: Latency::of(&g.latency_us),
+                    timeline: Second::timeline(&g.by_second),
                 }
             })
             .collect();

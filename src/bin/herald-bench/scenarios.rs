@@ -112,6 +112,24 @@ enum Baseline<'a> {
     Herald(&'a RunSpec),
 }
 
+/// At a fixed offered rate, names the seconds of publishing whose p99 was over 50 ms:
+/// whether a tail is a few stalls or steady queueing, and whether Herald and the
+/// relay stall at the same moments.
+fn print_stalls(label: &str, spec: &RunSpec, run: &RunOutcome) {
+    if spec.load.rate.is_none() {
+        return;
+    }
+    let stalls: Vec<String> = run.groups[0]
+        .timeline
+        .iter()
+        .filter(|s| s.p99_ms > 50.0)
+        .map(|s| format!("{}s p99 {:.0} max {:.0}", s.s, s.p99_ms, s.max_ms))
+        .collect();
+    if !stalls.is_empty() {
+        eprintln!("  {label}: seconds with p99 > 50 ms: {}", stalls.join("; "));
+    }
+}
+
 /// Alternates Herald and baseline runs; the row carries medians of group 0.
 async fn compare(
     bench: &Bench,
@@ -131,6 +149,7 @@ async fn compare(
             h.groups[0].latency_ms.p99,
             h.rss_max()
         );
+        print_stalls(&format!("{name} herald #{rep}"), spec, &h);
         herald_runs.push(h);
         let b = match baseline {
             Baseline::None => None,
@@ -143,6 +162,7 @@ async fn compare(
                 "  {name} baseline #{rep}: {:.0}/s, p99 {:.1} ms",
                 b.groups[0].deliveries_per_s, b.groups[0].latency_ms.p99
             );
+            print_stalls(&format!("{name} baseline #{rep}"), spec, &b);
             baseline_runs.push(b);
         }
     }
@@ -286,8 +306,9 @@ async fn latency(bench: &Bench, size: Size, name: &str, rate: f64) -> anyhow::Re
         backlog: false,
         timeout: timeout(count * endpoints, Duration::from_secs(seconds as u64)),
     };
-    let (mut row, _) = compare(bench, name, &spec, 1, Baseline::Relay).await?;
+    let (mut row, runs) = compare(bench, name, &spec, 1, Baseline::Relay).await?;
     row.notes = format!("{rate} ev/s for {seconds} s, {endpoints} endpoints");
+    row.detail["timeline"] = serde_json::to_value(&runs[0].groups[0].timeline)?;
     Ok(row)
 }
 

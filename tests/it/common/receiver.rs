@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +62,8 @@ struct Inner {
     log: Mutex<Vec<Received>>,
     counts: Mutex<HashMap<String, usize>>,
     script: Mutex<Script>,
+    in_flight: AtomicUsize,
+    peak_in_flight: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -80,6 +83,8 @@ impl Receiver {
             log: Mutex::new(Vec::new()),
             counts: Mutex::new(HashMap::new()),
             script: Mutex::new(Arc::new(script)),
+            in_flight: AtomicUsize::new(0),
+            peak_in_flight: AtomicUsize::new(0),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
@@ -110,6 +115,11 @@ impl Receiver {
     pub fn count(&self) -> usize {
         self.inner.log.lock().unwrap().len()
     }
+
+    /// Most requests this receiver was answering at the same moment.
+    pub fn peak_in_flight(&self) -> usize {
+        self.inner.peak_in_flight.load(Ordering::SeqCst)
+    }
 }
 
 async fn receive(
@@ -118,6 +128,8 @@ async fn receive(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let now = inner.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    inner.peak_in_flight.fetch_max(now, Ordering::SeqCst);
     let path = uri.path().to_string();
     let nth = {
         let mut counts = inner.counts.lock().unwrap();
@@ -130,6 +142,7 @@ async fn receive(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    inner.in_flight.fetch_sub(1, Ordering::SeqCst);
     inner.log.lock().unwrap().push(Received {
         path,
         headers,
