@@ -23,7 +23,7 @@ use crate::delivery::recorder::Recorder;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::throttle::Throttle;
 use crate::delivery::worker::{self, Deliverer};
-use crate::ingest::{self, Direct, Ingestor};
+use crate::ingest::{self, Ingestor};
 use crate::metrics::Metrics;
 use crate::store;
 use crate::subscriptions::Subscriptions;
@@ -136,6 +136,7 @@ impl App {
                     usize::from(settings.delivery.concurrency),
                 ),
                 requests: Semaphore::new(usize::from(settings.delivery.concurrency)),
+                attempts: Arc::new(Semaphore::new(settings.delivery.attempts_in_progress())),
                 put_offs: PutOffs::new(metrics.clone()),
                 metrics: metrics.clone(),
                 pool: pool.clone(),
@@ -150,10 +151,7 @@ impl App {
                 subscriptions: subscriptions.clone(),
                 metrics: metrics.clone(),
                 pool: pool.clone(),
-                direct: deliverer
-                    .clone()
-                    .filter(|_| first_attempts)
-                    .map(|d| Arc::new(Direct::new(d))),
+                direct: deliverer.clone().filter(|_| first_attempts),
             });
             let (readiness, shutdown, subscriptions) =
                 (readiness.clone(), shutdown.clone(), subscriptions.clone());

@@ -24,7 +24,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Connection;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -46,26 +46,9 @@ pub struct Ingestor {
     pub subscriptions: Arc<Subscriptions>,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
-    /// Present with `ingest.deliver_first_attempt`: first attempts are made here.
-    pub direct: Option<Arc<Direct>>,
-}
-
-/// What the ingest role needs to make first attempts itself.
-pub struct Direct {
-    pub deliverer: Arc<Deliverer>,
-    /// Caps this process's first attempts in progress (requests, and outcomes being
-    /// recorded) at [`crate::config::DeliverySettings::attempts_in_progress`]; the requests themselves
-    /// share the deliverer's `delivery.concurrency` slots.
-    pub permits: Arc<Semaphore>,
-}
-
-impl Direct {
-    pub fn new(deliverer: Arc<Deliverer>) -> Self {
-        let permits = Arc::new(Semaphore::new(
-            deliverer.settings.delivery.attempts_in_progress(),
-        ));
-        Self { deliverer, permits }
-    }
+    /// Present with `ingest.deliver_first_attempt`: first attempts are made here, each
+    /// holding one of the deliverer's attempt permits.
+    pub direct: Option<Arc<Deliverer>>,
 }
 
 /// Why a batch was not acknowledged; its messages will be redelivered.
@@ -183,13 +166,13 @@ async fn consume(
     result
 }
 
-/// Spawns the first attempts of a batch's deliveries, each once one of the ingest
-/// role's attempt permits is free: a bounded number of attempts exist at once, however
+/// Spawns the first attempts of a batch's deliveries, each once one of the process's
+/// attempt permits is free: a bounded number of attempts exist at once, however
 /// large the fan-out. A message with nothing to attempt is acknowledged at
 /// once. `false` if shutdown came first: the rest stay unattempted and their messages
 /// unacknowledged, to be redelivered.
 async fn start_first_attempts(
-    direct: &Arc<Direct>,
+    direct: &Arc<Deliverer>,
     publisher: &Publisher,
     batch: Vec<Delivery>,
     tasks: Vec<Vec<DeliveryTask>>,
@@ -205,7 +188,7 @@ async fn start_first_attempts(
         for task in tasks {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(false),
-                permit = direct.permits.clone().acquire_owned() => permit.expect("never closed"),
+                permit = direct.attempts.clone().acquire_owned() => permit.expect("never closed"),
             };
             attempts.spawn(first_attempt(
                 direct.clone(),
@@ -264,13 +247,13 @@ impl Unsettled {
 
 /// One delivery's first attempt, holding one of the process's request slots.
 async fn first_attempt(
-    direct: Arc<Direct>,
+    direct: Arc<Deliverer>,
     publisher: Publisher,
     task: DeliveryTask,
     permit: OwnedSemaphorePermit,
     message: Arc<Unsettled>,
 ) {
-    let settled = worker::attempt(&direct.deliverer, &publisher, &task, Origin::Ingest)
+    let settled = worker::attempt(&direct, &publisher, &task, Origin::Ingest)
         .await
         .is_ok();
     drop(permit);

@@ -52,6 +52,10 @@ pub struct Deliverer {
     /// The process's `delivery.concurrency` request slots, each held for one HTTP
     /// request only (not while its outcome is recorded).
     pub requests: Semaphore,
+    /// The process's attempts in progress (requests, outcomes being recorded, put-offs
+    /// being confirmed), [`crate::config::DeliverySettings::attempts_in_progress`] at
+    /// most: first attempts and work-queue tasks alike.
+    pub attempts: Arc<Semaphore>,
     pub put_offs: PutOffs,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
@@ -196,9 +200,12 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: 
         }
     };
     let settled = match tasks.as_slice() {
-        [task] => attempt(deliverer, publisher, task, Origin::WorkQueue)
-            .await
-            .is_ok(),
+        [task] => {
+            let _permit = deliverer.attempts.acquire().await.expect("never closed");
+            attempt(deliverer, publisher, task, Origin::WorkQueue)
+                .await
+                .is_ok()
+        }
         // Put off together: each goes on (or is put off again) on its own, a bounded
         // number at a time; the message is done when all of them are. If one fails, all
         // come back (at least once).
@@ -214,21 +221,36 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: 
     }
 }
 
-/// Attempts every task, at most `TASKS_AT_ONCE` at a time; `true` if all were settled.
+/// Attempts every task, at most `TASKS_AT_ONCE` at a time and each only once it has
+/// one of the process's attempt permits (an attempt's state is allocated only then);
+/// `true` if all were settled.
 async fn attempt_all(deliverer: &Deliverer, publisher: &Publisher, tasks: &[DeliveryTask]) -> bool {
-    let mut waiting = tasks.iter();
+    let mut waiting = tasks.iter().peekable();
     let mut running = futures_util::stream::FuturesUnordered::new();
-    for task in waiting.by_ref().take(TASKS_AT_ONCE) {
-        running.push(attempt(deliverer, publisher, task, Origin::WorkQueue));
-    }
     let mut settled = true;
-    while let Some(result) = running.next().await {
-        settled &= result.is_ok();
-        if let Some(task) = waiting.next() {
-            running.push(attempt(deliverer, publisher, task, Origin::WorkQueue));
+    loop {
+        if running.len() < TASKS_AT_ONCE && waiting.peek().is_some() {
+            tokio::select! {
+                permit = deliverer.attempts.clone().acquire_owned() => {
+                    let permit = permit.expect("never closed");
+                    let task = waiting.next().expect("peeked");
+                    running.push(async move {
+                        let result = attempt(deliverer, publisher, task, Origin::WorkQueue).await;
+                        drop(permit);
+                        result
+                    });
+                }
+                Some(result) = running.next(), if !running.is_empty() => {
+                    settled &= result.is_ok();
+                }
+            }
+            continue;
+        }
+        match running.next().await {
+            Some(result) => settled &= result.is_ok(),
+            None => return settled,
         }
     }
-    settled
 }
 
 /// Makes one attempt of `task` in its own `deliver` span (a child of the event's
