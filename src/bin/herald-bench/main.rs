@@ -7,6 +7,7 @@
 //! baseline relay. Prints a Markdown table, writes `results.json` and optionally
 //! `docs/benchmarks.md`. `make bench` runs it; `BENCH_QUICK=1` picks the quick sizes.
 
+mod leftovers;
 mod load;
 mod process;
 mod receiver;
@@ -131,6 +132,11 @@ async fn main() -> anyhow::Result<()> {
         "herald-bench ({mode}): {} · RabbitMQ {} · PostgreSQL {}",
         system.cpu, system.rabbitmq, system.postgresql
     );
+    match leftovers::delete_queues(&args.management_url).await {
+        Ok(0) => {}
+        Ok(n) => eprintln!("deleted {n} queues left by earlier aborted bench runs"),
+        Err(error) => eprintln!("cannot look for queues left by earlier runs: {error:#}"),
+    }
 
     let mut rows = Vec::new();
     let mut failures = Vec::new();
