@@ -24,7 +24,6 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Connection;
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -32,7 +31,7 @@ use crate::app::Readiness;
 use crate::broker::{self, Outgoing, PublishError, Publisher};
 use crate::config::Settings;
 use crate::delivery::task::DeliveryTask;
-use crate::delivery::worker::{self, Deliverer, Origin};
+use crate::delivery::worker::{self, AttemptPermit, Deliverer, Origin};
 use crate::envelope::{self, Event, Inbound};
 use crate::metrics::Metrics;
 use crate::store::events::{self, FanOut, Recorded};
@@ -188,7 +187,7 @@ async fn start_first_attempts(
         for task in tasks {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(false),
-                permit = direct.attempts.clone().acquire_owned() => permit.expect("never closed"),
+                permit = direct.attempt_permit() => permit,
             };
             attempts.spawn(first_attempt(
                 direct.clone(),
@@ -250,7 +249,7 @@ async fn first_attempt(
     direct: Arc<Deliverer>,
     publisher: Publisher,
     task: DeliveryTask,
-    permit: OwnedSemaphorePermit,
+    permit: AttemptPermit,
     message: Arc<Unsettled>,
 ) {
     let settled = worker::attempt(&direct, &publisher, &task, Origin::Ingest)

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub parked: IntCounterVec,
     pub fanout_size: Histogram,
     pub in_flight: IntGauge,
+    pub attempts_in_progress: IntGauge,
     pub endpoints_disabled: IntCounter,
     pub queue_messages: IntGaugeVec,
     pub queue_oldest_age: prometheus::GaugeVec,
@@ -159,6 +160,11 @@ impl Metrics {
             in_flight: r.gauge(
                 "herald_deliveries_in_flight",
                 "Delivery attempts in progress",
+            ),
+            attempts_in_progress: r.gauge(
+                "herald_attempts_in_progress",
+                "Attempts holding one of the process's 4 x delivery.concurrency permits: \
+                 requests, outcomes being recorded, put-offs being confirmed",
             ),
             endpoints_disabled: r.counter(
                 "herald_endpoints_disabled_total",

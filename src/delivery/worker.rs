@@ -11,8 +11,9 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
 use lapin::Connection;
+use prometheus::IntGauge;
 use reqwest::header::HeaderMap;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -59,6 +60,36 @@ pub struct Deliverer {
     pub put_offs: PutOffs,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
+}
+
+impl Deliverer {
+    /// Waits for one of the process's attempt permits; counted in
+    /// `herald_attempts_in_progress` while held.
+    pub async fn attempt_permit(&self) -> AttemptPermit {
+        let permit = self
+            .attempts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        self.metrics.attempts_in_progress.inc();
+        AttemptPermit {
+            _permit: permit,
+            gauge: self.metrics.attempts_in_progress.clone(),
+        }
+    }
+}
+
+/// One attempt's place among the process's attempts in progress.
+pub struct AttemptPermit {
+    _permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl Drop for AttemptPermit {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 /// Why a task was not settled; it will be tried again (see [`Origin`]).
@@ -201,7 +232,7 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: 
     };
     let settled = match tasks.as_slice() {
         [task] => {
-            let _permit = deliverer.attempts.acquire().await.expect("never closed");
+            let _permit = deliverer.attempt_permit().await;
             attempt(deliverer, publisher, task, Origin::WorkQueue)
                 .await
                 .is_ok()
@@ -231,8 +262,7 @@ async fn attempt_all(deliverer: &Deliverer, publisher: &Publisher, tasks: &[Deli
     loop {
         if running.len() < TASKS_AT_ONCE && waiting.peek().is_some() {
             tokio::select! {
-                permit = deliverer.attempts.clone().acquire_owned() => {
-                    let permit = permit.expect("never closed");
+                permit = deliverer.attempt_permit() => {
                     let task = waiting.next().expect("peeked");
                     running.push(async move {
                         let result = attempt(deliverer, publisher, task, Origin::WorkQueue).await;

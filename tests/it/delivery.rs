@@ -596,6 +596,11 @@ async fn a_request_slot_is_freed_while_its_outcome_waits_for_the_database() {
         in_progress,
         "attempts waiting on the database are bounded"
     );
+    assert_eq!(
+        counter(&app, "herald_attempts_in_progress").await,
+        in_progress as f64,
+        "every permit held"
+    );
     // However the events were batched, no outcome got through.
     let statuses = env.delivery_statuses().await;
     assert!(
@@ -610,6 +615,12 @@ async fn a_request_slot_is_freed_while_its_outcome_waits_for_the_database() {
     )
     .await;
     assert_eq!(receiver.count(), 15, "each delivery sent once");
+    eventually(
+        "every permit given back",
+        Duration::from_secs(10),
+        || async { counter(&app, "herald_attempts_in_progress").await == 0.0 },
+    )
+    .await;
     app.stop().await;
     env.cleanup().await;
 }
