@@ -11,7 +11,7 @@ export HERALD_AMQP_MGMT_URL ?= http://guest:guest@127.0.0.1:$(HERALD_AMQP_MGMT_P
 
 HERALD := cargo run --quiet --bin herald --
 
-.PHONY: run test services services-stop migrate lint bench build clean-local check-deploy
+.PHONY: run test services services-stop migrate lint bench bench-heap build clean-local check-deploy
 
 ## Start local RabbitMQ + PostgreSQL, migrate, serve with the development config.
 run: services
@@ -48,6 +48,20 @@ bench: services
 	cargo build --release --bins
 	$(BENCH_TARGET)/release/herald-bench --mode $(if $(BENCH_QUICK),quick,full) \
 		--json $(BENCH_TARGET)/bench/results.json --docs docs/benchmarks.md
+
+## Heap profile of Herald in some scenarios (default: slow): Herald built with the
+## system allocator and run under heaptrack; profiles in target/heap/, read with
+## `heaptrack_print -f target/heap/herald.<pid>.zst`. Figures are not comparable with `make bench`.
+BENCH_SCENARIOS ?= slow
+bench-heap: services
+	command -v heaptrack >/dev/null || apt-get install -y heaptrack zstd
+	cargo build --release --no-default-features --bin herald
+	mkdir -p $(BENCH_TARGET)/heap && cp $(BENCH_TARGET)/release/herald $(BENCH_TARGET)/heap/herald-system-alloc
+	cargo build --release --bins
+	HERALD_HEAP_BINARY=$(BENCH_TARGET)/heap/herald-system-alloc HERALD_HEAP_DIR=$(BENCH_TARGET)/heap \
+		$(BENCH_TARGET)/release/herald-bench --mode $(if $(BENCH_QUICK),quick,full) \
+		--scenarios $(BENCH_SCENARIOS) --reps 1 --herald deploy/profile/heaptrack-herald.sh \
+		--json $(BENCH_TARGET)/heap/results.json
 
 check-deploy:
 	deploy/check.sh

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
+use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
 
@@ -25,13 +26,24 @@ pub enum PublishError {
     },
 }
 
+/// The largest AMQP frame Herald asks for when the URL does not say (`?frame_max=`).
+/// lapin keeps 32 frames of receive and 32 of send buffer per connection, all of it
+/// resident once used: with RabbitMQ's default of 128 KiB that is 8 MiB a connection
+/// (about half of Herald's memory under load), with 16 KiB 1 MiB. A larger message is
+/// sent as several frames, 8 bytes of overhead each (docs/benchmarks.md, round 5).
+pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
+
 /// Opens a connection driven by the tokio runtime.
 pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+    let mut uri: AMQPUri = url
+        .parse()
+        .map_err(|e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
     let properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
         .with_connection_name(name.into());
-    Connection::connect(url, properties).await
+    Connection::connect_uri(uri, properties).await
 }
 
 /// Connects, retrying with exponential backoff while the broker is away; `None` when

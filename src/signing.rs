@@ -67,12 +67,12 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        standardwebhooks::Webhook::new(secret.expose())
+        standardwebhooks::Webhook::new(&secret.expose())
             .unwrap()
             .verify(body, &headers)
             .expect("standardwebhooks verifies a signature made with the current secret");
         let stranger = SigningSecret::generate();
-        assert!(standardwebhooks::Webhook::new(stranger.expose())
+        assert!(standardwebhooks::Webhook::new(&stranger.expose())
             .unwrap()
             .verify(body, &headers)
             .is_err());

@@ -14,11 +14,12 @@ const MIN_BYTES: usize = 24;
 const MAX_BYTES: usize = 64;
 const GENERATED_BYTES: usize = 32;
 
-/// The decoded key and its `whsec_…` text; `Debug` never shows either.
+/// The decoded key; its `whsec_…` text is made again when needed (the encoding is
+/// canonical, so it is the text it was parsed from). Endpoints cached by every process
+/// hold one or two each: the key alone keeps them small. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SigningSecret {
-    key: Vec<u8>,
-    text: String,
+    key: Box<[u8]>,
 }
 
 impl SigningSecret {
@@ -26,8 +27,7 @@ impl SigningSecret {
     pub fn generate() -> Self {
         let mut key = vec![0u8; GENERATED_BYTES];
         rand::rngs::OsRng.fill_bytes(&mut key);
-        let text = format!("{PREFIX}{}", STANDARD.encode(&key));
-        Self { key, text }
+        Self { key: key.into() }
     }
 
     /// The HMAC key (the base64-decoded part).
@@ -36,8 +36,8 @@ impl SigningSecret {
     }
 
     /// The `whsec_…` form, for storing and for showing once to the endpoint's owner.
-    pub fn expose(&self) -> &str {
-        &self.text
+    pub fn expose(&self) -> String {
+        format!("{PREFIX}{}", STANDARD.encode(&self.key))
     }
 }
 
@@ -57,10 +57,7 @@ impl FromStr for SigningSecret {
                 key.len()
             )));
         }
-        Ok(Self {
-            key,
-            text: s.to_string(),
-        })
+        Ok(Self { key: key.into() })
     }
 }
 
@@ -82,6 +79,22 @@ mod tests {
         let parsed: SigningSecret = a.expose().parse().unwrap();
         assert_eq!(parsed.key(), a.key());
         assert_eq!(parsed.key().len(), 32);
+    }
+
+    #[test]
+    fn a_parsed_secret_shows_the_text_it_was_parsed_from() {
+        for text in [
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwAA==",
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwAAA=",
+        ] {
+            let secret: SigningSecret = text.parse().unwrap();
+            assert_eq!(secret.expose(), text);
+        }
+        // Non-canonical base64 (trailing bits set) is refused, not silently re-encoded.
+        assert!("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwAB=="
+            .parse::<SigningSecret>()
+            .is_err());
     }
 
     #[test]

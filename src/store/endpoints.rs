@@ -1,6 +1,7 @@
 //! `herald.endpoints`: subscribers, their patterns, secrets and state.
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
@@ -8,7 +9,7 @@ use uuid::Uuid;
 use crate::domain::{EndpointUrl, InvalidValue, SigningSecret, TopicPattern};
 
 /// An endpoint as Herald uses it; built from a row, so every field is valid.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub id: Uuid,
     pub url: EndpointUrl,
@@ -135,16 +136,18 @@ pub struct NewEndpoint {
     pub description: Option<String>,
 }
 
-/// Rows that fail to parse are logged and left out rather than failing every load.
+/// A row that fails to parse is logged and left out rather than failing every load.
+fn parse_row(row: EndpointRow) -> Option<Endpoint> {
+    let id = row.id;
+    Endpoint::try_from(row)
+        .inspect_err(
+            |e| tracing::error!(endpoint_id = %id, error = %e, "endpoint row is invalid; skipped"),
+        )
+        .ok()
+}
+
 fn parse_rows(rows: Vec<EndpointRow>) -> Vec<Endpoint> {
-    rows.into_iter()
-        .filter_map(|row| {
-            let id = row.id;
-            Endpoint::try_from(row)
-                .inspect_err(|e| tracing::error!(endpoint_id = %id, error = %e, "endpoint row is invalid; skipped"))
-                .ok()
-        })
-        .collect()
+    rows.into_iter().filter_map(parse_row).collect()
 }
 
 /// Creates an endpoint; returns it with its secret (generated when none was given).
@@ -177,14 +180,29 @@ pub async fn list(pool: &PgPool) -> Result<Vec<Endpoint>, sqlx::Error> {
     Ok(parse_rows(rows))
 }
 
-/// Endpoints that receive events: the subscription cache's source.
+/// Endpoints that receive events, handed over one by one as their rows arrive: the
+/// subscription cache's source. Streaming keeps a reload from holding every row and
+/// every parsed endpoint at once next to the cache it replaces.
+pub async fn for_each_active(
+    pool: &PgPool,
+    mut each: impl FnMut(Endpoint),
+) -> Result<(), sqlx::Error> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM herald.endpoints WHERE enabled AND deleted_at IS NULL");
+    let mut rows = sqlx::query_as::<_, EndpointRow>(&sql).fetch(pool);
+    while let Some(row) = rows.try_next().await? {
+        if let Some(endpoint) = parse_row(row) {
+            each(endpoint);
+        }
+    }
+    Ok(())
+}
+
+/// Every endpoint that receives events, at once.
 pub async fn load_active(pool: &PgPool) -> Result<Vec<Endpoint>, sqlx::Error> {
-    let rows = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM herald.endpoints WHERE enabled AND deleted_at IS NULL"
-    ))
-    .fetch_all(pool)
-    .await?;
-    Ok(parse_rows(rows))
+    let mut list = Vec::new();
+    for_each_active(pool, |endpoint| list.push(endpoint)).await?;
+    Ok(list)
 }
 
 /// One endpoint, deleted or not.

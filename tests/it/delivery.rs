@@ -54,7 +54,7 @@ async fn a_failing_endpoint_is_retried_through_delay_queues_until_it_succeeds() 
         "same id on every retry"
     );
     for r in &requests {
-        standardwebhooks::Webhook::new(endpoint.secrets[0].expose())
+        standardwebhooks::Webhook::new(&endpoint.secrets[0].expose())
             .unwrap()
             .verify(&r.body, &r.headers)
             .expect("every attempt is freshly and validly signed");

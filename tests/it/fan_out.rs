@@ -5,7 +5,7 @@ use std::time::Duration;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 
-use crate::common::receiver::Receiver;
+use crate::common::receiver::{Receiver, Reply};
 use crate::common::{eventually, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,7 +78,7 @@ async fn one_event_reaches_every_matching_endpoint_with_a_verifiable_signature()
             "the receiver joins the publisher's trace"
         );
         assert_ne!(parts[2], "00f067aa0ba902b7", "Herald's own hop");
-        standardwebhooks::Webhook::new(endpoint.secrets[0].expose())
+        standardwebhooks::Webhook::new(&endpoint.secrets[0].expose())
             .unwrap()
             .verify(&request.body, &request.headers)
             .expect("signature verifies with the reference library");
@@ -200,6 +200,57 @@ async fn an_endpoint_added_while_running_receives_the_next_events() {
         2,
         "unmatched events are recorded too"
     );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_spanning_many_amqp_frames_arrives_whole_first_time_and_on_retry() {
+    let env = TestEnv::new().await;
+    // The first request to /retried fails, so its copy goes through the retry queues.
+    let receiver = Receiver::scripted(|path, nth| {
+        Reply::status(if path == "/retried" && nth == 1 {
+            500
+        } else {
+            200
+        })
+    })
+    .await;
+    let direct = env
+        .add_endpoint(&receiver.url("/direct"), &["catalog.#"], None)
+        .await;
+    let retried = env
+        .add_endpoint(&receiver.url("/retried"), &["catalog.#"], None)
+        .await;
+    let app = env.start_ready().await;
+
+    // 200 KiB of data: about thirteen frames of Herald's default 16 KiB.
+    let data = format!(r#"{{"blob":"{}"}}"#, "0123456789abcdef".repeat(12_800));
+    assert!(data.len() > 12 * herald::broker::DEFAULT_FRAME_MAX as usize);
+    env.publish(
+        "catalog.export.ready",
+        Some("evt-big"),
+        None,
+        data.as_bytes(),
+    )
+    .await;
+    eventually("both deliveries", Duration::from_secs(20), || async {
+        receiver.received_at("/direct").len() == 1 && receiver.received_at("/retried").len() == 2
+    })
+    .await;
+    for (endpoint, request) in [
+        (&direct, &receiver.received_at("/direct")[0]),
+        (&retried, &receiver.received_at("/retried")[1]),
+    ] {
+        assert_eq!(request.header("webhook-id"), "evt-big");
+        assert!(std::str::from_utf8(&request.body)
+            .unwrap()
+            .ends_with(&format!(r#""data":{data}}}"#)));
+        standardwebhooks::Webhook::new(&endpoint.secrets[0].expose())
+            .unwrap()
+            .verify(&request.body, &request.headers)
+            .expect("signature verifies over the whole body");
+    }
     app.stop().await;
     env.cleanup().await;
 }

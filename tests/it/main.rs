@@ -5,9 +5,11 @@ mod common;
 
 mod admin_api;
 mod bench_smoke;
+mod broker;
 mod delivery;
 mod fan_out;
 mod ingest;
 mod lifecycle;
 mod observability;
+mod subscriptions;
 mod telemetry;

@@ -7,6 +7,7 @@
 //! baseline relay. Prints a Markdown table, writes `results.json` and optionally
 //! `docs/benchmarks.md`. `make bench` runs it; `BENCH_QUICK=1` picks the quick sizes.
 
+mod heap;
 mod leftovers;
 mod load;
 mod process;
@@ -24,6 +25,10 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
 use crate::scenarios::Size;
+
+/// Counts heap bytes per thread (`heap::thread_net_bytes`) for the snapshot's size.
+#[global_allocator]
+static ALLOCATOR: heap::Counting = heap::Counting;
 
 /// Microseconds since the Unix epoch.
 pub fn now_us() -> u64 {

@@ -353,7 +353,7 @@ impl Bench {
             let tenants: Vec<Option<String>> = chunk.iter().map(|e| e.tenant.clone()).collect();
             let patterns: Vec<String> = chunk.iter().map(|e| e.patterns.join(",")).collect();
             let keys: Vec<String> = (0..chunk.len())
-                .map(|i| secrets[offset + i].expose().to_string())
+                .map(|i| secrets[offset + i].expose())
                 .collect();
             sqlx::query(
                 "INSERT INTO herald.endpoints (id, url, tenant_id, event_types, secret)
