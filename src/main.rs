@@ -8,7 +8,7 @@
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_purge_delay` and `mi_option_allow_thp` (mimalloc.h, v3).
+/// Herald's mimalloc settings; option numbers from mimalloc.h (v3, the crate's default).
 #[cfg(all(feature = "mimalloc", target_os = "linux"))]
 mod allocator {
     use libmimalloc_sys::{mi_option_set, mi_option_t};
