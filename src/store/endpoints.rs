@@ -213,7 +213,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Endpoint>, sqlx::Erro
     .bind(id)
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|r| parse_rows(vec![r]).pop()))
+    Ok(row.and_then(parse_row))
 }
 
 /// Enables or disables an endpoint; `reason` is kept while disabled.
@@ -274,7 +274,7 @@ pub async fn update(
     .bind(patch.description.flatten())
     .fetch_optional(pool)
     .await?;
-    Ok(row.and_then(|r| parse_rows(vec![r]).pop()))
+    Ok(row.and_then(parse_row))
 }
 
 /// Starts signing with a new secret; the old one keeps signing alongside until `grace` ends.
