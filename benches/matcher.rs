@@ -4,10 +4,9 @@
 
 use std::hint::black_box;
 
-use chrono::Utc;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use herald::domain::{SigningSecret, TopicPattern, TopicTrie};
-use herald::store::endpoints::Endpoint;
+use herald::store::endpoints::ActiveEndpoint;
 use herald::subscriptions::Snapshot;
 use uuid::Uuid;
 
@@ -24,25 +23,19 @@ const PATTERNS: [&str; 10] = [
     "*.*.sent",
 ];
 
-fn endpoints(count: usize, tenants: usize) -> Vec<Endpoint> {
+fn endpoints(count: usize, tenants: usize) -> Vec<ActiveEndpoint> {
     let secret = SigningSecret::generate();
     let url = "http://127.0.0.1:9/hook".parse().expect("literal url");
     (0..count)
-        .map(|i| Endpoint {
+        .map(|i| ActiveEndpoint {
             id: Uuid::now_v7(),
             url: Clone::clone(&url),
-            tenant_id: Some(format!("tenant-{}", i % tenants)),
-            event_types: vec![PATTERNS[(i / tenants) % PATTERNS.len()]
+            tenant_id: Some(format!("tenant-{}", i % tenants).into()),
+            event_types: Box::new([PATTERNS[(i / tenants) % PATTERNS.len()]
                 .parse()
-                .expect("literal pattern")],
-            secrets: vec![secret.clone()],
-            enabled: true,
-            disabled_reason: None,
-            deleted: false,
+                .expect("literal pattern")]),
+            secrets: Box::new([secret.clone()]),
             rate_limit: None,
-            description: None,
-            created_at: Utc::now(),
-            updated_at: Utc::now(),
         })
         .collect()
 }

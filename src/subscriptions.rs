@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::TopicTrie;
-use crate::store::endpoints::{self, Endpoint};
+use crate::store::endpoints::{self, ActiveEndpoint};
 
 const CHANNEL: &str = "herald_endpoints";
 const SAFETY_RELOAD: Duration = Duration::from_secs(60);
@@ -27,28 +27,28 @@ const INCREMENTAL_LIMIT: usize = 256;
 /// subscribed, not how many tenants there are.
 #[derive(Default)]
 pub struct Snapshot {
-    endpoints: Vec<Arc<Endpoint>>,
-    by_id: HashMap<Uuid, usize>,
+    /// Sorted by id, so `get` is a binary search: a map by id would cost ≈ 33 bytes an
+    /// endpoint more.
+    endpoints: Vec<Arc<ActiveEndpoint>>,
     untenanted: TopicTrie<usize>,
-    by_tenant: HashMap<String, TopicTrie<usize>>,
+    by_tenant: HashMap<Box<str>, TopicTrie<usize>>,
 }
 
 impl Snapshot {
-    pub fn build(list: Vec<Endpoint>) -> Self {
+    pub fn build(list: Vec<ActiveEndpoint>) -> Self {
         // Not `collect()`: collecting in place would keep `list`'s buffer (an
-        // `Endpoint` per slot) for the much smaller `Arc`s, ~260 bytes per endpoint.
+        // endpoint per slot) for the much smaller `Arc`s.
         let mut shared = Vec::with_capacity(list.len());
         shared.extend(list.into_iter().map(Arc::new));
         Self::from_shared(shared)
     }
 
     /// Builds the indexes over endpoints already shared with an earlier snapshot.
-    fn from_shared(endpoints: Vec<Arc<Endpoint>>) -> Self {
+    fn from_shared(mut endpoints: Vec<Arc<ActiveEndpoint>>) -> Self {
+        endpoints.sort_unstable_by_key(|e| e.id);
         let mut untenanted = TopicTrie::new();
-        let mut by_tenant: HashMap<String, TopicTrie<usize>> = HashMap::new();
-        let mut by_id = HashMap::with_capacity(endpoints.len());
+        let mut by_tenant: HashMap<Box<str>, TopicTrie<usize>> = HashMap::new();
         for (index, endpoint) in endpoints.iter().enumerate() {
-            by_id.insert(endpoint.id, index);
             let trie = match &endpoint.tenant_id {
                 None => &mut untenanted,
                 Some(tenant) => by_tenant.entry(tenant.clone()).or_default(),
@@ -59,14 +59,13 @@ impl Snapshot {
         }
         Self {
             endpoints,
-            by_id,
             untenanted,
             by_tenant,
         }
     }
 
     /// The endpoints subscribed to this event type and tenant.
-    pub fn matching(&self, event_type: &str, tenant: Option<&str>) -> Vec<&Arc<Endpoint>> {
+    pub fn matching(&self, event_type: &str, tenant: Option<&str>) -> Vec<&Arc<ActiveEndpoint>> {
         let mut indices = self.untenanted.matches(event_type);
         if let Some(trie) = tenant.and_then(|t| self.by_tenant.get(t)) {
             indices.extend(trie.matches(event_type));
@@ -74,8 +73,11 @@ impl Snapshot {
         indices.into_iter().map(|i| &self.endpoints[i]).collect()
     }
 
-    pub fn get(&self, id: &Uuid) -> Option<&Arc<Endpoint>> {
-        self.by_id.get(id).map(|i| &self.endpoints[*i])
+    pub fn get(&self, id: &Uuid) -> Option<&Arc<ActiveEndpoint>> {
+        self.endpoints
+            .binary_search_by_key(id, |e| e.id)
+            .ok()
+            .map(|i| &self.endpoints[i])
     }
 
     pub fn len(&self) -> usize {
@@ -98,7 +100,7 @@ pub struct Subscriptions {
 
 /// What became of an endpoint a delivery task names.
 pub enum Lookup {
-    Active(Arc<Endpoint>),
+    Active(Arc<ActiveEndpoint>),
     Disabled(Option<String>),
     Deleted,
 }
@@ -147,26 +149,20 @@ impl Subscriptions {
     }
 
     /// Reloads only the given endpoints (changed, added, disabled or deleted), keeping
-    /// the others as they are: a change costs one query per endpoint and an index
-    /// rebuild, not a reload of every endpoint.
+    /// the others as they are: a change costs one query and an index rebuild, not a
+    /// reload of every endpoint.
     pub async fn refresh(&self, ids: &HashSet<Uuid>) -> Result<(), sqlx::Error> {
         let _load = self.loads.lock().await;
-        let mut fresh = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(endpoint) = endpoints::get(&self.pool, *id).await? {
-                if endpoint.is_active() {
-                    fresh.push(Arc::new(endpoint));
-                }
-            }
-        }
+        let wanted: Vec<Uuid> = ids.iter().copied().collect();
+        let fresh = endpoints::get_active(&self.pool, &wanted).await?;
         let current = self.snapshot();
-        let mut list: Vec<Arc<Endpoint>> = current
+        let mut list: Vec<Arc<ActiveEndpoint>> = current
             .endpoints
             .iter()
             .filter(|e| !ids.contains(&e.id))
             .cloned()
             .collect();
-        list.extend(fresh);
+        list.extend(fresh.into_iter().map(Arc::new));
         let snapshot = Arc::new(Snapshot::from_shared(list));
         tracing::debug!(
             changed = ids.len(),
@@ -209,7 +205,7 @@ impl Subscriptions {
             None => Lookup::Deleted,
             Some(e) if e.deleted => Lookup::Deleted,
             Some(e) if !e.enabled => Lookup::Disabled(e.disabled_reason),
-            Some(e) => Lookup::Active(Arc::new(e)),
+            Some(e) => Lookup::Active(Arc::new(e.into())),
         })
     }
 
@@ -296,20 +292,14 @@ mod tests {
     use super::*;
     use crate::domain::SigningSecret;
 
-    fn endpoint(patterns: &[&str], tenant: Option<&str>) -> Endpoint {
-        Endpoint {
+    fn endpoint(patterns: &[&str], tenant: Option<&str>) -> ActiveEndpoint {
+        ActiveEndpoint {
             id: Uuid::new_v4(),
             url: "https://example.com/hook".parse().unwrap(),
-            tenant_id: tenant.map(String::from),
+            tenant_id: tenant.map(Into::into),
             event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
-            secrets: vec![SigningSecret::generate()],
-            enabled: true,
-            disabled_reason: None,
-            deleted: false,
+            secrets: Box::new([SigningSecret::generate()]),
             rate_limit: None,
-            description: None,
-            created_at: chrono::Utc::now(),
-            updated_at: chrono::Utc::now(),
         }
     }
 
@@ -340,5 +330,23 @@ mod tests {
         assert_eq!(matched(Some("globex")), globex);
         assert_eq!(matched(None), vec![ids[0]]);
         assert_eq!(matched(Some("initech")), vec![ids[0]]);
+    }
+
+    #[test]
+    fn every_endpoint_is_found_by_its_id_and_no_other() {
+        let list: Vec<ActiveEndpoint> = (0..500)
+            .map(|i| endpoint(&["sales.#"], (i % 3 == 0).then_some("acme")))
+            .collect();
+        let ids: Vec<Uuid> = list.iter().map(|e| e.id).collect();
+        let snapshot = Snapshot::build(list);
+        for id in &ids {
+            assert_eq!(snapshot.get(id).map(|e| e.id), Some(*id));
+        }
+        assert!(snapshot.get(&Uuid::new_v4()).is_none());
+        assert_eq!(
+            snapshot.matching("sales.order.created", Some("acme")).len(),
+            500
+        );
+        assert_eq!(snapshot.matching("sales.order.created", None).len(), 333);
     }
 }

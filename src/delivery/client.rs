@@ -12,6 +12,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
 
 use crate::config::DeliverySettings;
+use crate::domain::EndpointUrl;
 
 pub const USER_AGENT: &str = concat!("Herald/", env!("CARGO_PKG_VERSION"));
 
@@ -147,12 +148,7 @@ impl WebhookClient {
     }
 
     /// POSTs one signed webhook and reads at most `max_response_body_bytes` of the answer.
-    pub async fn post(
-        &self,
-        url: &reqwest::Url,
-        headers: HeaderMap,
-        body: bytes::Bytes,
-    ) -> Attempt {
+    pub async fn post(&self, url: &EndpointUrl, headers: HeaderMap, body: bytes::Bytes) -> Attempt {
         let started = Instant::now();
         let response = self.send(url, headers, body).await;
         Attempt {
@@ -161,7 +157,16 @@ impl WebhookClient {
         }
     }
 
-    async fn send(&self, url: &reqwest::Url, headers: HeaderMap, body: bytes::Bytes) -> Response {
+    async fn send(&self, url: &EndpointUrl, headers: HeaderMap, body: bytes::Bytes) -> Response {
+        let url = match url.to_url() {
+            Ok(url) => url,
+            Err(invalid) => {
+                return Response::Failed {
+                    class: FailureClass::Other,
+                    message: invalid.to_string(),
+                }
+            }
+        };
         // An IP literal is never resolved, so the resolver cannot check it: do it here.
         if !self.allow_private {
             let literal = url
@@ -177,7 +182,7 @@ impl WebhookClient {
         }
         let result = self
             .http
-            .post(url.clone())
+            .post(url)
             .headers(headers)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body)

@@ -30,7 +30,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::signing::signature_header;
 use crate::store::deliveries::{AttemptRecord, Outcome, Status};
-use crate::store::endpoints::{self, Endpoint};
+use crate::store::endpoints::{self, ActiveEndpoint};
 use crate::subscriptions::{Lookup, Subscriptions};
 use crate::telemetry;
 use crate::topology::Topology;
@@ -355,7 +355,7 @@ async fn deliver(
     let attempt = d
         .client
         .post(
-            endpoint.url.as_url(),
+            &endpoint.url,
             request_headers(&endpoint, task, traceparent),
             task.body.clone(),
         )
@@ -594,7 +594,7 @@ async fn dead_letter(
 }
 
 /// Standard Webhooks headers plus Herald's own, signed at this moment.
-fn request_headers(endpoint: &Endpoint, task: &DeliveryTask, traceparent: &str) -> HeaderMap {
+fn request_headers(endpoint: &ActiveEndpoint, task: &DeliveryTask, traceparent: &str) -> HeaderMap {
     let timestamp = Utc::now().timestamp();
     let signature = signature_header(&endpoint.secrets, &task.event_id, timestamp, &task.body);
     let mut headers = HeaderMap::with_capacity(6);

@@ -16,7 +16,7 @@ const MAX_LEN: usize = 255;
 
 /// A validated subscription pattern such as `sales.order.*` or `billing.#`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TopicPattern(String);
+pub struct TopicPattern(Box<str>);
 
 impl TopicPattern {
     pub fn as_str(&self) -> &str {
@@ -58,7 +58,7 @@ impl FromStr for TopicPattern {
                 "event-type pattern `{s}`: words are letters, digits, '_', '-', or exactly `*` or `#`"
             )));
         }
-        Ok(Self(s.to_string()))
+        Ok(Self(s.into()))
     }
 }
 
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn the_reference_matcher_follows_the_table() {
         for (pattern, key, expected) in TABLE {
-            let p = TopicPattern(pattern.to_string());
+            let p = TopicPattern((*pattern).into());
             assert_eq!(p.matches(key), *expected, "{pattern} ~ {key:?}");
         }
     }
@@ -207,7 +207,7 @@ mod tests {
     fn the_trie_agrees_with_the_table() {
         for (pattern, key, expected) in TABLE {
             let mut trie = TopicTrie::new();
-            trie.insert(&TopicPattern(pattern.to_string()), 1u32);
+            trie.insert(&TopicPattern((*pattern).into()), 1u32);
             assert_eq!(
                 !trie.matches(key).is_empty(),
                 *expected,

@@ -1,6 +1,7 @@
-//! The subscription cache against the real database: what a reload keeps and what it
-//! takes fresh.
+//! The subscription cache against the real database: what a reload and a refresh of
+//! some endpoints keep and what they take fresh.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use herald::subscriptions::Subscriptions;
@@ -52,5 +53,74 @@ async fn a_reload_shares_unchanged_endpoints_and_takes_changed_ones_fresh() {
         "a disabled endpoint leaves the cache"
     );
     assert_eq!(after.matching("sales.order.created", Some("acme")).len(), 1);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_refresh_reloads_the_named_endpoints_alone() {
+    let env = TestEnv::new().await;
+    let changed = env
+        .add_endpoint("http://127.0.0.1:9/before", &["billing.#"], None)
+        .await;
+    let untouched = env
+        .add_endpoint("http://127.0.0.1:9/old", &["crm.#"], Some("acme"))
+        .await;
+    let deleted = env
+        .add_endpoint("http://127.0.0.1:9/deleted", &["sales.#"], None)
+        .await;
+    let cache = Subscriptions::new(env.pool.clone());
+    assert_eq!(cache.reload().await.unwrap(), 3);
+    let before = cache.snapshot();
+
+    let added = env
+        .add_endpoint("http://127.0.0.1:9/added", &["sales.#"], Some("acme"))
+        .await;
+    for (sql, id) in [
+        (
+            "UPDATE herald.endpoints SET url = 'http://127.0.0.1:9/after' WHERE id = $1",
+            changed.id,
+        ),
+        (
+            "UPDATE herald.endpoints SET url = 'http://127.0.0.1:9/new' WHERE id = $1",
+            untouched.id,
+        ),
+        (
+            "UPDATE herald.endpoints SET deleted_at = now() WHERE id = $1",
+            deleted.id,
+        ),
+    ] {
+        sqlx::query(sql).bind(id).execute(&env.pool).await.unwrap();
+    }
+    let named = HashSet::from([changed.id, deleted.id, added.id]);
+    cache.refresh(&named).await.unwrap();
+    let after = cache.snapshot();
+
+    assert_eq!(after.len(), 3);
+    assert_eq!(
+        after.get(&changed.id).unwrap().url.as_str(),
+        "http://127.0.0.1:9/after"
+    );
+    assert!(
+        after.get(&deleted.id).is_none(),
+        "deleted: out of the cache"
+    );
+    assert_eq!(
+        after.get(&added.id).unwrap().tenant_id.as_deref(),
+        Some("acme")
+    );
+    assert!(
+        Arc::ptr_eq(
+            before.get(&untouched.id).unwrap(),
+            after.get(&untouched.id).unwrap()
+        ),
+        "an endpoint not named keeps its copy until the next reload"
+    );
+    let mut acme: Vec<_> = after
+        .matching("sales.order.created", Some("acme"))
+        .iter()
+        .map(|e| e.id)
+        .collect();
+    acme.sort();
+    assert_eq!(acme, vec![added.id]);
     env.cleanup().await;
 }
