@@ -105,6 +105,7 @@ pub async fn redrive(
                 attempt: task.attempt + 1,
                 schedule_start: task.attempt + 1,
                 not_before_ms: None,
+                turn: None,
                 deferrals: 0,
                 ..task.clone()
             })

@@ -466,6 +466,7 @@ async fn fan_out(
                 schedule_start: 1,
                 received_at_ms,
                 not_before_ms: None,
+                turn: None,
                 deferrals: 0,
                 traceparent: a.traceparent.clone(),
                 body: body.clone(),

@@ -24,6 +24,7 @@ const SCHEDULE_START: &str = "x-herald-schedule-start";
 const RECEIVED_AT_MS: &str = "x-herald-received-at-ms";
 const NOT_BEFORE_MS: &str = "x-herald-not-before-ms";
 const DEFERRALS: &str = "x-herald-deferrals";
+const TURN: &str = "x-herald-turn";
 /// On a message carrying several tasks: how many.
 pub const TASKS: &str = "x-herald-tasks";
 pub const TRACEPARENT: &str = "traceparent";
@@ -48,6 +49,9 @@ pub struct DeliveryTask {
     pub received_at_ms: i64,
     /// A rate-limit slot reserved for this task, Unix milliseconds: send at that time.
     pub not_before_ms: Option<i64>,
+    /// Its place in the line of a busy endpoint (a turn on the throttle's clock for
+    /// that endpoint): it is sent when the turn comes, at the endpoint's pace by then.
+    pub turn: Option<u64>,
     /// Times the task was put off (endpoint busy or rate-limited) without an attempt.
     pub deferrals: u32,
     pub traceparent: Option<String>,
@@ -71,6 +75,7 @@ impl DeliveryTask {
         DeliveryTask {
             attempt: self.attempt + 1,
             not_before_ms: None,
+            turn: None,
             deferrals: 0,
             ..self.clone()
         }
@@ -92,6 +97,9 @@ impl DeliveryTask {
         );
         if let Some(at) = self.not_before_ms {
             h.insert(NOT_BEFORE_MS.into(), AMQPValue::LongLongInt(at));
+        }
+        if let Some(turn) = self.turn.and_then(|t| i64::try_from(t).ok()) {
+            h.insert(TURN.into(), AMQPValue::LongLongInt(turn));
         }
         if self.deferrals > 0 {
             h.insert(
@@ -183,6 +191,7 @@ impl DeliveryTask {
             schedule_start: count(SCHEDULE_START)?,
             received_at_ms: header_int(h, RECEIVED_AT_MS).unwrap_or_default(),
             not_before_ms: header_int(h, NOT_BEFORE_MS),
+            turn: header_int(h, TURN).and_then(|t| u64::try_from(t).ok()),
             deferrals: header_int(h, DEFERRALS)
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
@@ -204,6 +213,8 @@ struct Packed<'a> {
     received_at_ms: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     not_before_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    turn: Option<u64>,
     #[serde(default)]
     deferrals: u32,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
@@ -228,6 +239,7 @@ pub fn pack(tasks: &[DeliveryTask]) -> Option<Vec<u8>> {
                 schedule_start: t.schedule_start,
                 received_at_ms: t.received_at_ms,
                 not_before_ms: t.not_before_ms,
+                turn: t.turn,
                 deferrals: t.deferrals,
                 traceparent: t.traceparent.as_deref().map(Into::into),
                 body,
@@ -261,6 +273,7 @@ pub fn unpack(
             schedule_start: p.schedule_start.max(1),
             received_at_ms: p.received_at_ms,
             not_before_ms: p.not_before_ms,
+            turn: p.turn,
             deferrals: p.deferrals,
             traceparent: p.traceparent.map(|t| t.into_owned()),
             // Sliced from the message: the tasks share its buffer, no copy.
@@ -287,6 +300,7 @@ mod tests {
             schedule_start: 1,
             received_at_ms: 1_700_000_000_123,
             not_before_ms: Some(1_700_000_001_000),
+            turn: Some(42),
             deferrals: 2,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             body: Bytes::from_static(br#"{"id":"evt-1"}"#),
@@ -300,6 +314,11 @@ mod tests {
         assert_eq!(back, task);
         assert_eq!(back.retries_done(), 2);
         assert_eq!(back.next_attempt().attempt, 4);
+        assert_eq!(
+            back.next_attempt().turn,
+            None,
+            "a new attempt starts a new line"
+        );
     }
 
     #[test]
@@ -312,6 +331,7 @@ mod tests {
             schedule_start: 1,
             received_at_ms: 1_700_000_000_000 + i64::from(n),
             not_before_ms: (n % 2 == 0).then_some(1_700_000_009_000),
+            turn: (n % 3 == 0).then_some(n as u64),
             deferrals: n,
             traceparent: (n == 1)
                 .then(|| "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
@@ -342,6 +362,7 @@ mod tests {
                 schedule_start: 1,
                 received_at_ms: 0,
                 not_before_ms: None,
+                turn: None,
                 deferrals: 0,
                 traceparent: None,
                 body: Bytes::new(),

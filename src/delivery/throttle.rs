@@ -10,8 +10,11 @@
 //!   cap) while more than half of the process's slots are idle, so a lone slow
 //!   endpoint still drains at a useful pace. If no slot frees up, the task
 //!   is put off through a defer queue instead of holding a process slot, until its turn:
-//!   put-off tasks are spaced at the endpoint's pace (slots ÷ average request time), so
-//!   they come back about when a slot frees instead of cycling through the queues.
+//!   put-off tasks take turns on a per-endpoint clock that runs at the endpoint's pace
+//!   (slots ÷ average request time), so they come back about when a slot frees instead
+//!   of cycling through the queues. A task carries its turn, not a time: when the pace
+//!   changes (the endpoint slows down, or may borrow idle slots) every turn still ahead
+//!   comes due at the new pace.
 //! - Rate: an endpoint's `rate_limit` (requests per minute, per deliver process) is
 //!   enforced with GCRA. A task over the limit reserves the next free slot and is put
 //!   off until then (`x-herald-not-before-ms`); when it comes back it goes without
@@ -43,7 +46,8 @@ pub const SLOW_ENDPOINT: Duration = Duration::from_millis(250);
 
 /// Longest a task put off for a busy endpoint stays away, even when its turn is later:
 /// tasks taken early (a slot was free) leave gaps in the turns, and returning tasks
-/// fill them. Put-offs travel in bulk, so checking back costs little.
+/// fill them; a turn handed out by another process (or before a restart) means little
+/// here. Put-offs travel in bulk, so checking back costs little.
 pub const BUSY_RECHECK: Duration = Duration::from_secs(5);
 
 /// Delays of the defer queues.
@@ -73,6 +77,70 @@ pub fn busy_delay(deferrals: u32) -> Duration {
         DEFER_TIERS[1]
     } else {
         DEFER_TIERS[2]
+    }
+}
+
+/// The turns of tasks put off because an endpoint was busy: positions on a clock that
+/// advances one turn per `interval`, the time the endpoint takes to free a slot. The
+/// clock follows the endpoint's pace: when the interval changes, turns still ahead come
+/// due at the new one.
+#[derive(Debug, Clone, Copy)]
+pub struct TurnClock {
+    /// Turns due by `since`, and the pace from then on.
+    due: f64,
+    since: Instant,
+    interval: Duration,
+    /// The next turn to hand out.
+    next: u64,
+}
+
+impl TurnClock {
+    pub fn new(now: Instant) -> Self {
+        Self {
+            due: 0.0,
+            since: now,
+            interval: Duration::from_secs(1),
+            next: 0,
+        }
+    }
+
+    /// Sets the pace from `now` on.
+    fn pace(&mut self, interval: Duration, now: Instant) {
+        let interval = interval.max(Duration::from_micros(1));
+        if interval != self.interval {
+            self.due = self.due_at(now);
+            self.since = now;
+            self.interval = interval;
+        }
+    }
+
+    fn due_at(&self, now: Instant) -> f64 {
+        self.due
+            + now.saturating_duration_since(self.since).as_secs_f64() / self.interval.as_secs_f64()
+    }
+
+    /// Hands out the next turn at a pace of one per `interval`: the turn, and how long
+    /// until it (at least a fraction of an interval: the slot just due is taken).
+    pub fn take(&mut self, interval: Duration, now: Instant) -> (u64, Duration) {
+        self.pace(interval, now);
+        let turn = self.next.max(self.due_at(now).floor() as u64 + 1);
+        self.next = turn + 1;
+        (turn, self.until(turn, now))
+    }
+
+    /// How long until `turn` comes due at the pace of one per `interval` (zero if due).
+    pub fn wait_for(&mut self, turn: u64, interval: Duration, now: Instant) -> Duration {
+        self.pace(interval, now);
+        self.until(turn, now)
+    }
+
+    fn until(&self, turn: u64, now: Instant) -> Duration {
+        let ahead = turn as f64 - self.due_at(now);
+        if ahead > 0.0 {
+            self.interval.mul_f64(ahead.min(1e9))
+        } else {
+            Duration::ZERO
+        }
     }
 }
 
@@ -111,7 +179,7 @@ struct EndpointLimits {
     /// Turns handed to tasks put off because the endpoint was busy, spaced at the rate
     /// it serves requests, so they come back when a slot is likely free instead of
     /// cycling through the defer queues.
-    turns: Mutex<Gcra>,
+    turns: Mutex<TurnClock>,
     /// Moving average of the endpoint's request durations, milliseconds; `UNKNOWN`
     /// until its first request is done.
     recent_ms: AtomicU64,
@@ -184,11 +252,12 @@ pub struct Throttle {
 pub enum Admission {
     /// Send it now, holding the slot until the request is done.
     Go(Slot),
-    /// Put it off: `not_before` is a reserved rate slot to keep (Unix ms), `delay` how
-    /// long to put it off.
+    /// Put it off: `not_before` is a reserved rate slot to keep (Unix ms), `turn` its
+    /// place in the line of a busy endpoint, `delay` how long to put it off.
     Defer {
         delay: Duration,
         not_before_ms: Option<i64>,
+        turn: Option<u64>,
         reason: &'static str,
     },
 }
@@ -219,21 +288,23 @@ impl Throttle {
                     narrow: Arc::new(Semaphore::new(self.max_in_flight)),
                     wide: Arc::new(Semaphore::new(self.fast_max_in_flight)),
                     rate: Mutex::new(Gcra::new(Instant::now())),
-                    turns: Mutex::new(Gcra::new(Instant::now())),
+                    turns: Mutex::new(TurnClock::new(Instant::now())),
                     recent_ms: AtomicU64::new(UNKNOWN),
                 })
             })
             .clone()
     }
 
-    /// Waits (at most `MAX_INLINE_WAIT` for a rate slot, the endpoint's patience for a
-    /// concurrency slot) for the endpoint to take one more request, or says how long to
-    /// put the task off.
+    /// Waits (at most `MAX_INLINE_WAIT` for a rate slot or a turn, the endpoint's
+    /// patience for a concurrency slot) for the endpoint to take one more request, or
+    /// says how long to put the task off. `not_before_ms` is a rate slot reserved
+    /// earlier, `turn` a place in the line handed out when the endpoint was busy.
     pub async fn admit(
         &self,
         endpoint: Uuid,
         rate_limit: Option<i32>,
         not_before_ms: Option<i64>,
+        turn: Option<u64>,
     ) -> Admission {
         let limits = self.limits(endpoint);
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -253,32 +324,61 @@ impl Throttle {
                 Some(_) => Admission::Defer {
                     delay: wait,
                     not_before_ms: Some(now_ms + wait.as_millis() as i64),
+                    turn,
                     reason: "rate_limit",
                 },
-                // A turn handed out while the endpoint was busy only guesses when a slot
-                // frees: one free now is as good; otherwise check back within
-                // `BUSY_RECHECK`, keeping the turn.
-                None => match self.slot(&limits, Duration::ZERO).await {
-                    Some(slot) => Admission::Go(slot),
-                    None => Admission::Defer {
-                        delay: wait.min(BUSY_RECHECK),
-                        not_before_ms,
-                        reason: "endpoint_busy",
-                    },
-                },
+                // A busy turn as a time, as tasks put off by an earlier version carry.
+                None => self.early(&limits, wait, None, turn).await,
             };
         }
         if !wait.is_zero() {
             tokio::time::sleep(wait).await;
         }
         let mut patience = limits.patience();
-        if not_before_ms.is_some() {
+        if let Some(turn) = turn {
+            let ahead = match self.turn_interval(&limits) {
+                Some(interval) => limits.turns.lock().expect("lock not poisoned").wait_for(
+                    turn,
+                    interval,
+                    Instant::now(),
+                ),
+                None => Duration::ZERO,
+            };
+            if ahead > MAX_INLINE_WAIT {
+                return self.early(&limits, ahead, not_before_ms, Some(turn)).await;
+            }
+            if !ahead.is_zero() {
+                tokio::time::sleep(ahead).await;
+            }
+        }
+        if not_before_ms.is_some() || turn.is_some() {
             // The task's turn has come: give it a moment even at a slow endpoint.
             patience = patience.max(MAX_INLINE_WAIT);
         }
         match self.slot(&limits, patience).await {
             Some(slot) => Admission::Go(slot),
             None => self.busy(&limits, rate_limit, now_ms),
+        }
+    }
+
+    /// A task back before its turn. The turn only guesses when a slot frees: one free
+    /// now is as good; otherwise it checks back within `BUSY_RECHECK`, keeping its turn
+    /// (and its rate slot, if any).
+    async fn early(
+        &self,
+        limits: &Arc<EndpointLimits>,
+        ahead: Duration,
+        not_before_ms: Option<i64>,
+        turn: Option<u64>,
+    ) -> Admission {
+        match self.slot(limits, Duration::ZERO).await {
+            Some(slot) => Admission::Go(slot),
+            None => Admission::Defer {
+                delay: ahead.min(BUSY_RECHECK),
+                not_before_ms,
+                turn,
+                reason: "endpoint_busy",
+            },
         }
     }
 
@@ -312,44 +412,44 @@ impl Throttle {
         self.in_flight.load(Ordering::Relaxed) < self.borrow_below
     }
 
-    /// Puts off a task that found the endpoint busy, until its turn.
+    /// Puts off a task that found the endpoint busy, until its turn. While the
+    /// endpoint's speed is unknown it has no turn (the caller backs off instead).
     fn busy(&self, limits: &EndpointLimits, rate_limit: Option<i32>, now_ms: i64) -> Admission {
-        let turn = self.next_turn(limits);
-        let delay = turn.min(BUSY_RECHECK);
+        let (turn, until) = match self.turn_interval(limits) {
+            Some(interval) => {
+                let (turn, until) = limits
+                    .turns
+                    .lock()
+                    .expect("lock not poisoned")
+                    .take(interval, Instant::now());
+                (Some(turn), until)
+            }
+            None => (None, Duration::ZERO),
+        };
         Admission::Defer {
-            delay,
-            // A turn is kept when the task comes back, and so is the rate slot (if any)
-            // it used up: a busy endpoint does not charge it twice.
-            not_before_ms: if turn.is_zero() {
-                rate_limit.map(|_| now_ms)
-            } else {
-                Some(now_ms + turn.as_millis() as i64)
-            },
+            delay: until.min(BUSY_RECHECK),
+            // The rate slot (if any) the task used up is kept: a busy endpoint does not
+            // charge it twice.
+            not_before_ms: rate_limit.map(|_| now_ms),
+            turn,
             reason: "endpoint_busy",
         }
     }
 
-    /// For a task that found the endpoint busy: when to come back. An endpoint with
-    /// `slots` requests of `recent_ms` each in flight frees a slot every
-    /// `recent_ms / slots`; put-off tasks take those turns one after another.
-    /// Zero while the endpoint's speed is unknown (the caller backs off instead).
-    fn next_turn(&self, limits: &EndpointLimits) -> Duration {
+    /// The time between two turns at the endpoint: an endpoint with `slots` requests of
+    /// `recent_ms` each in flight frees a slot every `recent_ms / slots`. `None` while
+    /// its speed is unknown.
+    fn turn_interval(&self, limits: &EndpointLimits) -> Option<Duration> {
         let recent_ms = limits.recent_ms.load(Ordering::Relaxed);
         if recent_ms == UNKNOWN {
-            return Duration::ZERO;
+            return None;
         }
         let slots = if limits.answers_fast() || self.mostly_idle() {
             self.fast_max_in_flight
         } else {
             self.max_in_flight
         };
-        let interval = Duration::from_millis(recent_ms.max(1)) / slots as u32;
-        let wait = limits
-            .turns
-            .lock()
-            .expect("lock not poisoned")
-            .reserve_every(interval, Instant::now());
-        wait + interval
+        Some(Duration::from_millis(recent_ms.max(1)) / slots as u32)
     }
 }
 
@@ -428,8 +528,8 @@ mod tests {
         let slow = Uuid::new_v4();
         let fast = Uuid::new_v4();
         let held: Vec<_> = [
-            throttle.admit(slow, None, None).await,
-            throttle.admit(slow, None, None).await,
+            throttle.admit(slow, None, None, None).await,
+            throttle.admit(slow, None, None, None).await,
         ]
         .into_iter()
         .map(|a| match a {
@@ -438,19 +538,19 @@ mod tests {
         })
         .collect();
         assert!(matches!(
-            throttle.admit(slow, None, None).await,
+            throttle.admit(slow, None, None, None).await,
             Admission::Defer {
                 reason: "endpoint_busy",
                 ..
             }
         ));
         assert!(matches!(
-            throttle.admit(fast, None, None).await,
+            throttle.admit(fast, None, None, None).await,
             Admission::Go(_)
         ));
         drop(held);
         assert!(matches!(
-            throttle.admit(slow, None, None).await,
+            throttle.admit(slow, None, None, None).await,
             Admission::Go(_)
         ));
     }
@@ -460,8 +560,8 @@ mod tests {
         let throttle = Throttle::new(2, 4);
         let slow = Uuid::new_v4();
         let held: Vec<_> = [
-            throttle.admit(slow, None, None).await,
-            throttle.admit(slow, None, None).await,
+            throttle.admit(slow, None, None, None).await,
+            throttle.admit(slow, None, None, None).await,
         ]
         .into_iter()
         .map(|a| match a {
@@ -476,30 +576,117 @@ mod tests {
             .store(2000, Ordering::Relaxed);
         let mut delays = Vec::new();
         let mut turns = Vec::new();
-        let now = chrono::Utc::now().timestamp_millis();
         for _ in 0..7 {
-            match throttle.admit(slow, None, None).await {
+            match throttle.admit(slow, None, None, None).await {
                 Admission::Defer {
                     delay,
-                    not_before_ms: Some(turn),
+                    turn: Some(turn),
                     reason: "endpoint_busy",
+                    ..
                 } => {
                     delays.push(delay.as_millis().div_ceil(100) * 100);
-                    turns.push((turn - now + 50).div_euclid(100) * 100);
+                    turns.push(turn);
                 }
-                _ => panic!("the endpoint is busy; the turn is kept"),
+                _ => panic!("the endpoint is busy; the task gets a turn"),
             }
         }
         // Every task checks back within BUSY_RECHECK, keeping its place in the line.
         assert_eq!(delays, [1000, 2000, 3000, 4000, 5000, 5000, 5000]);
-        assert_eq!(turns, [1000, 2000, 3000, 4000, 5000, 6000, 7000]);
-        // Back before its turn, a task takes a slot that is free anyway.
+        assert_eq!(turns, [1, 2, 3, 4, 5, 6, 7]);
+        // Back before its turn, a task keeps it while the endpoint is busy…
+        match throttle.admit(slow, None, None, Some(7)).await {
+            Admission::Defer { delay, turn, .. } => {
+                assert_eq!(turn, Some(7));
+                assert_eq!(delay, BUSY_RECHECK);
+            }
+            Admission::Go(_) => panic!("no slot is free"),
+        }
+        // …and takes a slot that is free anyway.
         drop(held);
-        let turn = chrono::Utc::now().timestamp_millis() + 3000;
         assert!(matches!(
-            throttle.admit(slow, None, Some(turn)).await,
+            throttle.admit(slow, None, None, Some(5)).await,
             Admission::Go(_)
         ));
+    }
+
+    #[test]
+    fn turns_ahead_come_due_at_the_pace_of_the_moment() {
+        let ms = Duration::from_millis;
+        let start = Instant::now();
+        let mut clock = TurnClock::new(start);
+        let handed: Vec<(u64, u128)> = (0..3)
+            .map(|_| clock.take(ms(1000), start))
+            .map(|(turn, until)| (turn, until.as_millis()))
+            .collect();
+        assert_eq!(handed, [(1, 1000), (2, 2000), (3, 3000)]);
+        // 1.5 s later the endpoint frees slots four times as fast: turn 3, 1.5 turns
+        // ahead, is 375 ms away (not 1.5 s), and turn 1 is due.
+        let later = start + ms(1500);
+        assert_eq!(clock.wait_for(3, ms(250), later).as_millis(), 375);
+        assert_eq!(clock.wait_for(1, ms(250), later), Duration::ZERO);
+        // New turns join the line after the ones handed out.
+        let (turn, until) = clock.take(ms(250), later);
+        assert_eq!((turn, until.as_millis()), (4, 625));
+        // A turn from another process (or before a restart) far ahead is only far.
+        assert!(clock.wait_for(u64::MAX, ms(250), later) > ms(1_000_000));
+    }
+
+    #[tokio::test]
+    async fn turns_handed_out_while_the_process_was_busy_come_sooner_once_it_is_idle() {
+        // Cap 2 for the slow endpoint, 8 while it may borrow; borrowing stops at 16.
+        let throttle = Throttle::new(2, 32);
+        let slow = Uuid::new_v4();
+        throttle
+            .limits(slow)
+            .recent_ms
+            .store(2000, Ordering::Relaxed);
+        let go = |a: Admission| match a {
+            Admission::Go(slot) => slot,
+            Admission::Defer { .. } => panic!("under the cap"),
+        };
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let fast = Uuid::new_v4();
+            throttle.limits(fast).recent_ms.store(5, Ordering::Relaxed);
+            for _ in 0..8 {
+                busy.push(go(throttle.admit(fast, None, None, None).await));
+            }
+        }
+        let mut held = vec![
+            go(throttle.admit(slow, None, None, None).await),
+            go(throttle.admit(slow, None, None, None).await),
+        ];
+        // Busy process: 2 slots of 2 s, a turn a second.
+        let mut last = None;
+        for expected in [1000, 2000, 3000, 4000] {
+            match throttle.admit(slow, None, None, None).await {
+                Admission::Defer {
+                    delay,
+                    turn: Some(turn),
+                    ..
+                } => {
+                    assert_eq!(delay.as_millis().div_ceil(100) * 100, expected);
+                    last = Some(turn);
+                }
+                _ => panic!("busy: the task gets a turn"),
+            }
+        }
+        // The fast endpoints are done: the slow one borrows all 8 slots it may hold,
+        // and frees one every 250 ms.
+        drop(busy);
+        for _ in 0..6 {
+            held.push(go(throttle.admit(slow, None, None, None).await));
+        }
+        match throttle.admit(slow, None, None, last).await {
+            Admission::Defer { delay, turn, .. } => {
+                assert_eq!(turn, last, "the task keeps its place");
+                assert!(
+                    delay > Duration::from_millis(900) && delay <= Duration::from_millis(1000),
+                    "4 turns ahead at 250 ms, not 4 s: {delay:?}"
+                );
+            }
+            Admission::Go(_) => panic!("every slot the endpoint may hold is taken"),
+        }
     }
 
     #[tokio::test]
@@ -513,21 +700,21 @@ mod tests {
             .store(2000, Ordering::Relaxed);
         let mut held = Vec::new();
         for _ in 0..8 {
-            match throttle.admit(fast, None, None).await {
+            match throttle.admit(fast, None, None, None).await {
                 Admission::Go(slot) => held.push(slot),
                 Admission::Defer { .. } => panic!("a fast endpoint goes up to 8"),
             }
         }
         assert!(matches!(
-            throttle.admit(fast, None, None).await,
+            throttle.admit(fast, None, None, None).await,
             Admission::Defer { .. }
         ));
-        let first = throttle.admit(slow, None, None).await;
-        let second = throttle.admit(slow, None, None).await;
+        let first = throttle.admit(slow, None, None, None).await;
+        let second = throttle.admit(slow, None, None, None).await;
         assert!(matches!(first, Admission::Go(_)) && matches!(second, Admission::Go(_)));
         assert!(
             matches!(
-                throttle.admit(slow, None, None).await,
+                throttle.admit(slow, None, None, None).await,
                 Admission::Defer { .. }
             ),
             "a slow endpoint holds at most 2"
@@ -544,7 +731,7 @@ mod tests {
             .recent_ms
             .store(2000, Ordering::Relaxed);
         let mut held = Vec::new();
-        while let Admission::Go(slot) = throttle.admit(slow, None, None).await {
+        while let Admission::Go(slot) = throttle.admit(slow, None, None, None).await {
             held.push(slot);
             assert!(held.len() <= 8, "never beyond the fast cap");
         }
@@ -558,14 +745,14 @@ mod tests {
         let fast = Uuid::new_v4();
         throttle.limits(fast).recent_ms.store(5, Ordering::Relaxed);
         for _ in 0..6 {
-            match throttle.admit(fast, None, None).await {
+            match throttle.admit(fast, None, None, None).await {
                 Admission::Go(slot) => held.push(slot),
                 Admission::Defer { .. } => panic!("the fast endpoint is under its cap"),
             }
         }
         assert!(
             matches!(
-                throttle.admit(slow, None, None).await,
+                throttle.admit(slow, None, None, None).await,
                 Admission::Defer { .. }
             ),
             "at its cap in a busy process, a slow endpoint's task is put off"
@@ -577,14 +764,15 @@ mod tests {
         let throttle = Throttle::new(10, 10);
         let endpoint = Uuid::new_v4();
         assert!(matches!(
-            throttle.admit(endpoint, Some(6), None).await,
+            throttle.admit(endpoint, Some(6), None, None).await,
             Admission::Go(_)
         ));
-        match throttle.admit(endpoint, Some(6), None).await {
+        match throttle.admit(endpoint, Some(6), None, None).await {
             Admission::Defer {
                 delay,
                 not_before_ms,
                 reason,
+                ..
             } => {
                 assert_eq!(reason, "rate_limit");
                 assert!(delay > Duration::from_secs(9) && delay <= Duration::from_secs(10));
@@ -595,7 +783,7 @@ mod tests {
         // A task coming back at its reserved slot goes at once.
         let now = chrono::Utc::now().timestamp_millis();
         assert!(matches!(
-            throttle.admit(endpoint, Some(6), Some(now)).await,
+            throttle.admit(endpoint, Some(6), Some(now), None).await,
             Admission::Go(_)
         ));
     }

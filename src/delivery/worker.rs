@@ -339,15 +339,21 @@ async fn deliver(
 
     let slot = match d
         .throttle
-        .admit(endpoint.id, endpoint.rate_limit, task.not_before_ms)
+        .admit(
+            endpoint.id,
+            endpoint.rate_limit,
+            task.not_before_ms,
+            task.turn,
+        )
         .await
     {
         Admission::Go(slot) => slot,
         Admission::Defer {
             delay,
             not_before_ms,
+            turn,
             reason,
-        } => return defer(d, publisher, task, delay, not_before_ms, reason).await,
+        } => return defer(d, publisher, task, delay, (not_before_ms, turn), reason).await,
     };
 
     let request = d.requests.acquire().await.expect("never closed");
@@ -483,7 +489,7 @@ async fn defer(
     publisher: &Publisher,
     task: &DeliveryTask,
     delay: Duration,
-    not_before_ms: Option<i64>,
+    (not_before_ms, turn): (Option<i64>, Option<u64>),
     reason: &'static str,
 ) -> Result<(), Unsettled> {
     // A busy endpoint whose pace is not known yet: back off.
@@ -496,6 +502,7 @@ async fn defer(
     let later = DeliveryTask {
         deferrals: task.deferrals + 1,
         not_before_ms,
+        turn,
         ..task.clone()
     };
     d.put_offs
