@@ -37,7 +37,7 @@ use crate::metrics::Metrics;
 use crate::store::events::{self, FanOut, Recorded};
 use crate::subscriptions::Subscriptions;
 use crate::telemetry;
-use crate::topology::{header_text, Topology};
+use crate::topology::{self, header_text, Topology};
 
 pub struct Ingestor {
     pub settings: Arc<Settings>,
@@ -333,6 +333,18 @@ async fn fan_out(
     shutdown: &CancellationToken,
 ) -> Result<Vec<Vec<DeliveryTask>>, IngestError> {
     let received_at = Utc::now();
+    // How late ingest is: when the oldest message of the batch entered the queue.
+    if let Some(entered) = batch
+        .iter()
+        .filter_map(|d| topology::entered_queue_at(&d.properties))
+        .min()
+    {
+        ingestor
+            .metrics
+            .queue_taken_enqueued_at
+            .with_label_values(&["ingest"])
+            .set(entered);
+    }
     let max_body = ingestor.settings.ingest.max_body_bytes;
     let invalid_queue = ingestor.topology.invalid_queue();
     let mut accepted = Vec::with_capacity(batch.len());

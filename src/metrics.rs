@@ -31,7 +31,8 @@ pub struct Metrics {
     pub attempts_in_progress: IntGauge,
     pub endpoints_disabled: IntCounter,
     pub queue_messages: IntGaugeVec,
-    pub queue_oldest_age: prometheus::GaugeVec,
+    pub queue_consumers: IntGaugeVec,
+    pub queue_taken_enqueued_at: IntGaugeVec,
     pub db_pool: IntGaugeVec,
     pub db_pool_max: IntGauge,
     pub endpoint_failures: IntCounterVec,
@@ -75,11 +76,6 @@ impl Reg {
 
     fn gauge_vec(&mut self, name: &str, help: &str, label: &str) -> IntGaugeVec {
         let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-        self.add(name, g)
-    }
-
-    fn float_gauge_vec(&mut self, name: &str, help: &str, label: &str) -> prometheus::GaugeVec {
-        let g = prometheus::GaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
         self.add(name, g)
     }
 }
@@ -175,9 +171,16 @@ impl Metrics {
                 "Messages in a Herald queue",
                 "queue",
             ),
-            queue_oldest_age: r.float_gauge_vec(
-                "herald_queue_oldest_message_age_seconds",
-                "Age of the oldest message in a Herald queue",
+            queue_consumers: r.gauge_vec(
+                "herald_queue_consumers",
+                "Consumers of a Herald queue",
+                "queue",
+            ),
+            queue_taken_enqueued_at: r.gauge_vec(
+                "herald_queue_taken_enqueued_timestamp_seconds",
+                "When the message this process last took from the queue had entered it, \
+                 Unix seconds: while the queue holds messages, time() minus this is how \
+                 late its consumers are",
                 "queue",
             ),
             db_pool: r.gauge_vec(

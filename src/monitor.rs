@@ -1,23 +1,21 @@
-//! Samples Herald's queues on the broker for the metrics SREs alert on: depth and age
-//! of the oldest message of the ingest, work, dead-letter and invalid queues.
+//! Samples Herald's queues on the broker for the metrics SREs alert on: messages ready
+//! in the ingest, work, dead-letter and invalid queues, and their consumers.
 //!
-//! Depth comes from a passive declare. Age comes from a peek at the head message (get,
-//! then reject with requeue, so it stays at the head): its AMQP `timestamp` property,
-//! or for a retry back from a delay queue the time the broker dead-lettered it
-//! (`x-death`). A head message without either (a publisher that sets no timestamp)
-//! reports age 0.
+//! Only passive declares: a message is never taken and put back to look at it. On
+//! RabbitMQ 4 every return counts towards a quorum queue's delivery limit (20 by
+//! default), past which the broker drops the message, so peeking at a queue's head
+//! every few seconds would silently empty the parked queues. How late consumers are is
+//! reported by the consumers themselves
+//! (`herald_queue_taken_enqueued_timestamp_seconds`).
 
 use std::sync::Arc;
 
-use lapin::options::{BasicGetOptions, BasicRejectOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::topology::{queue_depth, Topology};
+use crate::topology::{queue_counts, Topology};
 
 /// Runs until `shutdown`, reconnecting as needed.
 pub async fn sample_queues(
@@ -47,20 +45,15 @@ pub async fn sample_queues(
             let result = async {
                 let channel = connection.create_channel().await?;
                 for (label, queue) in &queues {
-                    let depth = queue_depth(&channel, queue).await?;
+                    let (messages, consumers) = queue_counts(&channel, queue).await?;
                     metrics
                         .queue_messages
                         .with_label_values(&[label])
-                        .set(i64::from(depth));
-                    let age = if depth == 0 {
-                        0.0
-                    } else {
-                        head_age(&channel, queue).await?
-                    };
+                        .set(i64::from(messages));
                     metrics
-                        .queue_oldest_age
+                        .queue_consumers
                         .with_label_values(&[label])
-                        .set(age);
+                        .set(i64::from(consumers));
                 }
                 channel.close(200, "sampled").await
             }
@@ -81,42 +74,4 @@ pub async fn sample_queues(
             }
         }
     }
-}
-
-/// Seconds since the head message entered its queue; it is put back untouched.
-async fn head_age(channel: &Channel, queue: &str) -> lapin::Result<f64> {
-    let Some(message) = channel
-        .basic_get(queue, BasicGetOptions { no_ack: false })
-        .await?
-    else {
-        return Ok(0.0);
-    };
-    let since = entered_queue_at(&message.delivery.properties);
-    message
-        .delivery
-        .acker
-        .reject(BasicRejectOptions { requeue: true })
-        .await?;
-    let now = chrono::Utc::now().timestamp();
-    Ok(since.map(|t| (now - t).max(0) as f64).unwrap_or(0.0))
-}
-
-/// Unix seconds at which a message entered its current queue, if it says.
-pub fn entered_queue_at(properties: &BasicProperties) -> Option<i64> {
-    let dead_lettered = properties
-        .headers()
-        .as_ref()
-        .and_then(|h: &FieldTable| h.inner().get("x-death"))
-        .and_then(|v| match v {
-            AMQPValue::FieldArray(deaths) => deaths.as_slice().first().cloned(),
-            _ => None,
-        })
-        .and_then(|death| match death {
-            AMQPValue::FieldTable(t) => match t.inner().get("time") {
-                Some(AMQPValue::Timestamp(ts)) => i64::try_from(*ts).ok(),
-                _ => None,
-            },
-            _ => None,
-        });
-    dead_lettered.or_else(|| properties.timestamp().and_then(|t| i64::try_from(t).ok()))
 }

@@ -21,7 +21,7 @@ use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 
 use crate::config::Settings;
 use crate::delivery::retry::RetryPolicy;
@@ -230,6 +230,12 @@ async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin
 
 /// Message count of a queue, by a passive declare.
 pub async fn queue_depth(channel: &Channel, name: &str) -> lapin::Result<u32> {
+    Ok(queue_counts(channel, name).await?.0)
+}
+
+/// Messages ready in a queue and its consumers, from a passive declare: nothing in the
+/// queue is touched.
+pub async fn queue_counts(channel: &Channel, name: &str) -> lapin::Result<(u32, u32)> {
     let queue = channel
         .queue_declare(
             name,
@@ -240,7 +246,29 @@ pub async fn queue_depth(channel: &Channel, name: &str) -> lapin::Result<u32> {
             FieldTable::default(),
         )
         .await?;
-    Ok(queue.message_count())
+    Ok((queue.message_count(), queue.consumer_count()))
+}
+
+/// Unix seconds at which a message entered its current queue, if it says: the time the
+/// broker dead-lettered it (a retry back from a delay queue, `x-death`), else its AMQP
+/// `timestamp`.
+pub fn entered_queue_at(properties: &BasicProperties) -> Option<i64> {
+    let dead_lettered = properties
+        .headers()
+        .as_ref()
+        .and_then(|h: &FieldTable| h.inner().get("x-death"))
+        .and_then(|v| match v {
+            AMQPValue::FieldArray(deaths) => deaths.as_slice().first().cloned(),
+            _ => None,
+        })
+        .and_then(|death| match death {
+            AMQPValue::FieldTable(t) => match t.inner().get("time") {
+                Some(AMQPValue::Timestamp(ts)) => i64::try_from(*ts).ok(),
+                _ => None,
+            },
+            _ => None,
+        });
+    dead_lettered.or_else(|| properties.timestamp().and_then(|t| i64::try_from(t).ok()))
 }
 
 /// A header value as text, whatever string-ish or numeric AMQP type it came in.
@@ -262,4 +290,27 @@ pub fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
 /// A header value as an integer.
 pub fn header_int(headers: &FieldTable, name: &str) -> Option<i64> {
     header_text(headers, name)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use lapin::types::FieldArray;
+
+    use super::*;
+
+    #[test]
+    fn a_message_entered_its_queue_when_dead_lettered_there_else_when_published() {
+        let published = BasicProperties::default().with_timestamp(1_700_000_000);
+        assert_eq!(entered_queue_at(&published), Some(1_700_000_000));
+        let mut death = FieldTable::default();
+        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_060));
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-death".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
+        );
+        let retried = published.with_headers(headers);
+        assert_eq!(entered_queue_at(&retried), Some(1_700_000_060));
+        assert_eq!(entered_queue_at(&BasicProperties::default()), None);
+    }
 }

@@ -33,7 +33,7 @@ use crate::store::deliveries::{AttemptRecord, Outcome, Status};
 use crate::store::endpoints::{self, ActiveEndpoint};
 use crate::subscriptions::{Lookup, Subscriptions};
 use crate::telemetry;
-use crate::topology::Topology;
+use crate::topology::{self, Topology};
 
 /// Most tasks of one bulk message in progress at once (each holds an attempt's state).
 const TASKS_AT_ONCE: usize = 64;
@@ -203,6 +203,13 @@ pub async fn drain(tracker: &TaskTracker, grace: Duration) {
 /// Settles one message from the work queue — one task, or several put off together —
 /// ack when every task is done, nack (requeue) otherwise.
 async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, delivery: Delivery) {
+    if let Some(entered) = topology::entered_queue_at(&delivery.properties) {
+        deliverer
+            .metrics
+            .queue_taken_enqueued_at
+            .with_label_values(&["work"])
+            .set(entered);
+    }
     let acker = delivery.acker.clone();
     let tasks = match unpack(&delivery.properties, delivery.data.into()) {
         Ok(tasks) => tasks,

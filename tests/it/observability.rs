@@ -86,26 +86,38 @@ fn the_dashboard_and_alert_rules_query_only_exported_metrics() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queue_depth_and_oldest_message_age_are_sampled_from_the_broker() {
+async fn queues_are_sampled_without_touching_a_message_and_consumers_report_their_lag() {
     use std::time::Duration;
 
     use lapin::BasicProperties;
 
+    use crate::common::receiver::Receiver;
     use crate::common::{eventually, TestEnv};
 
-    let env =
-        TestEnv::with(|s| s.telemetry.queue_sample_interval = Duration::from_millis(200)).await;
-    let app = env.start_ready().await;
-    // Two refusals, published "100 s ago" by the publisher's clock.
-    let then = chrono::Utc::now().timestamp() as u64 - 100;
-    for _ in 0..2 {
-        env.publish_raw(
-            "sales.order.created",
-            b"not json",
-            BasicProperties::default().with_timestamp(then),
-        )
+    let env = TestEnv::with(|s| {
+        s.telemetry.queue_sample_interval = Duration::from_millis(100);
+        // Every delivery through the work queue, so its consumer reports too.
+        s.ingest.deliver_first_attempt = false;
+    })
+    .await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/hook"), &["sales.#"], None)
         .await;
+    let app = env.start_ready().await;
+    let started = chrono::Utc::now().timestamp();
+    // Two refusals and one event, published "100 s ago" by the publisher's clock.
+    let then = started - 100;
+    let old = || BasicProperties::default().with_timestamp(then as u64);
+    for _ in 0..2 {
+        env.publish_raw("sales.order.created", b"not json", old())
+            .await;
     }
+    env.publish_raw(
+        "sales.order.created",
+        br#"{"id":"evt-lag","type":"sales.order.created","data":{}}"#,
+        old(),
+    )
+    .await;
     let url = format!("http://{}/metrics", app.address());
     let sample = |text: &str, series: &str| -> Option<f64> {
         text.lines()
@@ -114,16 +126,25 @@ async fn queue_depth_and_oldest_message_age_are_sampled_from_the_broker() {
             .and_then(|v| v.parse().ok())
     };
     eventually(
-        "the invalid queue sampled",
+        "queues sampled and consumers reporting",
         Duration::from_secs(20),
         || async {
             let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
             sample(&text, r#"herald_queue_messages{queue="invalid"}"#) == Some(2.0)
+                && sample(&text, r#"herald_queue_consumers{queue="ingest"}"#)
+                    .is_some_and(|n| n >= 1.0)
+                && sample(&text, r#"herald_queue_consumers{queue="work"}"#)
+                    .is_some_and(|n| n >= 1.0)
                 && sample(
                     &text,
-                    r#"herald_queue_oldest_message_age_seconds{queue="invalid"}"#,
+                    r#"herald_queue_taken_enqueued_timestamp_seconds{queue="ingest"}"#,
+                ) == Some(then as f64)
+                && sample(
+                    &text,
+                    r#"herald_queue_taken_enqueued_timestamp_seconds{queue="work"}"#,
                 )
-                .is_some_and(|age| (100.0..200.0).contains(&age))
+                .is_some_and(|t| t >= started as f64)
+                && receiver.count() == 1
         },
     )
     .await;
@@ -132,14 +153,21 @@ async fn queue_depth_and_oldest_message_age_are_sampled_from_the_broker() {
         sample(&text, r#"herald_queue_messages{queue="dlq"}"#),
         Some(0.0)
     );
+    assert!(
+        !text.contains("herald_queue_taken_enqueued_timestamp_seconds{queue=\"dlq\"}"),
+        "nobody consumes the dead-letter queue"
+    );
+    // Many sampling rounds later, the parked messages were never taken and put back:
+    // on RabbitMQ 4 each return counts towards the delivery limit, past which the
+    // broker drops the message.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     app.stop().await;
-    let invalid = env.topology().invalid_queue();
-    eventually(
-        "peeked messages back in place",
-        Duration::from_secs(10),
-        || async { env.queue_depth(&invalid).await == 2 },
-    )
-    .await;
+    let parked = env.drain(&env.topology().invalid_queue()).await;
+    assert_eq!(parked.len(), 2);
+    assert!(
+        parked.iter().all(|m| !m.redelivered),
+        "a sampled message was returned to its queue"
+    );
     env.cleanup().await;
 }
 
