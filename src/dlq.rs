@@ -4,11 +4,11 @@
 //! Redrive reads `<prefix>.dlq` itself, so the queue and the records stay in step:
 //! each selected message is republished to the work exchange (confirmed), its delivery
 //! marked `pending` again, and only then acknowledged; messages not selected are held
-//! until the end and returned to the queue in their order.
+//! until the end and returned to the queue in their order (`nack` with requeue).
 
 use std::collections::HashSet;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
 use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -124,7 +124,18 @@ pub async fn redrive(
         let done: HashSet<Uuid> = report.redriven.iter().copied().collect();
         report.not_found = wanted.difference(&done).copied().collect();
     }
-    // Closing the channel returns every message we held but did not select.
+    // Every message held but not selected goes back. A `nack` with requeue, not a
+    // `reject` or a closed channel: RabbitMQ 4.3 and later do not count it towards a
+    // quorum queue's delivery limit, so selective redrives never use the others up.
+    channel
+        .basic_nack(
+            0,
+            BasicNackOptions {
+                multiple: true,
+                requeue: true,
+            },
+        )
+        .await?;
     let _ = channel.close(200, "redrive done").await;
     let _ = connection.close(200, "redrive done").await;
     tracing::info!(

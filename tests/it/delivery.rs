@@ -201,7 +201,7 @@ async fn redrive_of_chosen_deliveries_leaves_the_others_parked() {
         env.delivery_statuses().await == vec![("failed".to_string(), 2), ("success".to_string(), 1)]
     })
     .await;
-    // Held messages return to the queue as the redrive channel closes.
+    // Held messages are handed back (nack with requeue) as the redrive ends.
     eventually(
         "the others to stay parked",
         Duration::from_secs(10),
@@ -209,6 +209,14 @@ async fn redrive_of_chosen_deliveries_leaves_the_others_parked() {
     )
     .await;
     app.stop().await;
+    let mut parked: Vec<String> = env
+        .drain(&dlq_name)
+        .await
+        .iter()
+        .filter_map(|m| amqp_header(m, "x-herald-event-id"))
+        .collect();
+    parked.sort();
+    assert_eq!(parked, ["evt-a", "evt-c"]);
     env.cleanup().await;
 }
 
