@@ -221,7 +221,7 @@ pub struct TelemetrySettings {
     pub log_level: String,
     /// OTLP/HTTP traces endpoint, e.g. `http://127.0.0.1:4318`; empty = no export.
     pub otlp_endpoint: String,
-    /// How often the api role samples queue depth and oldest-message age.
+    /// How often the api role samples queue depths and consumers (passive declares).
     #[serde(deserialize_with = "duration")]
     pub queue_sample_interval: Duration,
 }

@@ -395,7 +395,7 @@ async fn fan_out(
                 .with_delivery_mode(2)
                 .with_headers(headers);
             if properties.timestamp().is_none() {
-                // The invalid queue's oldest-message age is measured from it.
+                // So an operator looking at the parked message sees when it came.
                 properties = properties.with_timestamp(received_at.timestamp() as u64);
             }
             messages.push(Outgoing {
