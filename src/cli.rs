@@ -12,11 +12,12 @@ use lapin::{BasicProperties, ExchangeKind};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::app::{self, App, Role};
+use crate::app::{self, App};
 use crate::broker::{self, Outgoing, Publisher};
 use crate::config::Settings;
 use crate::dlq::{self, Selection};
 use crate::domain::{EndpointUrl, SigningSecret, TopicPattern};
+use crate::readiness::Role;
 use crate::store::{self, endpoints};
 use crate::telemetry;
 

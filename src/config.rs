@@ -155,6 +155,11 @@ pub struct DeliverySettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub allow_private_networks: bool,
+    /// An egress proxy every webhook goes through (`http://proxy:3128`); empty: none.
+    /// Herald ignores `HTTP(S)_PROXY` in its environment: with a proxy, only the
+    /// proxy's address passes the SSRF guard, so the proxy must refuse private
+    /// destinations itself — set it here on purpose, not by inheritance.
+    pub egress_proxy: Secret,
     /// Webhook requests in flight per process, first attempts and work-queue tasks
     /// together. A process holds up to [`ATTEMPTS_PER_REQUEST`] times as many attempts
     /// in progress (most of them recording their outcome).
@@ -197,6 +202,7 @@ impl Default for DeliverySettings {
                 .collect(),
             timeout: Duration::from_secs(10),
             allow_private_networks: false,
+            egress_proxy: Secret::new(""),
             concurrency: 256,
             max_in_flight_per_endpoint: 16,
             jitter: 0.2,
@@ -240,6 +246,18 @@ impl Default for TelemetrySettings {
 impl Settings {
     /// Defaults ← optional TOML file ← `HERALD__…` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with(file, None)
+    }
+
+    /// As [`Settings::load`], with `environment` read instead of the process's own
+    /// (tests). Values are taken as given: no `try_parsing`, which would turn an
+    /// all-digit token into a number (losing its leading zeros) or `"true"` into a
+    /// boolean. Numeric and boolean keys still parse, from the string, when their
+    /// field asks for that type.
+    pub fn load_with(
+        file: Option<&Path>,
+        environment: Option<config::Map<String, String>>,
+    ) -> Result<Self, ConfigError> {
         let mut builder = config::Config::builder();
         if let Some(path) = file {
             builder = builder.add_source(config::File::from(path).required(true));
@@ -248,7 +266,7 @@ impl Settings {
             config::Environment::with_prefix("HERALD")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true),
+                .source(environment),
         );
         let settings: Settings = builder.build()?.try_deserialize()?;
         settings.validate()?;
@@ -388,6 +406,58 @@ mod tests {
         );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("ten seconds").is_err());
+    }
+
+    fn from_environment(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with(None, Some(map))
+    }
+
+    #[test]
+    fn strings_are_taken_verbatim_however_they_look() {
+        let settings = from_environment(&[
+            ("HERALD__API__ADMIN_TOKEN", "000123456789"),
+            (
+                "HERALD__DATABASE__URL",
+                "postgres://herald:0042@127.0.0.1:5433/herald",
+            ),
+            ("HERALD__AMQP__URL", "amqp://guest:1e3@127.0.0.1:5673/%2f"),
+            ("HERALD__TOPOLOGY__PREFIX", "007"),
+        ])
+        .unwrap();
+        assert_eq!(settings.api.admin_token.expose(), "000123456789");
+        assert_eq!(
+            settings.database.url.expose(),
+            "postgres://herald:0042@127.0.0.1:5433/herald"
+        );
+        assert_eq!(
+            settings.amqp.url.expose(),
+            "amqp://guest:1e3@127.0.0.1:5673/%2f"
+        );
+        assert_eq!(settings.topology.prefix, "007");
+        for token in ["true", "1.50", "-0"] {
+            let settings = from_environment(&[("HERALD__API__ADMIN_TOKEN", token)]).unwrap();
+            assert_eq!(settings.api.admin_token.expose(), token);
+        }
+    }
+
+    #[test]
+    fn numbers_and_booleans_still_parse_from_the_environment() {
+        let settings = from_environment(&[
+            ("HERALD__INGEST__PREFETCH", "120"),
+            ("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true"),
+            ("HERALD__INGEST__EXCHANGES", "a.events,b.events"),
+        ])
+        .unwrap();
+        assert_eq!(settings.ingest.prefetch, 120);
+        assert!(settings.delivery.allow_private_networks);
+        assert_eq!(settings.ingest.exchanges, ["a.events", "b.events"]);
+        let err = from_environment(&[("HERALD__INGEST__PREFETCH", "many")]).unwrap_err();
+        let err = format!("{:#}", anyhow::Error::from(err));
+        assert!(err.contains("prefetch"), "{err}");
     }
 
     #[test]

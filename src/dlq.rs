@@ -1,10 +1,18 @@
 //! The dead-letter queue from an SRE's side: what failed and why (from PostgreSQL),
 //! and redrive — sending dead deliveries again with a fresh retry schedule.
 //!
-//! Redrive reads `<prefix>.dlq` itself, so the queue and the records stay in step:
-//! each selected message is republished to the work exchange (confirmed), its delivery
-//! marked `pending` again, and only then acknowledged; messages not selected are held
-//! until the end and returned to the queue in their order (`nack` with requeue).
+//! Redrive reads `<prefix>.dlq` itself, so the queue and the records stay in step: for
+//! each chunk of selected messages a transaction marks their deliveries `pending`
+//! again, the fresh tasks are republished to the work exchange (confirmed), the
+//! transaction commits, and only then are the messages acknowledged; messages not
+//! selected are held until the end and returned to the queue in their order (`nack`
+//! with requeue).
+//!
+//! The mark comes first and commits last so that a record always tells the truth: a
+//! redriven task that fails again at once (its endpoint disabled) has its `failed`
+//! written after the `pending` — its write waits on the row lock until the commit —
+//! never before it; and a publish that fails, or a crash, rolls the mark back while the
+//! message stays parked.
 
 use std::collections::HashSet;
 
@@ -15,10 +23,9 @@ use uuid::Uuid;
 
 use crate::broker::{self, Publisher};
 use crate::config::Settings;
-use crate::delivery::retry::RetryPolicy;
 use crate::delivery::task::DeliveryTask;
 use crate::store::deliveries::{self, DeliveryView, Filter};
-use crate::topology::{self, Topology};
+use crate::topology;
 
 /// Messages republished per confirm round.
 const CHUNK: usize = 500;
@@ -54,7 +61,7 @@ pub async fn redrive(
     pool: &PgPool,
     selection: Selection,
 ) -> anyhow::Result<RedriveReport> {
-    let topology = Topology::new(settings, &RetryPolicy::from_settings(&settings.delivery));
+    let topology = crate::delivery::topology(settings);
     let connection = broker::connect(settings.amqp.url.expose(), "herald-dlq-redrive").await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
@@ -110,11 +117,13 @@ pub async fn redrive(
                 ..task.clone()
             })
             .collect();
+        let ids: Vec<Uuid> = fresh.iter().map(|t| t.delivery_id).collect();
+        let mut marked = pool.begin().await?;
+        deliveries::mark_redriven(&mut *marked, &ids).await?;
         publisher
             .publish_all(fresh.iter().map(|t| t.to_work(&work_exchange)).collect())
             .await?;
-        let ids: Vec<Uuid> = fresh.iter().map(|t| t.delivery_id).collect();
-        deliveries::mark_redriven(pool, &ids).await?;
+        marked.commit().await?;
         for (tag, _) in &chunk {
             channel.basic_ack(*tag, BasicAckOptions::default()).await?;
         }

@@ -21,6 +21,17 @@ use crate::domain::EventType;
 /// Longest event id or tenant id kept.
 const MAX_ID_LEN: usize = 255;
 
+/// Deepest nesting of arrays and objects accepted in a body. PostgreSQL's JSON parser
+/// recurses per level and refuses a document nested 100,000 deep (`stack depth limit
+/// exceeded`); serde_json's own default limit for typed data is 128.
+pub const MAX_DEPTH: usize = 128;
+
+/// Most bytes of AMQP headers accepted on a message (names and values).
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Longest CloudEvents `source` kept.
+const MAX_SOURCE_LEN: usize = 2048;
+
 /// What the ingest consumer read off one AMQP message, in plain types.
 #[derive(Debug, Default, Clone)]
 pub struct Inbound<'a> {
@@ -33,6 +44,8 @@ pub struct Inbound<'a> {
     pub timestamp: Option<u64>,
     /// String-valued headers (application properties), names as sent.
     pub headers: Vec<(&'a str, String)>,
+    /// The size of every header the message carries, encoded.
+    pub header_bytes: usize,
 }
 
 impl Inbound<'_> {
@@ -70,15 +83,22 @@ pub enum ParkReason {
     NoType,
     BadType,
     BadCloudEvent,
+    /// Arrays and objects nested deeper than [`MAX_DEPTH`].
+    TooDeep,
+    /// Accepted here, but PostgreSQL refused to store it (a zero byte in a text
+    /// field, say): found by the ingest role, which parks it and records the rest.
+    RefusedByDatabase,
 }
 
 impl ParkReason {
-    pub const ALL: [ParkReason; 5] = [
+    pub const ALL: [ParkReason; 7] = [
         ParkReason::NotJson,
         ParkReason::TooLarge,
         ParkReason::NoType,
         ParkReason::BadType,
         ParkReason::BadCloudEvent,
+        ParkReason::TooDeep,
+        ParkReason::RefusedByDatabase,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -88,6 +108,8 @@ impl ParkReason {
             ParkReason::NoType => "no_type",
             ParkReason::BadType => "bad_type",
             ParkReason::BadCloudEvent => "bad_cloudevent",
+            ParkReason::TooDeep => "too_deep",
+            ParkReason::RefusedByDatabase => "refused_by_database",
         }
     }
 }
@@ -134,6 +156,21 @@ pub fn parse(
             ),
         ));
     }
+    if msg.header_bytes > MAX_HEADER_BYTES {
+        return Err(reject(
+            ParkReason::TooLarge,
+            format!(
+                "headers are {} bytes, the limit is {MAX_HEADER_BYTES}",
+                msg.header_bytes
+            ),
+        ));
+    }
+    if let Some(depth) = nesting_beyond(msg.body, MAX_DEPTH) {
+        return Err(reject(
+            ParkReason::TooDeep,
+            format!("JSON nested at least {depth} levels deep, the limit is {MAX_DEPTH}"),
+        ));
+    }
     let structured = msg
         .content_type
         .is_some_and(|ct| ct.trim().starts_with("application/cloudevents+json"));
@@ -167,7 +204,7 @@ fn parse_structured(msg: &Inbound<'_>, received_at: DateTime<Utc>) -> Result<Eve
         id: checked_id(id)?,
         event_type,
         tenant_id: checked_tenant(ce.tenantid)?,
-        source: ce.source,
+        source: checked_source(ce.source)?,
         occurred_at: event_time(ce.time.as_deref(), msg.timestamp, received_at),
         data: ce.data.unwrap_or_else(null_data),
     })
@@ -213,7 +250,7 @@ fn parse_plain(msg: &Inbound<'_>, received_at: DateTime<Utc>) -> Result<Event, R
         id,
         event_type,
         tenant_id,
-        source: msg.ce_attribute("source").map(String::from),
+        source: checked_source(msg.ce_attribute("source").map(String::from))?,
         occurred_at: event_time(time, msg.timestamp, received_at),
         data,
     })
@@ -242,6 +279,46 @@ fn checked_tenant(tenant: Option<String>) -> Result<Option<String>, Rejection> {
         )),
         other => Ok(other),
     }
+}
+
+fn checked_source(source: Option<String>) -> Result<Option<String>, Rejection> {
+    match source {
+        Some(s) if s.len() > MAX_SOURCE_LEN => Err(reject(
+            ParkReason::BadCloudEvent,
+            format!("source is longer than {MAX_SOURCE_LEN} bytes"),
+        )),
+        other => Ok(other),
+    }
+}
+
+/// `Some(depth)` as soon as arrays and objects in `json` nest deeper than `limit`
+/// (brackets inside strings do not count). One pass over the bytes, no allocation;
+/// malformed JSON is left for the parser to refuse.
+fn nesting_beyond(json: &[u8], limit: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &byte in json {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// The event's own time if it gave one, else the AMQP timestamp, else arrival.
@@ -383,7 +460,7 @@ mod tests {
     fn refusals_say_why() {
         let cases: Vec<(Inbound, ParkReason)> = vec![
             (plain(b"not json", "a.b"), ParkReason::NotJson),
-            (plain(&[b' '; 2000], "a.b"), ParkReason::TooLarge),
+            (plain(&[b' '; 5000], "a.b"), ParkReason::TooLarge),
             (plain(b"{}", ""), ParkReason::NoType),
             (plain(b"{}", "a..b"), ParkReason::BadType),
             (
@@ -400,12 +477,54 @@ mod tests {
                 },
                 ParkReason::NoType,
             ),
+            (plain(&[b'['; MAX_DEPTH + 1], "a.b"), ParkReason::TooDeep),
+            (
+                Inbound {
+                    header_bytes: MAX_HEADER_BYTES + 1,
+                    ..plain(b"{}", "a.b")
+                },
+                ParkReason::TooLarge,
+            ),
+            (
+                Inbound {
+                    content_type: Some("application/cloudevents+json"),
+                    ..plain(
+                        format!(
+                            r#"{{"id":"1","type":"a.b","source":"{}"}}"#,
+                            "s".repeat(3000)
+                        )
+                        .into_bytes()
+                        .leak(),
+                        "a.b",
+                    )
+                },
+                ParkReason::BadCloudEvent,
+            ),
         ];
         for (msg, reason) in cases {
-            let err = parse(&msg, 1024, now()).unwrap_err();
+            let err = parse(&msg, 4096, now()).unwrap_err();
             assert_eq!(err.reason, reason, "{err}");
             assert!(!err.detail.is_empty());
         }
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings_only() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        for (json, limit, beyond) in [
+            (deep(3), 3, None),
+            (deep(4), 3, Some(4)),
+            (r#"{"a":{"b":[1,{"c":2}]}}"#.to_string(), 4, None),
+            (r#"{"a":{"b":[1,{"c":2}]}}"#.to_string(), 3, Some(4)),
+            (r#"["[[[[[[", "\"[[[[[["]"#.to_string(), 1, None),
+            (r#"[[],[],[],[]]"#.to_string(), 2, None),
+        ] {
+            assert_eq!(nesting_beyond(json.as_bytes(), limit), beyond, "{json}");
+        }
+        let body = deep(MAX_DEPTH);
+        let mut msg = plain(body.as_bytes(), "a.b");
+        msg.message_id = Some("deep-but-fine");
+        assert!(parse(&msg, 4096, now()).is_ok());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The ingest role: consume published events, record them and fan each out into one
 //! delivery task per subscribed endpoint.
 //!
-//! Per batch of messages: parse (refusals are parked in `<prefix>.invalid`), match
-//! against the in-memory subscriptions, record events and deliveries in one
-//! transaction (idempotent on the event id). Then, with `ingest.deliver_first_attempt`
+//! Per batch of messages ([`fan_out`]): read each (refusals are parked in
+//! `<prefix>.invalid`), match against the in-memory subscriptions, record events and
+//! deliveries in one transaction (idempotent on the event's tenant and id; an event
+//! whose content PostgreSQL refuses is isolated and parked, the rest recorded). Then, with `ingest.deliver_first_attempt`
 //! (the default), make each delivery's first attempt right here and acknowledge a
 //! message once all of its attempts are recorded or handed on to a retry queue;
 //! otherwise publish the tasks to `<prefix>.work` with confirms and only then
@@ -17,27 +18,30 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
-use futures_util::{FutureExt, StreamExt};
+use chrono::{DateTime, Utc};
 use lapin::acker::Acker;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::Connection;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::app::Readiness;
-use crate::broker::{self, Outgoing, PublishError, Publisher};
+use crate::backoff::Backoff;
+use crate::broker::consumer::{keep_consuming, Consuming};
+use crate::broker::headers::{encoded_size, entered_queue_at, header_text};
+use crate::broker::park::{park, Refused};
+use crate::broker::{PublishError, Publisher};
 use crate::config::Settings;
+use crate::delivery::engine::{self, AttemptPermit, Deliverer, Origin};
 use crate::delivery::task::DeliveryTask;
-use crate::delivery::worker::{self, AttemptPermit, Deliverer, Origin};
-use crate::envelope::{self, Event, Inbound};
+use crate::envelope::{self, Event, Inbound, ParkReason};
 use crate::metrics::Metrics;
-use crate::store::events::{self, FanOut, Recorded};
+use crate::readiness::Readiness;
+use crate::store::events::{self, tenant_key, FanOut, Recorded};
+use crate::store::{self};
 use crate::subscriptions::Subscriptions;
 use crate::telemetry;
-use crate::topology::{self, header_text, Topology};
+use crate::topology::Topology;
 
 pub struct Ingestor {
     pub settings: Arc<Settings>,
@@ -81,7 +85,7 @@ async fn run_consumer(
     n: usize,
 ) {
     let settings = ingestor.settings.clone();
-    broker::keep_consuming(
+    keep_consuming(
         &settings.amqp,
         &format!("{}-ingest-{n}", settings.topology.prefix),
         &shutdown,
@@ -101,68 +105,75 @@ async fn consume(
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<(), IngestError> {
-    let broker::ConsumerSetup {
-        channel,
-        mut consumer,
-        publisher,
-    } = broker::start_consumer(
+    let queue = ingestor.topology.ingest_queue();
+    let mut consuming = Consuming::start(
         connection,
         &ingestor.topology,
-        &ingestor.topology.ingest_queue(),
+        &queue,
         ingestor.settings.ingest.prefetch,
     )
     .await?;
     readiness.set_ingest(true);
-    tracing::info!(queue = %ingestor.topology.ingest_queue(), "ingesting");
+    tracing::info!(%queue, "ingesting");
+    let result = consume_batches(ingestor, &mut consuming, shutdown).await;
+    // First attempts in flight each hold their message unacknowledged: let them finish.
+    consuming
+        .finish(ingestor.settings.delivery.shutdown_grace)
+        .await;
+    result
+}
+
+/// Takes batches — a message and whatever else the broker has already handed over —
+/// and fans each out, until shutdown or a failure.
+async fn consume_batches(
+    ingestor: &Ingestor,
+    consuming: &mut Consuming,
+    shutdown: &CancellationToken,
+) -> Result<(), IngestError> {
     let max_batch = ingestor.settings.ingest.batch_size;
-    // First attempts in flight, each holding its message unacknowledged.
-    let attempts = TaskTracker::new();
-    let result: Result<(), IngestError> = async {
-        loop {
-            let first = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(error)) => return Err(error.into()),
-                    None => return Err(lapin::Error::InvalidChannelState(lapin::ChannelState::Closed).into()),
-                }
-            };
-            // Whatever else the broker has already handed us joins the batch.
-            let mut batch = vec![first];
-            while batch.len() < max_batch {
-                match consumer.next().now_or_never() {
-                    Some(Some(Ok(delivery))) => batch.push(delivery),
-                    Some(Some(Err(error))) => return Err(error.into()),
-                    _ => break,
-                }
+    loop {
+        let Some(first) = consuming.next(shutdown).await? else {
+            return Ok(());
+        };
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match consuming.ready()? {
+                Some(delivery) => batch.push(delivery),
+                None => break,
             }
-            let tasks = fan_out(ingestor, &publisher, &batch, shutdown).await?;
-            match &ingestor.direct {
-                None => {
-                    dispatch(ingestor, &publisher, &tasks).await?;
-                    let last = batch.last().expect("batch is not empty").delivery_tag;
-                    channel
-                        .basic_ack(last, BasicAckOptions { multiple: true })
-                        .await?;
-                }
-                Some(direct) => {
-                    let started =
-                        start_first_attempts(direct, &publisher, batch, tasks, &attempts, shutdown)
-                            .await?;
-                    if !started {
-                        return Ok(());
-                    }
+        }
+        let publisher = consuming.publisher.clone();
+        let planned = fan_out(ingestor, &publisher, &batch, shutdown).await?;
+        match &ingestor.direct {
+            None => {
+                dispatch(ingestor, &publisher, &planned).await?;
+                let last = batch.last().expect("batch is not empty");
+                last.acker.ack(BasicAckOptions { multiple: true }).await?;
+            }
+            Some(direct) => {
+                let started = start_first_attempts(
+                    direct,
+                    &publisher,
+                    batch,
+                    planned,
+                    &consuming.in_flight,
+                    shutdown,
+                )
+                .await?;
+                if !started {
+                    return Ok(());
                 }
             }
         }
     }
-    .await;
-    let _ = channel
-        .basic_cancel(consumer.tag().as_str(), BasicCancelOptions::default())
-        .await;
-    worker::drain(&attempts, ingestor.settings.delivery.shutdown_grace).await;
-    let _ = channel.close(200, "shutdown").await;
-    result
+}
+
+/// What one message of a batch came to: its event's key when it was accepted, and the
+/// delivery tasks still to be started.
+#[derive(Default)]
+struct Planned {
+    event: Option<(String, String)>,
+    tasks: Vec<DeliveryTask>,
 }
 
 /// Spawns the first attempts of a batch's deliveries, each once one of the process's
@@ -174,11 +185,11 @@ async fn start_first_attempts(
     direct: &Arc<Deliverer>,
     publisher: &Publisher,
     batch: Vec<Delivery>,
-    tasks: Vec<Vec<DeliveryTask>>,
+    planned: Vec<Planned>,
     attempts: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> Result<bool, IngestError> {
-    for (message, tasks) in batch.into_iter().zip(tasks) {
+    for (message, Planned { tasks, .. }) in batch.into_iter().zip(planned) {
         if tasks.is_empty() {
             message.acker.ack(BasicAckOptions::default()).await?;
             continue;
@@ -244,7 +255,7 @@ impl Unsettled {
     }
 }
 
-/// One delivery's first attempt, holding one of the process's request slots.
+/// One delivery's first attempt, holding one of the process's attempt permits.
 async fn first_attempt(
     direct: Arc<Deliverer>,
     publisher: Publisher,
@@ -252,7 +263,7 @@ async fn first_attempt(
     permit: AttemptPermit,
     message: Arc<Unsettled>,
 ) {
-    let settled = worker::attempt(&direct, &publisher, &task, Origin::Ingest)
+    let settled = engine::attempt(&direct, &publisher, &task, Origin::Ingest)
         .await
         .is_ok();
     drop(permit);
@@ -264,23 +275,25 @@ async fn first_attempt(
 async fn dispatch(
     ingestor: &Ingestor,
     publisher: &Publisher,
-    tasks: &[Vec<DeliveryTask>],
+    planned: &[Planned],
 ) -> Result<(), IngestError> {
     let work_exchange = ingestor.topology.work_exchange();
     publisher
         .publish_all(
-            tasks
+            planned
                 .iter()
-                .flatten()
+                .flat_map(|p| &p.tasks)
                 .map(|t| t.to_work(&work_exchange))
                 .collect(),
         )
         .await?;
     // Narrows what a crash right now would republish; if this write is lost, a
     // redelivery republishes the pending tasks (a duplicate, never a loss).
-    let dispatched: Vec<&str> = tasks
+    let dispatched: Vec<(&str, &str)> = planned
         .iter()
-        .filter_map(|t| t.first().map(|t| t.event_id.as_str()))
+        .filter(|p| !p.tasks.is_empty())
+        .filter_map(|p| p.event.as_ref())
+        .map(|(tenant, id)| (tenant.as_str(), id.as_str()))
         .collect();
     if !dispatched.is_empty() {
         if let Err(error) = events::mark_dispatched(&ingestor.pool, &dispatched).await {
@@ -288,31 +301,6 @@ async fn dispatch(
         }
     }
     Ok(())
-}
-
-/// The plain view of an AMQP message that `envelope::parse` reads.
-fn inbound(delivery: &Delivery) -> Inbound<'_> {
-    let p = &delivery.properties;
-    let headers = p
-        .headers()
-        .as_ref()
-        .map(|table| {
-            table
-                .inner()
-                .keys()
-                .filter_map(|k| header_text(table, k.as_str()).map(|v| (k.as_str(), v)))
-                .collect()
-        })
-        .unwrap_or_default();
-    Inbound {
-        body: &delivery.data,
-        content_type: p.content_type().as_ref().map(|s| s.as_str()),
-        message_id: p.message_id().as_ref().map(|s| s.as_str()),
-        type_property: p.kind().as_ref().map(|s| s.as_str()),
-        routing_key: delivery.routing_key.as_str(),
-        timestamp: *p.timestamp(),
-        headers,
-    }
 }
 
 /// An accepted event and what its message said about tracing and redelivery.
@@ -324,19 +312,65 @@ struct Accepted {
     traceparent: Option<String>,
 }
 
-/// Records one batch: refusals parked, events and deliveries committed. Returns, for
-/// each message of the batch, the delivery tasks still to be started.
+/// Fans one batch out: refusals parked, events and deliveries committed. Returns, for
+/// each message of the batch, its event and the delivery tasks still to be started.
 async fn fan_out(
     ingestor: &Ingestor,
     publisher: &Publisher,
     batch: &[Delivery],
     shutdown: &CancellationToken,
-) -> Result<Vec<Vec<DeliveryTask>>, IngestError> {
+) -> Result<Vec<Planned>, IngestError> {
     let received_at = Utc::now();
-    // How late ingest is: when the oldest message of the batch entered the queue.
+    note_lag(ingestor, batch);
+    let (accepted, refused) = read(ingestor, batch, received_at);
+    park_refused(ingestor, publisher, &refused, received_at).await?;
+    let accepted = without_repeats(ingestor, accepted);
+    let mut planned: Vec<Planned> = batch.iter().map(|_| Planned::default()).collect();
+    if accepted.is_empty() {
+        return Ok(planned);
+    }
+
+    let snapshot = ingestor.subscriptions.snapshot();
+    let fan_outs: Vec<FanOut> = accepted
+        .iter()
+        .map(|a| FanOut {
+            event: &a.event,
+            endpoints: snapshot
+                .matching(a.event.event_type.as_str(), a.event.tenant_id.as_deref())
+                .iter()
+                .map(|e| e.id)
+                .collect(),
+            redelivered: a.redelivered,
+        })
+        .collect();
+    let recorded = record(ingestor, &fan_outs, received_at, shutdown).await?;
+
+    let mut refused = Vec::new();
+    for ((a, fan_out), result) in accepted.iter().zip(&fan_outs).zip(recorded) {
+        match result {
+            Ok(recorded) => {
+                planned[a.index] = plan(ingestor, a, fan_out, recorded, received_at);
+            }
+            Err(error) => {
+                tracing::warn!(event_id = %a.event.id, %error,
+                    "the database refused the event; parking its message");
+                refused.push(Refused {
+                    message: &batch[a.index],
+                    reason: ParkReason::RefusedByDatabase.as_str(),
+                    detail: error,
+                });
+            }
+        }
+    }
+    park_refused(ingestor, publisher, &refused, received_at).await?;
+    Ok(planned)
+}
+
+/// How late ingest is: when the oldest message of the batch entered the queue.
+fn note_lag(ingestor: &Ingestor, batch: &[Delivery]) {
     if let Some(entered) = batch
         .iter()
-        .filter_map(|d| topology::entered_queue_at(&d.properties))
+        .filter_map(|d| entered_queue_at(&d.properties))
         .min()
     {
         ingestor
@@ -345,10 +379,17 @@ async fn fan_out(
             .with_label_values(&["ingest"])
             .set(entered);
     }
+}
+
+/// Parses every message of the batch: the events accepted, and the messages refused.
+fn read<'b>(
+    ingestor: &Ingestor,
+    batch: &'b [Delivery],
+    received_at: DateTime<Utc>,
+) -> (Vec<Accepted>, Vec<Refused<'b>>) {
     let max_body = ingestor.settings.ingest.max_body_bytes;
-    let invalid_queue = ingestor.topology.invalid_queue();
     let mut accepted = Vec::with_capacity(batch.len());
-    let mut parked = Vec::new();
+    let mut refused = Vec::new();
     for (index, delivery) in batch.iter().enumerate() {
         let message = inbound(delivery);
         match envelope::parse(&message, max_body, received_at) {
@@ -370,161 +411,166 @@ async fn fan_out(
             Err(rejection) => {
                 tracing::warn!(reason = rejection.reason.as_str(), error = %rejection.detail,
                     exchange = %delivery.exchange, routing_key = %delivery.routing_key,
-                    "message refused; parked in {invalid_queue}");
-                parked.push((delivery, rejection));
+                    "message refused; parking it");
+                refused.push(Refused {
+                    message: delivery,
+                    reason: rejection.reason.as_str(),
+                    detail: rejection.detail,
+                });
             }
         }
     }
+    (accepted, refused)
+}
 
-    if !parked.is_empty() {
-        let mut messages = Vec::with_capacity(parked.len());
-        for (delivery, rejection) in &parked {
-            let mut headers = error_headers(
-                delivery.properties.headers().clone(),
-                rejection.reason.as_str(),
-                &rejection.detail,
-            );
-            headers.insert("x-herald-exchange".into(), text(delivery.exchange.as_str()));
-            headers.insert(
-                "x-herald-routing-key".into(),
-                text(delivery.routing_key.as_str()),
-            );
-            let mut properties = delivery
-                .properties
-                .clone()
-                .with_delivery_mode(2)
-                .with_headers(headers);
-            if properties.timestamp().is_none() {
-                // So an operator looking at the parked message sees when it came.
-                properties = properties.with_timestamp(received_at.timestamp() as u64);
-            }
-            messages.push(Outgoing {
-                exchange: "",
-                routing_key: &invalid_queue,
-                body: &delivery.data,
-                properties,
-            });
-        }
-        publisher.publish_all(messages).await?;
-        for (_, rejection) in &parked {
-            ingestor
-                .metrics
-                .parked
-                .with_label_values(&[rejection.reason.as_str()])
-                .inc();
-        }
+/// The plain view of an AMQP message that `envelope::parse` reads.
+fn inbound(delivery: &Delivery) -> Inbound<'_> {
+    let p = &delivery.properties;
+    let (headers, header_bytes) = p
+        .headers()
+        .as_ref()
+        .map(|table| {
+            let values = table
+                .inner()
+                .keys()
+                .filter_map(|k| header_text(table, k.as_str()).map(|v| (k.as_str(), v)))
+                .collect();
+            (values, encoded_size(table))
+        })
+        .unwrap_or_default();
+    Inbound {
+        body: &delivery.data,
+        content_type: p.content_type().as_ref().map(|s| s.as_str()),
+        message_id: p.message_id().as_ref().map(|s| s.as_str()),
+        type_property: p.kind().as_ref().map(|s| s.as_str()),
+        routing_key: delivery.routing_key.as_str(),
+        timestamp: *p.timestamp(),
+        headers,
+        header_bytes,
     }
+}
 
-    // The same id twice in one batch is one event.
+/// Parks refused messages in `<prefix>.invalid` (confirmed) and counts them.
+async fn park_refused(
+    ingestor: &Ingestor,
+    publisher: &Publisher,
+    refused: &[Refused<'_>],
+    received_at: DateTime<Utc>,
+) -> Result<(), IngestError> {
+    let queue = ingestor.topology.invalid_queue();
+    park(publisher, &queue, refused, received_at.timestamp() as u64).await?;
+    for r in refused {
+        ingestor.metrics.parked.with_label_values(&[r.reason]).inc();
+    }
+    Ok(())
+}
+
+/// The same event (tenant and id) twice in one batch is one event.
+fn without_repeats(ingestor: &Ingestor, mut accepted: Vec<Accepted>) -> Vec<Accepted> {
     let mut seen = HashSet::with_capacity(accepted.len());
     accepted.retain(|a| {
-        let first = seen.insert(a.event.id.clone());
+        let first = seen.insert((tenant_key(&a.event).to_string(), a.event.id.clone()));
         if !first {
             ingestor.metrics.events_duplicate.inc();
         }
         first
     });
-    let mut tasks: Vec<Vec<DeliveryTask>> = batch.iter().map(|_| Vec::new()).collect();
-    if accepted.is_empty() {
-        return Ok(tasks);
-    }
-
-    let snapshot = ingestor.subscriptions.snapshot();
-    let fan_outs: Vec<FanOut> = accepted
-        .iter()
-        .map(|a| FanOut {
-            event: &a.event,
-            endpoints: snapshot
-                .matching(a.event.event_type.as_str(), a.event.tenant_id.as_deref())
-                .iter()
-                .map(|e| e.id)
-                .collect(),
-            redelivered: a.redelivered,
-        })
-        .collect();
-
-    let recorded = record_with_retry(ingestor, &fan_outs, received_at, shutdown).await?;
-
-    let received_at_ms = received_at.timestamp_millis();
-    for ((a, fan_out), result) in accepted.iter().zip(&fan_outs).zip(recorded) {
-        let deliveries = match result {
-            Recorded::New(deliveries) => {
-                ingestor.metrics.events_ingested.inc();
-                ingestor
-                    .metrics
-                    .fanout_size
-                    .observe(fan_out.endpoints.len() as f64);
-                if fan_out.endpoints.is_empty() {
-                    ingestor.metrics.events_unmatched.inc();
-                }
-                deliveries
-            }
-            Recorded::Duplicate(pending) => {
-                ingestor.metrics.events_duplicate.inc();
-                tracing::debug!(event_id = %a.event.id, republished = pending.len(), "event already recorded");
-                pending
-            }
-        };
-        if deliveries.is_empty() {
-            continue;
-        }
-        let body = bytes::Bytes::from(a.event.webhook_body());
-        for d in deliveries {
-            tasks[a.index].push(DeliveryTask {
-                delivery_id: d.delivery_id,
-                event_id: a.event.id.clone(),
-                endpoint_id: d.endpoint_id,
-                attempt: 1,
-                schedule_start: 1,
-                received_at_ms,
-                not_before_ms: None,
-                turn: None,
-                deferrals: 0,
-                traceparent: a.traceparent.clone(),
-                body: body.clone(),
-            });
-        }
-    }
-    Ok(tasks)
+    accepted
 }
 
-/// Retries the transaction while the database is away; gives up only on shutdown, and
-/// then the batch is left unacknowledged for redelivery.
-async fn record_with_retry(
+/// Records the batch; an event whose content PostgreSQL refuses is isolated (see
+/// [`store::write_isolating`]) and comes back as the database's reason, every other
+/// event is recorded.
+async fn record(
     ingestor: &Ingestor,
     fan_outs: &[FanOut<'_>],
-    received_at: chrono::DateTime<Utc>,
+    received_at: DateTime<Utc>,
     shutdown: &CancellationToken,
-) -> Result<Vec<Recorded>, IngestError> {
-    let mut delay = Duration::from_millis(100);
+) -> Result<Vec<Result<Recorded, String>>, IngestError> {
+    let recorded = store::write_isolating(fan_outs.len(), |part| {
+        record_while_away(ingestor, &fan_outs[part], received_at, shutdown)
+    })
+    .await
+    .map_err(IngestError::Stopped)?;
+    Ok(recorded
+        .into_iter()
+        .map(|r| r.map_err(|refused| refused.to_string()))
+        .collect())
+}
+
+/// Records `fan_outs` in one transaction, retrying while the database is away; a
+/// refusal of their content (see [`store::refused_content`]) is returned, and so is any
+/// error once shutdown has come (the batch is then left unacknowledged for redelivery).
+async fn record_while_away(
+    ingestor: &Ingestor,
+    fan_outs: &[FanOut<'_>],
+    received_at: DateTime<Utc>,
+    shutdown: &CancellationToken,
+) -> Result<Vec<Recorded>, sqlx::Error> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match events::record_fan_out(&ingestor.pool, fan_outs, received_at).await {
             Ok(recorded) => return Ok(recorded),
-            Err(error) if shutdown.is_cancelled() => return Err(IngestError::Stopped(error)),
+            Err(error) if store::refused_content(&error) || shutdown.is_cancelled() => {
+                return Err(error)
+            }
             Err(error) => {
-                tracing::warn!(%error, events = fan_outs.len(), retry_in = ?delay,
+                tracing::warn!(%error, events = fan_outs.len(), retry_in = ?backoff.next_delay(),
                     "cannot record events; holding the batch until the database is back");
-                tokio::select! {
-                    _ = shutdown.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                backoff.wait(shutdown).await;
             }
         }
     }
 }
 
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
-}
-
-/// A message's headers plus `x-herald-error` ("reason: detail") and `x-herald-reason`.
-pub fn error_headers(headers: Option<FieldTable>, reason: &str, detail: &str) -> FieldTable {
-    let mut headers = headers.unwrap_or_default();
-    headers.insert(
-        "x-herald-error".into(),
-        text(&format!("{reason}: {detail}")),
-    );
-    headers.insert("x-herald-reason".into(), text(reason));
-    headers
+/// The tasks an event's recording calls for, counted in the metrics.
+fn plan(
+    ingestor: &Ingestor,
+    a: &Accepted,
+    fan_out: &FanOut<'_>,
+    recorded: Recorded,
+    received_at: DateTime<Utc>,
+) -> Planned {
+    let m = &ingestor.metrics;
+    let deliveries = match recorded {
+        Recorded::New(deliveries) => {
+            m.events_ingested.inc();
+            m.fanout_size.observe(fan_out.endpoints.len() as f64);
+            if fan_out.endpoints.is_empty() {
+                m.events_unmatched.inc();
+            }
+            deliveries
+        }
+        Recorded::Duplicate(pending) => {
+            m.events_duplicate.inc();
+            tracing::debug!(event_id = %a.event.id, republished = pending.len(), "event already recorded");
+            pending
+        }
+    };
+    let event = Some((tenant_key(&a.event).to_string(), a.event.id.clone()));
+    if deliveries.is_empty() {
+        return Planned {
+            event,
+            tasks: Vec::new(),
+        };
+    }
+    let body = bytes::Bytes::from(a.event.webhook_body());
+    let received_at_ms = received_at.timestamp_millis();
+    let tasks = deliveries
+        .into_iter()
+        .map(|d| DeliveryTask {
+            delivery_id: d.delivery_id,
+            event_id: a.event.id.clone(),
+            endpoint_id: d.endpoint_id,
+            attempt: 1,
+            schedule_start: 1,
+            received_at_ms,
+            not_before_ms: None,
+            turn: None,
+            deferrals: 0,
+            traceparent: a.traceparent.clone(),
+            body: body.clone(),
+        })
+        .collect();
+    Planned { event, tasks }
 }

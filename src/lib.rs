@@ -13,6 +13,7 @@
 
 pub mod api;
 pub mod app;
+pub mod backoff;
 pub mod broker;
 pub mod cli;
 pub mod config;
@@ -23,11 +24,13 @@ pub mod envelope;
 pub mod ingest;
 pub mod metrics;
 pub mod monitor;
+pub mod readiness;
 pub mod signing;
 pub mod store;
 pub mod subscriptions;
 pub mod telemetry;
 pub mod topology;
 
-pub use app::{App, Role};
+pub use app::App;
 pub use config::Settings;
+pub use readiness::Role;

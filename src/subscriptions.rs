@@ -13,6 +13,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::domain::TopicTrie;
 use crate::store::endpoints::{self, ActiveEndpoint};
 
@@ -176,7 +177,7 @@ impl Subscriptions {
     /// Loads the cache, retrying while the database is away; `false` if shutdown came
     /// first.
     pub async fn wait_loaded(&self, shutdown: &CancellationToken) -> bool {
-        let mut delay = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         loop {
             match self.reload().await {
                 Ok(count) => {
@@ -184,12 +185,11 @@ impl Subscriptions {
                     return true;
                 }
                 Err(error) => {
-                    tracing::warn!(%error, retry_in = ?delay, "cannot load subscriptions; waiting for the database");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return false,
-                        _ = tokio::time::sleep(delay) => {}
+                    tracing::warn!(%error, retry_in = ?backoff.next_delay(),
+                        "cannot load subscriptions; waiting for the database");
+                    if !backoff.wait(shutdown).await {
+                        return false;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(5));
                 }
             }
         }
@@ -213,26 +213,25 @@ impl Subscriptions {
     /// burst of changes costs one reload), reconnect with backoff when the database
     /// goes away, and reload every minute regardless.
     pub async fn keep_fresh(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let reconnect = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut backoff = reconnect.clone();
         while !shutdown.is_cancelled() {
             let mut listener = match PgListener::connect_with(&self.pool).await {
                 Ok(mut l) => match l.listen(CHANNEL).await {
                     Ok(()) => l,
                     Err(error) => {
                         tracing::warn!(%error, "cannot LISTEN for endpoint changes");
-                        sleep_or_stop(&shutdown, backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        backoff.wait(&shutdown).await;
                         continue;
                     }
                 },
                 Err(error) => {
                     tracing::warn!(%error, "database unreachable; subscription cache may be stale");
-                    sleep_or_stop(&shutdown, backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    backoff.wait(&shutdown).await;
                     continue;
                 }
             };
-            backoff = Duration::from_millis(200);
+            backoff = reconnect.clone();
             // Changes made while we were not listening.
             if let Err(error) = self.reload().await {
                 tracing::warn!(%error, "subscription reload failed");
@@ -277,13 +276,6 @@ impl Subscriptions {
                 }
             }
         }
-    }
-}
-
-async fn sleep_or_stop(shutdown: &CancellationToken, delay: Duration) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(delay) => {}
     }
 }
 

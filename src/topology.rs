@@ -20,12 +20,10 @@ use std::time::Duration;
 use lapin::options::{
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{Channel, ExchangeKind};
 
 use crate::config::Settings;
-use crate::delivery::retry::RetryPolicy;
-use crate::delivery::throttle::DEFER_TIERS;
 
 /// Routing key of delivery tasks on the work exchange.
 pub const WORK_ROUTING_KEY: &str = "deliver";
@@ -36,10 +34,18 @@ pub struct Topology {
     source_exchanges: Vec<String>,
     binding_keys: Vec<String>,
     delays: BTreeSet<Duration>,
+    defers: BTreeSet<Duration>,
 }
 
 impl Topology {
-    pub fn new(settings: &Settings, retry: &RetryPolicy) -> Self {
+    /// The topology of `settings` (prefix, source exchanges, binding keys) with one
+    /// delay queue per `retry_delays` and one defer queue per `defer_delays`
+    /// (`crate::delivery::topology` gives it the delivery's own).
+    pub fn new(
+        settings: &Settings,
+        retry_delays: impl IntoIterator<Item = Duration>,
+        defer_delays: impl IntoIterator<Item = Duration>,
+    ) -> Self {
         Self {
             prefix: settings.topology.prefix.clone(),
             source_exchanges: settings.ingest.exchanges.clone(),
@@ -49,7 +55,8 @@ impl Topology {
                 .iter()
                 .map(|k| k.as_str().to_string())
                 .collect(),
-            delays: retry.delay_queues(),
+            delays: retry_delays.into_iter().collect(),
+            defers: defer_delays.into_iter().collect(),
         }
     }
 
@@ -95,7 +102,7 @@ impl Topology {
             self.invalid_queue(),
         ];
         queues.extend(self.delays.iter().map(|d| self.delay_queue(*d)));
-        queues.extend(DEFER_TIERS.iter().map(|d| self.defer_queue(*d)));
+        queues.extend(self.defers.iter().map(|d| self.defer_queue(*d)));
         queues
     }
 
@@ -155,8 +162,8 @@ impl Topology {
         for delay in &self.delays {
             declare_queue(channel, &self.delay_queue(*delay), self.delay_args(*delay)).await?;
         }
-        for delay in DEFER_TIERS {
-            declare_queue(channel, &self.defer_queue(delay), self.delay_args(delay)).await?;
+        for delay in &self.defers {
+            declare_queue(channel, &self.defer_queue(*delay), self.delay_args(*delay)).await?;
         }
         declare_queue(channel, &self.dlq(), quorum()).await?;
         declare_queue(channel, &self.invalid_queue(), quorum()).await?;
@@ -189,8 +196,8 @@ impl Topology {
         args
     }
 
-    /// Deletes every queue Herald owns (tests and `herald topology delete`), not the
-    /// publishers' exchanges.
+    /// Deletes every queue Herald owns (tests clean up with it), not the publishers'
+    /// exchanges.
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
         for queue in self.queues() {
             channel
@@ -247,70 +254,4 @@ pub async fn queue_counts(channel: &Channel, name: &str) -> lapin::Result<(u32, 
         )
         .await?;
     Ok((queue.message_count(), queue.consumer_count()))
-}
-
-/// Unix seconds at which a message entered its current queue, if it says: the time the
-/// broker dead-lettered it (a retry back from a delay queue, `x-death`), else its AMQP
-/// `timestamp`.
-pub fn entered_queue_at(properties: &BasicProperties) -> Option<i64> {
-    let dead_lettered = properties
-        .headers()
-        .as_ref()
-        .and_then(|h: &FieldTable| h.inner().get("x-death"))
-        .and_then(|v| match v {
-            AMQPValue::FieldArray(deaths) => deaths.as_slice().first().cloned(),
-            _ => None,
-        })
-        .and_then(|death| match death {
-            AMQPValue::FieldTable(t) => match t.inner().get("time") {
-                Some(AMQPValue::Timestamp(ts)) => i64::try_from(*ts).ok(),
-                _ => None,
-            },
-            _ => None,
-        });
-    dead_lettered.or_else(|| properties.timestamp().and_then(|t| i64::try_from(t).ok()))
-}
-
-/// A header value as text, whatever string-ish or numeric AMQP type it came in.
-pub fn header_text(headers: &FieldTable, name: &str) -> Option<String> {
-    let key: ShortString = name.into();
-    match headers.inner().get(&key)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        AMQPValue::LongLongInt(n) => Some(n.to_string()),
-        AMQPValue::LongInt(n) => Some(n.to_string()),
-        AMQPValue::ShortInt(n) => Some(n.to_string()),
-        AMQPValue::LongUInt(n) => Some(n.to_string()),
-        AMQPValue::ShortUInt(n) => Some(n.to_string()),
-        AMQPValue::ByteArray(b) => Some(String::from_utf8_lossy(b.as_slice()).into_owned()),
-        _ => None,
-    }
-}
-
-/// A header value as an integer.
-pub fn header_int(headers: &FieldTable, name: &str) -> Option<i64> {
-    header_text(headers, name)?.parse().ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use lapin::types::FieldArray;
-
-    use super::*;
-
-    #[test]
-    fn a_message_entered_its_queue_when_dead_lettered_there_else_when_published() {
-        let published = BasicProperties::default().with_timestamp(1_700_000_000);
-        assert_eq!(entered_queue_at(&published), Some(1_700_000_000));
-        let mut death = FieldTable::default();
-        death.insert("time".into(), AMQPValue::Timestamp(1_700_000_060));
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "x-death".into(),
-            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::FieldTable(death)])),
-        );
-        let retried = published.with_headers(headers);
-        assert_eq!(entered_queue_at(&retried), Some(1_700_000_060));
-        assert_eq!(entered_queue_at(&BasicProperties::default()), None);
-    }
 }

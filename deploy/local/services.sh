@@ -30,28 +30,37 @@ as_root() {
   else die "need root (or sudo) to run: $*"; fi
 }
 
+# apt-get update once per run, before the first look-up or install: on a fresh image the
+# package lists are empty, and apt-cache would find nothing.
 apt_updated=""
+apt_update() {
+  [ -n "$apt_updated" ] && return 0
+  command -v apt-get >/dev/null 2>&1 || { log "apt-get not found"; return 1; }
+  log "apt-get update"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || { log "apt-get update failed"; return 1; }
+  apt_updated=1
+}
+
+# Installs Debian packages. Returns non-zero when that fails rather than exiting, so that a
+# caller can try another name (`apt_install a || apt_install b || die …`). Called that way,
+# `set -e` does not apply inside, so every step checks its own status.
 apt_install() {
-  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* by hand"
-  if [ -z "$apt_updated" ]; then
-    log "apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    apt_updated=1
-  fi
+  apt_update || { log "cannot install $*"; return 1; }
   log "apt-get install $*"
   # Keep the package's own system-wide service from starting: we run a private node.
-  local policy=/usr/sbin/policy-rc.d created_policy=""
+  local policy=/usr/sbin/policy-rc.d created_policy="" rc=0
   if [ ! -e "$policy" ]; then
-    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod +x $policy"
-    created_policy=1
+    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod +x $policy" && created_policy=1
   fi
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 || {
-    [ -n "$created_policy" ] && as_root rm -f "$policy"
-    die "apt-get install $* failed"
-  }
-  [ -n "$created_policy" ] && as_root rm -f "$policy"
-  return 0
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 \
+    || rc=$?
+  if [ -n "$created_policy" ]; then as_root rm -f "$policy"; fi
+  [ "$rc" -eq 0 ] || log "apt-get install $* failed (exit $rc)"
+  return "$rc"
 }
+
+# Whether apt can install a package: `apt-cache policy` names a candidate version.
+apt_has() { apt-cache policy "$1" 2>/dev/null | grep -q '^  Candidate: [^(]'; }
 
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
@@ -67,7 +76,12 @@ rabbit_bin() {
 }
 
 rabbit_env() {
-  export HOME="$RABBIT_DIR"   # the Erlang cookie lives here, shared by server and ctl
+  # The Erlang cookie lives in HOME, shared by server and ctl. The directory must exist
+  # before the first rabbitmqctl: an Erlang VM that cannot write its cookie crashes, and
+  # writes erl_crash.dump into the current directory unless told where.
+  mkdir -p "$RABBIT_DIR/log"
+  export HOME="$RABBIT_DIR"
+  export ERL_CRASH_DUMP="$RABBIT_DIR/log/erl_crash.dump"
   export RABBITMQ_NODENAME="$RABBIT_NODE"
   export RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
   export RABBITMQ_NODE_PORT="$AMQP_PORT"
@@ -87,7 +101,7 @@ rabbit_env() {
 rabbit_ctl() { "$(rabbit_bin)/rabbitmqctl" -n "$RABBIT_NODE" "$@"; }
 
 rabbit_start() {
-  rabbit_bin >/dev/null || apt_install rabbitmq-server
+  rabbit_bin >/dev/null || apt_install rabbitmq-server || die "could not install rabbitmq-server"
   rabbit_bin >/dev/null || die "rabbitmq-server still missing after install"
   rabbit_env
   if port_open "$AMQP_PORT" && rabbit_ctl -q status >/dev/null 2>&1; then
@@ -115,8 +129,8 @@ CONF
   echo '[rabbitmq_management].' > "$RABBIT_DIR/enabled_plugins"
   log "starting RabbitMQ node $RABBIT_NODE on 127.0.0.1:$AMQP_PORT (management :$MGMT_PORT)"
   setsid nohup "$(rabbit_bin)/rabbitmq-server" > "$RABBIT_DIR/log/console.log" 2>&1 < /dev/null &
-  local i
-  for i in $(seq 1 120); do
+  local _
+  for _ in $(seq 1 120); do
     if rabbit_ctl -q await_startup --timeout 5 >/dev/null 2>&1 && port_open "$AMQP_PORT"; then
       log "RabbitMQ ready"
       return 0
@@ -129,6 +143,8 @@ CONF
 
 rabbit_stop() {
   rabbit_bin >/dev/null || return 0
+  # No directory, no node of ours (and no rabbitmqctl run that would create one).
+  [ -d "$RABBIT_DIR" ] || return 0
   rabbit_env
   if rabbit_ctl -q status >/dev/null 2>&1; then
     log "stopping RabbitMQ"
@@ -145,6 +161,31 @@ pg_bin() {
   done
   command -v pg_ctl >/dev/null 2>&1 && { dirname "$(command -v pg_ctl)"; return 0; }
   return 1
+}
+
+# The package that brings PostgreSQL 15 or later. Its name differs by release: Debian 12 has
+# postgresql-15, Debian 13 postgresql-17, Ubuntu 24.04 postgresql-16, and the unversioned
+# `postgresql` metapackage depends on that one, but on Ubuntu 22.04 it brings 14, which is
+# too old. So: the lowest versioned package from 15 up that apt can install (15 is what CI
+# tests against); none when there is none. Needs the package lists (apt_update).
+pg_package() {
+  local v
+  for v in $(apt-cache pkgnames postgresql- 2>/dev/null \
+      | sed -n 's/^postgresql-\([0-9][0-9]*\)$/\1/p' | sort -n -u); do
+    [ "$v" -ge 15 ] && apt_has "postgresql-$v" && { echo "postgresql-$v"; return 0; }
+  done
+  return 1
+}
+
+pg_install() {
+  apt_update || return 1
+  local pkg
+  if pkg=$(pg_package); then
+    apt_install "$pkg" && return 0
+  else
+    log "apt knows no postgresql-NN package from 15 up: trying the postgresql metapackage"
+  fi
+  apt_install postgresql
 }
 
 # PostgreSQL refuses to run as root: run it as an unprivileged user.
@@ -185,8 +226,10 @@ pg_prepare_dir() {
 }
 
 pg_start() {
-  pg_bin >/dev/null || apt_install postgresql-15 || apt_install postgresql
-  local bin; bin=$(pg_bin) || die "no PostgreSQL 15+ binaries found"
+  pg_bin >/dev/null || pg_install || die "could not install PostgreSQL 15 or later"
+  # The metapackage may have brought an older major version than 15.
+  local bin; bin=$(pg_bin) \
+    || die "no PostgreSQL 15+ binaries found (installed: $(ls /usr/lib/postgresql 2>/dev/null | tr '\n' ' '))"
   # A server answering as herald/herald on the port (another checkout's, or a git
   # worktree's) serves just as well.
   if port_open "$PG_PORT" && [ ! -f "$PG_DIR/data/PG_VERSION" ] && PGPASSWORD=herald "$bin/psql" \
@@ -238,6 +281,9 @@ pg_stop() {
     pg_as "$bin/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null
   fi
 }
+
+# Sourced (deploy/local/services_test.sh): define the functions, run nothing.
+if [[ "${BASH_SOURCE[0]}" != "$0" ]]; then return 0; fi
 
 case "${1:-start}" in
   start) pg_start; rabbit_start

@@ -16,9 +16,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::Readiness;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::readiness::Readiness;
 use crate::store;
 use crate::topology::Topology;
 

@@ -137,6 +137,12 @@ impl WebhookClient {
             .pool_max_idle_per_host(usize::from(settings.concurrency))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true);
+        // reqwest would otherwise take HTTP(S)_PROXY from the environment, and the
+        // resolver would then only ever check the proxy's address.
+        builder = match settings.egress_proxy.expose() {
+            "" => builder.no_proxy(),
+            proxy => builder.proxy(reqwest::Proxy::all(proxy)?),
+        };
         if !settings.allow_private_networks {
             builder = builder.dns_resolver(Arc::new(GuardedResolver));
         }
@@ -217,8 +223,19 @@ impl WebhookClient {
         Response::Answered {
             status,
             retry_after,
-            body: String::from_utf8_lossy(&kept).into_owned(),
+            body: storable_text(&kept),
         }
+    }
+}
+
+/// A receiver's reply as text PostgreSQL stores: invalid UTF-8 and zero bytes (binary
+/// replies are common; a `text` column refuses `0x00`) become U+FFFD.
+pub fn storable_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
     }
 }
 

@@ -9,7 +9,9 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::store::deliveries::{self, Outcome};
+use crate::store::{self};
 
 /// Most outcomes written in one transaction.
 const MAX_BATCH: usize = 512;
@@ -59,33 +61,85 @@ async fn write_batches(pool: PgPool, mut rx: mpsc::Receiver<Request>, stop: Canc
             }
         }
         let outcomes: Vec<Outcome> = batch.iter().map(|(o, _)| o.clone()).collect();
-        let result = write_with_retry(&pool, &outcomes, &stop).await;
-        for (_, done) in batch.drain(..) {
-            let _ = done.send(result.clone());
+        let results = write_isolating(&pool, &outcomes, &stop).await;
+        for ((_, done), result) in batch.drain(..).zip(results) {
+            let _ = done.send(result);
         }
     }
 }
 
-async fn write_with_retry(
+/// Writes the outcomes; one whose content PostgreSQL refuses is isolated (see
+/// [`store::write_isolating`]) and written once more without its free text (the
+/// receiver's body, the error message). Every other outcome of the batch is recorded:
+/// one receiver's reply never holds up the rest. One result per outcome, in order.
+async fn write_isolating(
     pool: &PgPool,
     outcomes: &[Outcome],
     stop: &CancellationToken,
-) -> Result<(), RecordError> {
-    let mut delay = Duration::from_millis(100);
+) -> Vec<Result<(), RecordError>> {
+    let written = store::write_isolating(outcomes.len(), |part| async move {
+        let rows = part.len();
+        write_while_away(pool, &outcomes[part], stop).await?;
+        Ok(vec![(); rows])
+    })
+    .await;
+    let written = match written {
+        Ok(written) => written,
+        Err(error) => {
+            let error = RecordError(error.to_string().into());
+            return outcomes.iter().map(|_| Err(error.clone())).collect();
+        }
+    };
+    let mut results = Vec::with_capacity(outcomes.len());
+    for (outcome, result) in outcomes.iter().zip(written) {
+        results.push(match result {
+            Ok(()) => Ok(()),
+            Err(refused) => {
+                let bare = without_free_text(outcome);
+                tracing::warn!(error = %refused, delivery_id = %bare.delivery_id,
+                    "the database refused an outcome; recording it without its text");
+                write_while_away(pool, std::slice::from_ref(&bare), stop)
+                    .await
+                    .map_err(|e| RecordError(e.to_string().into()))
+            }
+        });
+    }
+    results
+}
+
+/// The outcome with nothing a receiver or a library wrote: the parts that can carry
+/// content PostgreSQL refuses.
+fn without_free_text(outcome: &Outcome) -> Outcome {
+    let mut bare = outcome.clone();
+    if let Some(attempt) = &mut bare.attempt {
+        attempt.response_body = None;
+    }
+    bare.last_error = bare.last_error.map(|e| {
+        e.chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect()
+    });
+    bare
+}
+
+/// Writes one batch, retrying with backoff while the database is away; a refusal of
+/// its content, or any error once `stop` has fired, is returned.
+async fn write_while_away(
+    pool: &PgPool,
+    outcomes: &[Outcome],
+    stop: &CancellationToken,
+) -> Result<(), sqlx::Error> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         match deliveries::record_outcomes(pool, outcomes).await {
             Ok(()) => return Ok(()),
-            Err(error) if stop.is_cancelled() => {
-                return Err(RecordError(error.to_string().into()));
+            Err(error) if store::refused_content(&error) || stop.is_cancelled() => {
+                return Err(error)
             }
             Err(error) => {
-                tracing::warn!(%error, outcomes = outcomes.len(), retry_in = ?delay,
+                tracing::warn!(%error, outcomes = outcomes.len(), retry_in = ?backoff.next_delay(),
                     "cannot record delivery outcomes; holding them until the database is back");
-                tokio::select! {
-                    _ = stop.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
+                backoff.wait(stop).await;
             }
         }
     }

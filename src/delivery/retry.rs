@@ -6,7 +6,7 @@
 //! the retries of one outage come back spread out rather than as one wave.
 
 use std::collections::BTreeSet;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
@@ -76,10 +76,15 @@ impl RetryPolicy {
     }
 }
 
-/// `Retry-After` as delay-seconds (the HTTP-date form is rare from webhook receivers
-/// and is treated as absent).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+/// `Retry-After` as delay-seconds or as an HTTP date (RFC 9110 §10.2.3), the wait
+/// from `now`; a date already past is no wait, anything else is absent.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -148,7 +153,20 @@ mod tests {
             p.next_delay(2, Some(Duration::from_secs(1)), &mut rng),
             Some(Duration::from_secs(900))
         );
-        assert_eq!(parse_retry_after(" 120 "), Some(Duration::from_secs(120)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        for (header, wait) in [
+            (" 120 ", Some(120)),
+            ("Wed, 21 Oct 2015 07:30:00 GMT", Some(120)),
+            ("Wed, 21 Oct 2015 07:00:00 GMT", Some(0)),
+            ("Wednesday, 21-Oct-15 07:29:00 GMT", Some(60)),
+            ("soon", None),
+            ("-5", None),
+        ] {
+            assert_eq!(
+                parse_retry_after(header, now),
+                wait.map(Duration::from_secs),
+                "{header}"
+            );
+        }
     }
 }

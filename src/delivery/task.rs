@@ -7,14 +7,15 @@
 //! message instead of hundreds keeps a slow endpoint's backlog cheap to hold.
 
 use bytes::Bytes;
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
+use crate::broker::headers::{header_int, header_text, text};
 use crate::broker::Outgoing;
-use crate::topology::{header_int, header_text, WORK_ROUTING_KEY};
+use crate::topology::WORK_ROUTING_KEY;
 
 const DELIVERY_ID: &str = "x-herald-delivery-id";
 const EVENT_ID: &str = "x-herald-event-id";
@@ -280,10 +281,6 @@ pub fn unpack(
             body: body.slice_ref(p.body.get().as_bytes()),
         })
         .collect())
-}
-
-fn text(value: &str) -> AMQPValue {
-    AMQPValue::LongString(LongString::from(value))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer};
 
-/// Holds a sensitive string; `Debug` and `Display` print `[redacted]`.
+/// Holds a sensitive string; `Debug` prints `[redacted]` and there is no `Display`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 

@@ -141,7 +141,7 @@ const VIEW: &str = "SELECT d.id, d.event_id, e.type AS event_type, e.tenant_id, 
         ep.url, d.status, d.attempts, d.next_retry_at, d.last_status_code, d.last_error,
         d.created_at, d.updated_at, d.delivered_at
     FROM herald.deliveries d
-    JOIN herald.events e ON e.id = d.event_id
+    JOIN herald.events e ON e.tenant_key = d.tenant_key AND e.id = d.event_id
     JOIN herald.endpoints ep ON ep.id = d.endpoint_id";
 
 /// Filters for listing deliveries; `None` means any.
@@ -195,14 +195,18 @@ pub async fn attempts(pool: &PgPool, delivery_id: Uuid) -> Result<Vec<AttemptVie
     .await
 }
 
-/// Marks redriven deliveries as pending again (their new tasks are already confirmed).
-pub async fn mark_redriven(pool: &PgPool, ids: &[Uuid]) -> Result<u64, sqlx::Error> {
+/// Marks redriven deliveries as pending again; in the redrive's transaction, which
+/// commits once their new tasks are confirmed (see `crate::dlq`).
+pub async fn mark_redriven(
+    executor: impl sqlx::PgExecutor<'_>,
+    ids: &[Uuid],
+) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now()
          WHERE id = ANY($1) AND status = 'failed'",
     )
     .bind(ids)
-    .execute(pool)
+    .execute(executor)
     .await?;
     Ok(done.rows_affected())
 }

@@ -26,13 +26,6 @@ pub struct Endpoint {
     pub updated_at: DateTime<Utc>,
 }
 
-impl Endpoint {
-    /// Receives events: enabled and not deleted.
-    pub fn is_active(&self) -> bool {
-        self.enabled && !self.deleted
-    }
-}
-
 /// An endpoint that receives events as every process caches it and delivery uses it:
 /// what delivering takes and none of what only the API shows (description, disabled
 /// reason, timestamps), in boxed slices. 100,000 of them are cached in ≈ 26 MB less

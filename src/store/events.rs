@@ -36,7 +36,7 @@ pub enum Recorded {
 }
 
 /// Records a batch of events and their deliveries in one transaction, idempotent on
-/// the event id. Returns one `Recorded` per input, in order.
+/// the event's tenant and id. Returns one `Recorded` per input, in order.
 pub async fn record_fan_out(
     pool: &PgPool,
     batch: &[FanOut<'_>],
@@ -44,45 +44,20 @@ pub async fn record_fan_out(
 ) -> Result<Vec<Recorded>, sqlx::Error> {
     let mut tx = pool.begin().await?;
 
-    let inserted: HashSet<String> = sqlx::query_scalar(
+    let inserted: HashSet<(String, String)> = sqlx::query_as(
         "INSERT INTO herald.events (id, type, tenant_id, source, occurred_at, payload, received_at)
          SELECT id, type, tenant_id, source, occurred_at, payload::json, $7
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
               AS t(id, type, tenant_id, source, occurred_at, payload)
-         ON CONFLICT (id) DO NOTHING
-         RETURNING id",
+         ON CONFLICT (tenant_key, id) DO NOTHING
+         RETURNING tenant_key, id",
     )
-    .bind(
-        batch
-            .iter()
-            .map(|f| f.event.id.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        batch
-            .iter()
-            .map(|f| f.event.event_type.as_str())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        batch
-            .iter()
-            .map(|f| f.event.tenant_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        batch
-            .iter()
-            .map(|f| f.event.source.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        batch
-            .iter()
-            .map(|f| f.event.occurred_at)
-            .collect::<Vec<_>>(),
-    )
-    .bind(batch.iter().map(|f| f.event.data.get()).collect::<Vec<_>>())
+    .bind(column(batch, |e| e.id.as_str()))
+    .bind(column(batch, |e| e.event_type.as_str()))
+    .bind(column(batch, |e| e.tenant_id.as_deref()))
+    .bind(column(batch, |e| e.source.as_deref()))
+    .bind(column(batch, |e| e.occurred_at))
+    .bind(column(batch, |e| e.data.get()))
     .bind(received_at)
     .fetch_all(&mut *tx)
     .await?
@@ -90,10 +65,12 @@ pub async fn record_fan_out(
     .collect();
 
     let mut results = Vec::with_capacity(batch.len());
-    let (mut ids, mut event_ids, mut endpoint_ids) = (Vec::new(), Vec::new(), Vec::new());
-    let mut recheck = Vec::new();
+    let (mut ids, mut tenant_keys, mut event_ids, mut endpoint_ids) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut recheck_tenants, mut recheck_ids) = (Vec::new(), Vec::new());
     for f in batch {
-        if inserted.contains(&f.event.id) {
+        let key = (tenant_key(f.event).to_string(), f.event.id.clone());
+        if inserted.contains(&key) {
             let deliveries: Vec<NewDelivery> = f
                 .endpoints
                 .iter()
@@ -104,13 +81,15 @@ pub async fn record_fan_out(
                 .collect();
             for d in &deliveries {
                 ids.push(d.delivery_id);
+                tenant_keys.push(tenant_key(f.event));
                 event_ids.push(f.event.id.as_str());
                 endpoint_ids.push(d.endpoint_id);
             }
             results.push(Recorded::New(deliveries));
         } else {
             if f.redelivered {
-                recheck.push(f.event.id.as_str());
+                recheck_tenants.push(tenant_key(f.event));
+                recheck_ids.push(f.event.id.as_str());
             }
             results.push(Recorded::Duplicate(Vec::new()));
         }
@@ -118,11 +97,14 @@ pub async fn record_fan_out(
 
     if !ids.is_empty() {
         sqlx::query(
-            "INSERT INTO herald.deliveries (id, event_id, endpoint_id, created_at, updated_at)
-             SELECT id, event_id, endpoint_id, $4, $4
-             FROM UNNEST($1::uuid[], $2::text[], $3::uuid[]) AS t(id, event_id, endpoint_id)",
+            "INSERT INTO herald.deliveries
+                 (id, tenant_key, event_id, endpoint_id, created_at, updated_at)
+             SELECT id, tenant_key, event_id, endpoint_id, $5, $5
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[])
+                  AS t(id, tenant_key, event_id, endpoint_id)",
         )
         .bind(&ids)
+        .bind(&tenant_keys)
         .bind(&event_ids)
         .bind(&endpoint_ids)
         .bind(received_at)
@@ -130,14 +112,16 @@ pub async fn record_fan_out(
         .await?;
     }
 
-    if !recheck.is_empty() {
-        let pending: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
-            "SELECT d.id, d.event_id, d.endpoint_id
-             FROM herald.deliveries d JOIN herald.events e ON e.id = d.event_id
-             WHERE d.event_id = ANY($1) AND e.dispatched_at IS NULL
-               AND d.status = 'pending' AND d.attempts = 0",
+    if !recheck_ids.is_empty() {
+        let pending: Vec<(Uuid, String, String, Uuid)> = sqlx::query_as(
+            "SELECT d.id, d.tenant_key, d.event_id, d.endpoint_id
+             FROM UNNEST($1::text[], $2::text[]) AS r(tenant_key, event_id)
+             JOIN herald.events e ON e.tenant_key = r.tenant_key AND e.id = r.event_id
+             JOIN herald.deliveries d ON d.tenant_key = e.tenant_key AND d.event_id = e.id
+             WHERE e.dispatched_at IS NULL AND d.status = 'pending' AND d.attempts = 0",
         )
-        .bind(&recheck)
+        .bind(&recheck_tenants)
+        .bind(&recheck_ids)
         .fetch_all(&mut *tx)
         .await?;
         for (f, result) in batch.iter().zip(results.iter_mut()) {
@@ -145,8 +129,10 @@ pub async fn record_fan_out(
                 list.extend(
                     pending
                         .iter()
-                        .filter(|(_, event_id, _)| *event_id == f.event.id)
-                        .map(|(delivery_id, _, endpoint_id)| NewDelivery {
+                        .filter(|(_, tenant, event_id, _)| {
+                            *event_id == f.event.id && tenant == tenant_key(f.event)
+                        })
+                        .map(|(delivery_id, _, _, endpoint_id)| NewDelivery {
                             delivery_id: *delivery_id,
                             endpoint_id: *endpoint_id,
                         }),
@@ -159,33 +145,27 @@ pub async fn record_fan_out(
     Ok(results)
 }
 
-/// Marks events whose delivery tasks are all confirmed by the broker.
-pub async fn mark_dispatched(pool: &PgPool, ids: &[&str]) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE herald.events SET dispatched_at = now() WHERE id = ANY($1) AND dispatched_at IS NULL")
-        .bind(ids)
-        .execute(pool)
-        .await?;
+/// Marks events (tenant key, id) whose delivery tasks are all confirmed by the broker.
+pub async fn mark_dispatched(pool: &PgPool, events: &[(&str, &str)]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE herald.events e SET dispatched_at = now()
+         FROM UNNEST($1::text[], $2::text[]) AS d(tenant_key, id)
+         WHERE e.tenant_key = d.tenant_key AND e.id = d.id AND e.dispatched_at IS NULL",
+    )
+    .bind(events.iter().map(|(tenant, _)| *tenant).collect::<Vec<_>>())
+    .bind(events.iter().map(|(_, id)| *id).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
-/// A stored event, for redrive and replay.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct StoredEvent {
-    pub id: String,
-    #[sqlx(rename = "type")]
-    pub event_type: String,
-    pub tenant_id: Option<String>,
-    pub occurred_at: DateTime<Utc>,
-    pub payload: String,
-    pub received_at: DateTime<Utc>,
+/// The tenant half of an event's key: its tenant id, `''` for none (migration
+/// `20261202000001_events_per_tenant.sql`).
+pub fn tenant_key(event: &Event) -> &str {
+    event.tenant_id.as_deref().unwrap_or("")
 }
 
-pub async fn get(pool: &PgPool, id: &str) -> Result<Option<StoredEvent>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, type, tenant_id, occurred_at, payload::text AS payload, received_at
-         FROM herald.events WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+/// One column of the batch, for `UNNEST`.
+fn column<'a, T>(batch: &'a [FanOut<'_>], field: impl Fn(&'a Event) -> T) -> Vec<T> {
+    batch.iter().map(|f| field(f.event)).collect()
 }

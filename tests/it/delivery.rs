@@ -521,6 +521,7 @@ async fn a_slow_endpoint_is_put_off_instead_of_taking_every_slot() {
             Duration::ZERO
         },
         headers: vec![],
+        body: None,
     })
     .await;
     env.add_endpoint(&receiver.url("/slow"), &["#"], None).await;
@@ -739,6 +740,116 @@ async fn tasks_put_off_together_travel_in_few_messages_and_each_arrives_once() {
         env.count("SELECT count(*) FROM herald.delivery_attempts")
             .await,
         events
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redriven_delivery_whose_endpoint_refuses_at_once_is_recorded_failed_not_pending() {
+    let env = TestEnv::with(|s| s.delivery.retry_schedule = vec![]).await;
+    let receiver = Receiver::scripted(|_, _| Reply::status(500)).await;
+    let endpoint = env.add_endpoint(&receiver.url("/a"), &["x.#"], None).await;
+    let app = env.start_ready().await;
+    for n in 0..3 {
+        env.publish("x.y", Some(&format!("evt-{n}")), None, b"{}")
+            .await;
+    }
+    let dlq = env.topology().dlq();
+    eventually("three parked", Duration::from_secs(15), || async {
+        env.queue_depth(&dlq).await == 3
+    })
+    .await;
+    // Disabled meanwhile: a redriven task is dead-lettered again the moment it is taken.
+    herald::store::endpoints::set_enabled(&env.pool, endpoint.id, false, Some("maintenance"))
+        .await
+        .unwrap();
+    eventually("the cache to see it", Duration::from_secs(10), || async {
+        app.subscriptions().snapshot().get(&endpoint.id).is_none()
+    })
+    .await;
+    for round in 0..3 {
+        let report = dlq::redrive(&env.settings, &env.pool, Selection::All)
+            .await
+            .unwrap();
+        assert_eq!(report.redriven.len(), 3, "round {round}");
+        eventually("parked again", Duration::from_secs(15), || async {
+            env.queue_depth(&dlq).await == 3
+        })
+        .await;
+        // Every record says what the queue says, once the writes are done.
+        eventually("every record failed", Duration::from_secs(10), || async {
+            env.delivery_statuses().await == vec![("failed".to_string(), 3)]
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            env.delivery_statuses().await,
+            vec![("failed".to_string(), 3)],
+            "round {round}: nothing flips back to pending"
+        );
+    }
+    let errors: Vec<String> = sqlx::query_scalar("SELECT last_error FROM herald.deliveries")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert!(
+        errors.iter().all(|e| e.starts_with("endpoint_disabled")),
+        "{errors:?}"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_answering_binary_holds_up_no_endpoint() {
+    const EVENTS: usize = 300;
+    let env = TestEnv::new().await;
+    // A zero byte and bytes that are not UTF-8, as binary replies have.
+    let receiver = Receiver::scripted(|path, _| match path {
+        "/binary" => Reply::with_body(200, b"\x00\x01PNG\xff\xfe\x00end"),
+        _ => Reply::status(204),
+    })
+    .await;
+    let binary = env
+        .add_endpoint(&receiver.url("/binary"), &["#"], None)
+        .await;
+    env.add_endpoint(&receiver.url("/healthy"), &["#"], None)
+        .await;
+    let app = env.start_ready().await;
+    for n in 0..EVENTS {
+        env.publish(
+            "billing.invoice.paid",
+            Some(&format!("inv-{n}")),
+            None,
+            b"{}",
+        )
+        .await;
+    }
+    eventually(
+        "every delivery recorded",
+        Duration::from_secs(60),
+        || async {
+            env.delivery_statuses().await == vec![("success".to_string(), 2 * EVENTS as i64)]
+        },
+    )
+    .await;
+    assert_eq!(receiver.received_at("/healthy").len(), EVENTS);
+    let bodies: Vec<Option<String>> = sqlx::query_scalar(
+        "SELECT a.response_body FROM herald.delivery_attempts a
+         JOIN herald.deliveries d ON d.id = a.delivery_id WHERE d.endpoint_id = $1",
+    )
+    .bind(binary.id)
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(bodies.len(), EVENTS);
+    assert!(
+        bodies
+            .iter()
+            .all(|b| b.as_deref() == Some("\u{FFFD}\u{1}PNG\u{FFFD}\u{FFFD}\u{FFFD}end")),
+        "{:?}",
+        bodies.first()
     );
     app.stop().await;
     env.cleanup().await;

@@ -188,3 +188,174 @@ async fn structured_cloudevents_are_accepted_with_their_own_id_type_and_tenant()
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_event_id_from_two_tenants_is_two_events_and_each_reaches_its_endpoints() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/acme"), &["sales.#"], Some("acme"))
+        .await;
+    env.add_endpoint(&receiver.url("/globex"), &["sales.#"], Some("globex"))
+        .await;
+    // No tenant: it receives every tenant's events.
+    env.add_endpoint(&receiver.url("/all"), &["sales.#"], None)
+        .await;
+    let app = env.start_ready().await;
+
+    env.publish(
+        "sales.order.created",
+        Some("order-1"),
+        Some("acme"),
+        br#"{"t":"acme"}"#,
+    )
+    .await;
+    env.publish(
+        "sales.order.created",
+        Some("order-1"),
+        Some("globex"),
+        br#"{"t":"globex"}"#,
+    )
+    .await;
+    env.publish(
+        "sales.order.created",
+        Some("order-1"),
+        None,
+        br#"{"t":null}"#,
+    )
+    .await;
+    // The same id again from one tenant is still the same event.
+    env.publish(
+        "sales.order.created",
+        Some("order-1"),
+        Some("acme"),
+        br#"{"t":"again"}"#,
+    )
+    .await;
+    env.publish("sales.order.created", Some("marker"), Some("acme"), b"{}")
+        .await;
+
+    eventually("the marker delivered", Duration::from_secs(15), || async {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.header("webhook-id") == "marker")
+            .count()
+            == 2
+    })
+    .await;
+    eventually("seven deliveries", Duration::from_secs(10), || async {
+        env.delivery_statuses().await == vec![("success".to_string(), 7)]
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tenants_at = |path: &str| -> Vec<String> {
+        let mut seen: Vec<String> = receiver
+            .received_at(path)
+            .iter()
+            .filter(|r| r.header("webhook-id") == "order-1")
+            .map(|r| {
+                let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                body["data"]["t"].as_str().unwrap_or("none").to_string()
+            })
+            .collect();
+        seen.sort();
+        seen
+    };
+    assert_eq!(tenants_at("/acme"), ["acme"]);
+    assert_eq!(tenants_at("/globex"), ["globex"]);
+    assert_eq!(tenants_at("/all"), ["acme", "globex", "none"]);
+    assert_eq!(
+        env.count("SELECT count(*) FROM herald.events WHERE id = 'order-1'")
+            .await,
+        3
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// A structured CloudEvent whose `source` holds a zero byte: the envelope takes it,
+/// PostgreSQL refuses to store it (`invalid byte sequence for encoding "UTF8": 0x00`).
+fn refused_by_the_database() -> (Vec<u8>, BasicProperties) {
+    let body =
+        br#"{"id":"poison","type":"inventory.stock.changed","source":"/a\u0000b","data":{}}"#;
+    let properties = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/cloudevents+json".into());
+    (body.to_vec(), properties)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_inside_a_batch_are_parked_and_every_good_one_is_delivered() {
+    const GOOD: usize = 600;
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/stock"), &["inventory.#"], None)
+        .await;
+    // Published before Herald starts, so they arrive together in full batches.
+    let (poison, poison_properties) = refused_by_the_database();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    for n in 0..GOOD {
+        if n == GOOD / 3 {
+            env.publish_raw(
+                "inventory.stock.changed",
+                &poison,
+                poison_properties.clone(),
+            )
+            .await;
+        }
+        if n == GOOD / 2 {
+            env.publish(
+                "inventory.stock.changed",
+                Some("deep"),
+                None,
+                deep.as_bytes(),
+            )
+            .await;
+        }
+        env.publish(
+            "inventory.stock.changed",
+            Some(&format!("good-{n}")),
+            None,
+            br#"{"sku":"A-1"}"#,
+        )
+        .await;
+    }
+    let app = env.start_ready().await;
+    eventually(
+        "every good event delivered",
+        Duration::from_secs(60),
+        || async { env.delivery_statuses().await == vec![("success".to_string(), GOOD as i64)] },
+    )
+    .await;
+    let ingest = env.topology().ingest_queue();
+    eventually(
+        "the ingest queue empty",
+        Duration::from_secs(10),
+        || async { env.queue_depth(&ingest).await == 0 },
+    )
+    .await;
+    app.stop().await;
+    let mut parked: Vec<(String, String)> = env
+        .drain(&env.topology().invalid_queue())
+        .await
+        .iter()
+        .map(|m| {
+            (
+                amqp_header(m, "x-herald-reason").unwrap_or_default(),
+                amqp_header(m, "x-herald-error").unwrap_or_default(),
+            )
+        })
+        .collect();
+    parked.sort();
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert_eq!(parked[0].0, "refused_by_database");
+    assert!(parked[0].1.contains("0x00"), "{}", parked[0].1);
+    assert_eq!(parked[1].0, "too_deep");
+    assert_eq!(
+        env.count("SELECT count(*) FROM herald.events WHERE id IN ('poison', 'deep')")
+            .await,
+        0
+    );
+    assert_eq!(receiver.count(), GOOD);
+    env.cleanup().await;
+}

@@ -57,6 +57,7 @@ async fn a_graceful_stop_finishes_in_flight_deliveries_and_loses_nothing() {
         status: 200,
         delay: Duration::from_millis(20),
         headers: vec![],
+        body: None,
     })
     .await;
     env.add_endpoint(&receiver.url("/slow"), &["inventory.#"], None)
@@ -236,6 +237,7 @@ async fn losing_the_broker_connection_mid_stream_loses_nothing() {
         status: 200,
         delay: Duration::from_millis(20),
         headers: vec![],
+        body: None,
     })
     .await;
     env.add_endpoint(&receiver.url("/r"), &["inventory.#"], None)

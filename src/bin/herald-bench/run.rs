@@ -10,9 +10,7 @@ use anyhow::Context;
 use hdrhistogram::Histogram;
 use herald::broker::Publisher;
 use herald::config::Settings;
-use herald::delivery::retry::RetryPolicy;
 use herald::domain::{Secret, SigningSecret};
-use herald::topology::Topology;
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
@@ -498,7 +496,7 @@ impl Bench {
         let tag = self.next_tag();
         let exchange = format!("{tag}.events");
         let settings = self.settings(&tag, &exchange, &spec.retry_schedule)?;
-        let topology = Topology::new(&settings, &RetryPolicy::from_settings(&settings.delivery));
+        let topology = herald::delivery::topology(&settings);
         let config = self.herald_config(&tag, &exchange, &spec.retry_schedule);
 
         self.fresh_database().await?;

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use herald::broker::{self, Outgoing, Publisher};
 use herald::config::Settings;
-use herald::delivery::retry::RetryPolicy;
 use herald::domain::Secret;
 use herald::store::{self, endpoints};
 use herald::topology::Topology;
@@ -56,6 +55,15 @@ impl TestEnv {
 
     /// A fresh environment; `adjust` changes the test settings before anything starts.
     pub async fn with(adjust: impl FnOnce(&mut Settings)) -> Self {
+        Self::build(adjust, true).await
+    }
+
+    /// A fresh environment whose database is empty: not migrated yet.
+    pub async fn unmigrated() -> Self {
+        Self::build(|_| {}, false).await
+    }
+
+    async fn build(adjust: impl FnOnce(&mut Settings), migrate: bool) -> Self {
         let _ = herald::telemetry::init(&Default::default());
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("herald_test_{}", &id[..16]);
@@ -91,7 +99,9 @@ impl TestEnv {
         settings.validate().expect("test settings are valid");
 
         let pool = store::pool(&settings.database).unwrap();
-        store::migrate(&pool).await.expect("migrations apply");
+        if migrate {
+            store::migrate(&pool).await.expect("migrations apply");
+        }
         let mut env = TestEnv {
             settings,
             pool,
@@ -121,10 +131,7 @@ impl TestEnv {
     }
 
     pub fn topology(&self) -> Topology {
-        Topology::new(
-            &self.settings,
-            &RetryPolicy::from_settings(&self.settings.delivery),
-        )
+        herald::delivery::topology(&self.settings)
     }
 
     pub async fn start(&self, role: Role) -> App {
@@ -322,5 +329,5 @@ pub fn amqp_header(delivery: &lapin::message::Delivery, name: &str) -> Option<St
         .properties
         .headers()
         .as_ref()
-        .and_then(|h| herald::topology::header_text(h, name))
+        .and_then(|h| herald::broker::headers::header_text(h, name))
 }

@@ -35,6 +35,8 @@ pub struct Reply {
     pub status: u16,
     pub delay: Duration,
     pub headers: Vec<(&'static str, String)>,
+    /// The reply's body; `None`: a short text.
+    pub body: Option<Vec<u8>>,
 }
 
 impl Reply {
@@ -43,6 +45,15 @@ impl Reply {
             status,
             delay: Duration::ZERO,
             headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// `status` with these bytes as the body.
+    pub fn with_body(status: u16, body: &[u8]) -> Self {
+        Reply {
+            body: Some(body.to_vec()),
+            ..Reply::status(status)
         }
     }
 
@@ -148,11 +159,11 @@ async fn receive(
         headers,
         body,
     });
-    let mut response = (
-        StatusCode::from_u16(reply.status).unwrap(),
-        "receiver says hi",
-    )
-        .into_response();
+    let status = StatusCode::from_u16(reply.status).unwrap();
+    let mut response = match reply.body {
+        Some(body) => (status, body).into_response(),
+        None => (status, "receiver says hi").into_response(),
+    };
     for (name, value) in reply.headers {
         response.headers_mut().insert(name, value.parse().unwrap());
     }

@@ -1,8 +1,13 @@
-//! RabbitMQ connections and confirmed publishing.
+//! RabbitMQ: connections, confirmed publishing, the consumer lifecycle
+//! ([`consumer`]), header codecs ([`headers`]) and parking ([`park`]).
 //!
 //! Every publish Herald makes waits for the broker's confirm before the message that
 //! caused it is acknowledged; unroutable messages (`mandatory`) count as failures, so a
 //! missing queue can never swallow a delivery.
+
+pub mod consumer;
+pub mod headers;
+pub mod park;
 
 use std::time::Duration;
 
@@ -11,6 +16,8 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
 
 /// Why a publish did not become durable on the broker.
 #[derive(Debug, thiserror::Error)]
@@ -54,98 +61,16 @@ pub async fn connect_with_backoff(
     max_backoff: Duration,
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
-    let mut delay = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff);
     loop {
         match connect(url, name).await {
             Ok(connection) => return Some(connection),
             Err(error) => {
-                tracing::warn!(%error, retry_in = ?delay, "broker unreachable; waiting to reconnect");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(delay) => {}
+                tracing::warn!(%error, retry_in = ?backoff.next_delay(),
+                    "broker unreachable; waiting to reconnect");
+                if !backoff.wait(shutdown).await {
+                    return None;
                 }
-                delay = (delay * 2).min(max_backoff);
-            }
-        }
-    }
-}
-
-/// A consumer on a queue of the declared topology, its channel (prefetch set), and a
-/// confirm-mode publisher on the same connection for what the consumed messages cause.
-pub struct ConsumerSetup {
-    pub channel: Channel,
-    pub consumer: lapin::Consumer,
-    pub publisher: Publisher,
-}
-
-/// Declares the topology, then starts consuming `queue` with `prefetch` unacked
-/// messages at most.
-pub async fn start_consumer(
-    connection: &Connection,
-    topology: &crate::topology::Topology,
-    queue: &str,
-    prefetch: u16,
-) -> lapin::Result<ConsumerSetup> {
-    let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
-    channel
-        .basic_qos(prefetch, lapin::options::BasicQosOptions::default())
-        .await?;
-    let publisher = Publisher::open(connection).await?;
-    let consumer = channel
-        .basic_consume(
-            queue,
-            "",
-            lapin::options::BasicConsumeOptions::default(),
-            lapin::types::FieldTable::default(),
-        )
-        .await?;
-    Ok(ConsumerSetup {
-        channel,
-        consumer,
-        publisher,
-    })
-}
-
-/// What `keep_consuming` runs on each connection.
-pub type ConsumeFuture<'c, E> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), E>> + Send + 'c>>;
-
-/// Keeps one consumer running until `shutdown`: connects (waiting with backoff while
-/// the broker is away), runs `consume` on the connection, and when it fails calls
-/// `down` and reconnects after a growing delay. `consume` returning `Ok` means it
-/// stopped for shutdown.
-pub async fn keep_consuming<E: std::fmt::Display>(
-    settings: &crate::config::AmqpSettings,
-    name: &str,
-    shutdown: &CancellationToken,
-    down: impl Fn(),
-    consume: impl for<'c> Fn(&'c Connection) -> ConsumeFuture<'c, E>,
-) {
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let Some(connection) = connect_with_backoff(
-            settings.url.expose(),
-            name,
-            settings.reconnect_max_backoff,
-            shutdown,
-        )
-        .await
-        else {
-            return;
-        };
-        let result = consume(&connection).await;
-        down();
-        let _ = connection.close(200, "closing").await;
-        match result {
-            Ok(()) => return,
-            Err(error) => {
-                tracing::warn!(%error, consumer = name, retry_in = ?backoff, "consumer stopped; reconnecting");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(settings.reconnect_max_backoff);
             }
         }
     }
@@ -173,10 +98,6 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         Ok(Self { channel })
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.channel.status().connected()
     }
 
     /// Publishes one message and waits for the broker's confirm.

@@ -1,0 +1,491 @@
+//! The attempt engine, driven by the deliver role (work-queue tasks) and the ingest
+//! role (first attempts) alike. One attempt, in named steps:
+//!
+//! 1. find the endpoint (a disabled or deleted one dead-letters the task at once);
+//! 2. take a place in the endpoint's throttle, or put the task off through a defer
+//!    queue;
+//! 3. sign and send ([`send`]), holding one of the process's request slots;
+//! 4. ask the pure [`decide`] what the answer means: done, retry at a delay, or
+//!    dead-letter with a reason;
+//! 5. carry that out — record the outcome and publish the follow-up message, in the
+//!    order the task's [`Origin`] needs — and only then report it settled.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use chrono::{DateTime, Utc};
+use prometheus::IntGauge;
+use reqwest::header::HeaderMap;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::Instrument;
+
+use super::client::{header, Response, WebhookClient};
+use super::decision::{decide, DeadLetterReason, Decision};
+use super::put_off::{PutOffError, PutOffs};
+use super::recorder::{RecordError, Recorder};
+use super::retry::RetryPolicy;
+use super::task::DeliveryTask;
+use super::throttle::{busy_delay, defer_tier, Admission, Slot, Throttle};
+use crate::broker::{Outgoing, PublishError, Publisher};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::signing::signature_header;
+use crate::store::deliveries::{AttemptRecord, Outcome, Status};
+use crate::store::endpoints::{self, ActiveEndpoint};
+use crate::subscriptions::{Lookup, Subscriptions};
+use crate::telemetry;
+use crate::topology::Topology;
+
+/// Everything a delivery needs, shared by all of a process's deliveries.
+pub struct Deliverer {
+    pub settings: Arc<Settings>,
+    pub topology: Topology,
+    pub retry: RetryPolicy,
+    pub client: WebhookClient,
+    pub subscriptions: Arc<Subscriptions>,
+    pub recorder: Recorder,
+    pub throttle: Throttle,
+    /// The process's `delivery.concurrency` request slots, each held for one HTTP
+    /// request only (not while its outcome is recorded).
+    pub requests: Semaphore,
+    /// The process's attempts in progress (requests, outcomes being recorded, put-offs
+    /// being confirmed), [`crate::config::DeliverySettings::attempts_in_progress`] at
+    /// most: first attempts and work-queue tasks alike.
+    pub attempts: Arc<Semaphore>,
+    pub put_offs: PutOffs,
+    pub metrics: Arc<Metrics>,
+    pub pool: sqlx::PgPool,
+}
+
+impl Deliverer {
+    /// Waits for one of the process's attempt permits; counted in
+    /// `herald_attempts_in_progress` while held.
+    pub async fn attempt_permit(&self) -> AttemptPermit {
+        let permit = self
+            .attempts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed");
+        self.metrics.attempts_in_progress.inc();
+        AttemptPermit {
+            _permit: permit,
+            gauge: self.metrics.attempts_in_progress.clone(),
+        }
+    }
+}
+
+/// One attempt's place among the process's attempts in progress.
+pub struct AttemptPermit {
+    _permit: OwnedSemaphorePermit,
+    gauge: IntGauge,
+}
+
+impl Drop for AttemptPermit {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Why a task was not settled; it will be tried again (see [`Origin`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Unsettled {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    PutOff(#[from] PutOffError),
+}
+
+/// Where a task came from, which decides the order of the writes after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A message of `<prefix>.work`: if settling fails, the task itself comes back.
+    /// The outcome is recorded first, then the retry or dead letter is published.
+    WorkQueue,
+    /// A first attempt made by the ingest role: if settling fails, the event's message
+    /// comes back and only deliveries still `pending` are tried again. The retry or
+    /// dead letter is published first, then the outcome recorded, so a delivery is never
+    /// left `retrying` without a task to retry it.
+    Ingest,
+}
+
+/// Makes one attempt of `task` in its own `deliver` span (a child of the event's
+/// trace). `Ok` once everything the attempt caused is durable.
+pub async fn attempt(
+    deliverer: &Deliverer,
+    publisher: &Publisher,
+    task: &DeliveryTask,
+    origin: Origin,
+) -> Result<(), Unsettled> {
+    let span = tracing::info_span!("deliver",
+        event_id = %task.event_id, endpoint_id = %task.endpoint_id,
+        delivery_id = %task.delivery_id, attempt = task.attempt);
+    let traceparent = telemetry::link(&span, task.traceparent.as_deref());
+    let run = Run {
+        d: deliverer,
+        publisher,
+        task,
+        origin,
+    };
+    async {
+        let result = run.deliver(&traceparent).await;
+        if let Err(error) = &result {
+            tracing::warn!(%error, "delivery not settled; it will be tried again");
+        }
+        result
+    }
+    .instrument(span)
+    .await
+}
+
+/// One attempt of one task: what every step needs.
+struct Run<'a> {
+    d: &'a Deliverer,
+    publisher: &'a Publisher,
+    task: &'a DeliveryTask,
+    origin: Origin,
+}
+
+/// An attempt that was made, as it is recorded.
+struct Made {
+    response: Response,
+    duration_ms: i32,
+    at: DateTime<Utc>,
+}
+
+impl Run<'_> {
+    async fn deliver(&self, traceparent: &str) -> Result<(), Unsettled> {
+        let endpoint = match self.d.subscriptions.lookup(self.task.endpoint_id).await? {
+            Lookup::Active(endpoint) => endpoint,
+            Lookup::Disabled(reason) => {
+                let why = format!(
+                    "endpoint disabled{}",
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                );
+                return self
+                    .dead_letter(DeadLetterReason::EndpointDisabled, None, why)
+                    .await;
+            }
+            Lookup::Deleted => {
+                return self
+                    .dead_letter(
+                        DeadLetterReason::EndpointDeleted,
+                        None,
+                        "endpoint deleted".into(),
+                    )
+                    .await;
+            }
+        };
+        let slot = match self.admit(&endpoint).await {
+            Ok(slot) => slot,
+            Err(put_off) => return put_off,
+        };
+        let made = self.send(&endpoint, slot, traceparent).await;
+        let decision = decide(
+            &made.response,
+            self.task.retries_done(),
+            &self.d.retry,
+            SystemTime::now(),
+            &mut rand::thread_rng(),
+        );
+        self.carry_out(made, decision).await
+    }
+
+    /// A place in the endpoint's throttle; or, when it has none now, the result of
+    /// putting the task off.
+    async fn admit(&self, endpoint: &ActiveEndpoint) -> Result<Slot, Result<(), Unsettled>> {
+        let task = self.task;
+        match self
+            .d
+            .throttle
+            .admit(
+                endpoint.id,
+                endpoint.rate_limit,
+                task.not_before_ms,
+                task.turn,
+            )
+            .await
+        {
+            Admission::Go(slot) => Ok(slot),
+            Admission::Defer {
+                delay,
+                not_before_ms,
+                turn,
+                reason,
+            } => Err(self.put_off(delay, not_before_ms, turn, reason).await),
+        }
+    }
+
+    /// Signs and sends the webhook, holding a request slot for the request alone.
+    async fn send(&self, endpoint: &ActiveEndpoint, slot: Slot, traceparent: &str) -> Made {
+        let d = self.d;
+        let request = d.requests.acquire().await.expect("never closed");
+        d.metrics.in_flight.inc();
+        let attempt = d
+            .client
+            .post(
+                &endpoint.url,
+                request_headers(endpoint, self.task, traceparent),
+                self.task.body.clone(),
+            )
+            .await;
+        // The endpoint's and the process's slots are for the request only, not for
+        // recording its outcome.
+        drop(slot);
+        drop(request);
+        d.metrics.in_flight.dec();
+        d.metrics
+            .delivery_duration
+            .observe(attempt.duration.as_secs_f64());
+        match &attempt.response {
+            Response::Answered { status, .. } => d
+                .metrics
+                .http_status
+                .with_label_values(&[&status.to_string()])
+                .inc(),
+            Response::Failed { class, .. } => d
+                .metrics
+                .delivery_errors
+                .with_label_values(&[class.as_str()])
+                .inc(),
+        }
+        Made {
+            response: attempt.response,
+            duration_ms: i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX),
+            at: Utc::now(),
+        }
+    }
+
+    /// Records the attempt and carries the decision out.
+    async fn carry_out(&self, made: Made, decision: Decision) -> Result<(), Unsettled> {
+        let (d, task) = (self.d, self.task);
+        let (status_code, error_text, record) =
+            attempt_record(task, made.response, made.duration_ms);
+        let mut outcome = Outcome {
+            delivery_id: task.delivery_id,
+            attempt: Some(record),
+            status: Status::Success,
+            attempts: task.attempt as i32,
+            next_retry_at: None,
+            last_status_code: status_code.map(i32::from),
+            last_error: None,
+            at: made.at,
+        };
+        if decision == Decision::Done {
+            d.metrics.deliveries.with_label_values(&["success"]).inc();
+            if task.received_at_ms > 0 {
+                let latency =
+                    (made.at.timestamp_millis() - task.received_at_ms).max(0) as f64 / 1000.0;
+                d.metrics.end_to_end.observe(latency);
+            }
+            d.recorder.record(outcome).await?;
+            tracing::debug!(duration_ms = made.duration_ms, "delivered");
+            return Ok(());
+        }
+        d.metrics.deliveries.with_label_values(&["failure"]).inc();
+        d.metrics.endpoint_failed(task.endpoint_id);
+        outcome.last_error = Some(error_text.clone());
+        match decision {
+            Decision::Done => unreachable!("handled above"),
+            Decision::Retry { delay } => {
+                outcome.status = Status::Retrying;
+                outcome.next_retry_at =
+                    Some(made.at + chrono::Duration::from_std(delay).unwrap_or_default());
+                let next_task = task.next_attempt();
+                let queue = d.topology.delay_queue(delay);
+                self.follow_up(outcome, next_task.to_queue(&queue)).await?;
+                d.metrics.retries.inc();
+                tracing::info!(error = %error_text, retry_in = ?delay, "attempt failed; retry scheduled");
+                Ok(())
+            }
+            Decision::DeadLetter(reason) => {
+                if reason.disables_endpoint() {
+                    self.disable_endpoint().await?;
+                }
+                let failure = Failure {
+                    reason,
+                    last_status: status_code,
+                    error: error_text,
+                };
+                self.park(failure, Some(outcome)).await
+            }
+        }
+    }
+
+    /// The receiver said this endpoint is gone for good: stop sending to it.
+    async fn disable_endpoint(&self) -> Result<(), Unsettled> {
+        endpoints::set_enabled(
+            &self.d.pool,
+            self.task.endpoint_id,
+            false,
+            Some("receiver answered 410 Gone"),
+        )
+        .await?;
+        self.d.metrics.endpoints_disabled.inc();
+        tracing::warn!("endpoint answered 410 Gone; disabled");
+        Ok(())
+    }
+
+    /// Puts the task off through a defer queue: no attempt, nothing recorded.
+    async fn put_off(
+        &self,
+        delay: Duration,
+        not_before_ms: Option<i64>,
+        turn: Option<u64>,
+        reason: &'static str,
+    ) -> Result<(), Unsettled> {
+        let task = self.task;
+        // A busy endpoint whose pace is not known yet: back off.
+        let wanted = if delay.is_zero() {
+            busy_delay(task.deferrals)
+        } else {
+            delay
+        };
+        let tier = defer_tier(wanted);
+        let later = DeliveryTask {
+            deferrals: task.deferrals + 1,
+            not_before_ms,
+            turn,
+            ..task.clone()
+        };
+        self.d
+            .put_offs
+            .put_off(self.publisher, self.d.topology.defer_queue(tier), later)
+            .await?;
+        self.d.metrics.deferred.with_label_values(&[reason]).inc();
+        tracing::debug!(reason, put_off = ?tier, "delivery put off");
+        Ok(())
+    }
+
+    /// Ends the delivery as `failed` without an attempt (its endpoint is gone).
+    async fn dead_letter(
+        &self,
+        reason: DeadLetterReason,
+        last_status: Option<u16>,
+        error: String,
+    ) -> Result<(), Unsettled> {
+        let failure = Failure {
+            reason,
+            last_status,
+            error,
+        };
+        self.park(failure, None).await
+    }
+
+    /// Ends the delivery as `failed` and parks its task in the dead-letter queue.
+    async fn park(&self, failure: Failure, outcome: Option<Outcome>) -> Result<(), Unsettled> {
+        let (d, task) = (self.d, self.task);
+        let Failure {
+            reason,
+            last_status,
+            error,
+        } = failure;
+        let mut outcome = outcome.unwrap_or_else(|| Outcome {
+            delivery_id: task.delivery_id,
+            attempt: None,
+            status: Status::Failed,
+            attempts: task.attempt as i32 - 1,
+            next_retry_at: None,
+            last_status_code: None,
+            last_error: None,
+            at: Utc::now(),
+        });
+        outcome.status = Status::Failed;
+        outcome.next_retry_at = None;
+        outcome.last_error = Some(format!("{}: {error}", reason.as_str()));
+        let dlq = d.topology.dlq();
+        let parked = Outgoing {
+            exchange: "",
+            routing_key: &dlq,
+            body: &task.body,
+            properties: task.properties_with(task.dead_letter_headers(
+                reason.as_str(),
+                last_status,
+                Some(&error),
+            )),
+        };
+        self.follow_up(outcome, parked).await?;
+        d.metrics
+            .dead_lettered
+            .with_label_values(&[reason.as_str()])
+            .inc();
+        tracing::warn!(
+            reason = reason.as_str(),
+            error,
+            "delivery failed; moved to the dead-letter queue"
+        );
+        Ok(())
+    }
+
+    /// Records `outcome` and publishes the message that carries the delivery on, in the
+    /// order the task's origin needs (see [`Origin`]).
+    async fn follow_up(&self, outcome: Outcome, message: Outgoing<'_>) -> Result<(), Unsettled> {
+        match self.origin {
+            Origin::WorkQueue => {
+                self.d.recorder.record(outcome).await?;
+                self.publisher.publish(message).await?;
+            }
+            Origin::Ingest => {
+                self.publisher.publish(message).await?;
+                self.d.recorder.record(outcome).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a delivery ends `failed`.
+struct Failure {
+    reason: DeadLetterReason,
+    last_status: Option<u16>,
+    error: String,
+}
+
+/// The attempt as stored, with its status code and the error text for the delivery.
+fn attempt_record(
+    task: &DeliveryTask,
+    response: Response,
+    duration_ms: i32,
+) -> (Option<u16>, String, AttemptRecord) {
+    let (status_code, error_class, error_text, body) = match response {
+        Response::Answered { status, body, .. } => {
+            (Some(status), None, format!("HTTP {status}"), Some(body))
+        }
+        Response::Failed { class, message } => (
+            None,
+            Some(class.as_str()),
+            format!("{}: {message}", class.as_str()),
+            None,
+        ),
+    };
+    let record = AttemptRecord {
+        attempt: task.attempt as i32,
+        status_code: status_code.map(i32::from),
+        error: error_class.map(String::from),
+        duration_ms,
+        response_body: body,
+    };
+    (status_code, error_text, record)
+}
+
+/// Standard Webhooks headers plus Herald's own, signed at this moment.
+fn request_headers(endpoint: &ActiveEndpoint, task: &DeliveryTask, traceparent: &str) -> HeaderMap {
+    let timestamp = Utc::now().timestamp();
+    let signature = signature_header(&endpoint.secrets, &task.event_id, timestamp, &task.body);
+    let mut headers = HeaderMap::with_capacity(6);
+    for (name, value) in [
+        header("webhook-id", &task.event_id),
+        header("webhook-timestamp", &timestamp.to_string()),
+        header("webhook-signature", &signature),
+        header("x-herald-attempt", &task.attempt.to_string()),
+    ] {
+        headers.insert(name, value);
+    }
+    let (name, value) = header("traceparent", traceparent);
+    headers.insert(name, value);
+    headers
+}

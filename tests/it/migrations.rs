@@ -1,0 +1,178 @@
+//! `herald migrate` as operators run it: again and again on one database, as the user
+//! `herald` (whose default `search_path` starts with a schema of that name), and on
+//! databases left by earlier versions of Herald.
+
+use herald::store::{self, MIGRATOR};
+use sqlx::PgPool;
+
+use crate::common::TestEnv;
+
+/// Where the migration records are: rows in `herald._sqlx_migrations` and whether a
+/// `public._sqlx_migrations` exists.
+async fn records(pool: &PgPool) -> (i64, bool) {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass('herald._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let herald: i64 = if exists {
+        sqlx::query_scalar("SELECT count(*) FROM herald._sqlx_migrations WHERE success")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    } else {
+        -1
+    };
+    let public: bool =
+        sqlx::query_scalar("SELECT to_regclass('public._sqlx_migrations') IS NOT NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (herald, public)
+}
+
+#[tokio::test]
+async fn migrate_run_three_times_by_the_herald_user_is_a_no_op_after_the_first() {
+    let env = TestEnv::unmigrated().await;
+    // The test databases are reached as user `herald`, the contract's default.
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(user, "herald");
+    for run in 1..=3 {
+        let output = env.herald_command().arg("migrate").output().unwrap();
+        assert!(
+            output.status.success(),
+            "run {run} of `herald migrate` failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert_eq!(
+        records(&env.pool).await,
+        (MIGRATOR.iter().count() as i64, false)
+    );
+    assert_eq!(env.count("SELECT count(*) FROM herald.endpoints").await, 0);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_database_an_earlier_version_could_no_longer_migrate_is_repaired() {
+    let env = TestEnv::unmigrated().await;
+    // What versions before the fix did: the migrator with the session's own
+    // search_path, in a process of its own (a failed run keeps its session's advisory
+    // lock until the connection closes). The first run records into public (schema
+    // herald not there yet)…
+    let old = store::pool(&env.settings.database).unwrap();
+    MIGRATOR.run(&old).await.expect("first run of the old way");
+    assert_eq!(records(&env.pool).await, (-1, true));
+    // …and the second, finding schema herald, starts over there and fails.
+    let again = MIGRATOR.run(&old).await;
+    assert!(again.is_err(), "the old way should fail the second time");
+    old.close().await;
+    assert_eq!(
+        records(&env.pool).await.0,
+        0,
+        "empty herald table left behind"
+    );
+    // Another application's migration record in public must survive the repair.
+    sqlx::query(
+        "INSERT INTO public._sqlx_migrations
+             (version, description, success, checksum, execution_time)
+         VALUES (1, 'someone else''s', true, '\\x00', 1)",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    for _ in 0..2 {
+        store::migrate(&env.pool)
+            .await
+            .expect("migrate repairs and runs");
+    }
+    assert_eq!(
+        records(&env.pool).await,
+        (MIGRATOR.iter().count() as i64, true)
+    );
+    let left: Vec<i64> = sqlx::query_scalar("SELECT version FROM public._sqlx_migrations")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        vec![1],
+        "only the other application's row stays in public"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_database_migrated_once_by_an_earlier_version_moves_its_records() {
+    let env = TestEnv::unmigrated().await;
+    MIGRATOR.run(&env.pool).await.expect("old way, once");
+    store::migrate(&env.pool).await.expect("new way");
+    store::migrate(&env.pool).await.expect("new way, again");
+    assert_eq!(
+        records(&env.pool).await,
+        (MIGRATOR.iter().count() as i64, false)
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn events_recorded_before_tenants_counted_in_their_identity_keep_their_deliveries() {
+    let env = TestEnv::unmigrated().await;
+    // The schema as the first two migrations left it, with data in it.
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(MIGRATOR.iter().take(2).cloned().collect()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&env.pool).await.expect("the earlier migrations");
+    let endpoint = uuid::Uuid::new_v4();
+    sqlx::raw_sql(&format!(
+        "INSERT INTO herald.endpoints (id, url, event_types, secret)
+             VALUES ('{endpoint}', 'https://example.com/hook', '{{#}}', 'whsec_x');
+         INSERT INTO herald.events (id, type, tenant_id, occurred_at, payload)
+             VALUES ('order-1', 'sales.order.created', 'acme', now(), '{{}}'),
+                    ('order-2', 'sales.order.created', NULL, now(), '{{}}');
+         INSERT INTO herald.deliveries (id, event_id, endpoint_id, status)
+             VALUES ('{}', 'order-1', '{endpoint}', 'success'),
+                    ('{}', 'order-2', '{endpoint}', 'failed');",
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    ))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    store::migrate(&env.pool)
+        .await
+        .expect("migrate to the latest");
+    let kept: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT d.tenant_key, d.event_id, d.status FROM herald.deliveries d
+         JOIN herald.events e ON e.tenant_key = d.tenant_key AND e.id = d.event_id
+         ORDER BY d.event_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept,
+        [
+            ("acme".into(), "order-1".into(), "success".into()),
+            (String::new(), "order-2".into(), "failed".into())
+        ]
+    );
+    // Another tenant may now use the same id; the same tenant still may not.
+    let insert = |tenant: &'static str| {
+        sqlx::query(
+            "INSERT INTO herald.events (id, type, tenant_id, occurred_at, payload)
+             VALUES ('order-1', 'sales.order.created', $1, now(), '{}')",
+        )
+        .bind(tenant)
+        .execute(&env.pool)
+    };
+    insert("globex").await.expect("another tenant's order-1");
+    assert!(insert("acme").await.is_err(), "acme's order-1 twice");
+    env.cleanup().await;
+}
