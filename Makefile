@@ -23,7 +23,7 @@ run: services
 ## (deploy/check.sh: promtool checks and unit-tests the alert rules, the Kubernetes
 ## manifests are rendered with kustomize and checked, shellcheck; installs what it needs).
 test: services
-	cargo test --lib --bins --tests -- --test-threads=4
+	cargo test --features bench --lib --bins --tests -- --test-threads=4
 	deploy/local/check-rerun.sh
 	deploy/check.sh
 
@@ -38,17 +38,17 @@ migrate: services
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --features bench --all-targets -- -D warnings
 
 build:
-	cargo build --all-targets
+	cargo build --features bench --all-targets
 
 ## Benchmarks (not part of `make test`): every scenario against the local services and a
 ## minimal relay; table to stdout and docs/benchmarks.md, figures to target/bench/results.json.
 ## BENCH_QUICK=1 runs every scenario small (a few minutes).
 BENCH_TARGET := $(or $(CARGO_TARGET_DIR),target)
 bench: services
-	cargo build --release --bins
+	cargo build --release --features bench --bins
 	$(BENCH_TARGET)/release/herald-bench --mode $(if $(BENCH_QUICK),quick,full) \
 		--json $(BENCH_TARGET)/bench/results.json --docs docs/benchmarks.md
 
@@ -60,7 +60,7 @@ bench-heap: services
 	command -v heaptrack >/dev/null || apt-get install -y heaptrack zstd
 	cargo build --release --no-default-features --bin herald
 	mkdir -p $(BENCH_TARGET)/heap && cp $(BENCH_TARGET)/release/herald $(BENCH_TARGET)/heap/herald-system-alloc
-	cargo build --release --bins
+	cargo build --release --features bench --bins
 	HERALD_HEAP_BINARY=$(BENCH_TARGET)/heap/herald-system-alloc HERALD_HEAP_DIR=$(BENCH_TARGET)/heap \
 		$(BENCH_TARGET)/release/herald-bench --mode $(if $(BENCH_QUICK),quick,full) \
 		--scenarios $(BENCH_SCENARIOS) --reps 1 --herald deploy/profile/heaptrack-herald.sh \

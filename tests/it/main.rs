@@ -4,6 +4,7 @@
 mod common;
 
 mod admin_api;
+#[cfg(feature = "bench")]
 mod bench_smoke;
 mod broker;
 mod configuration;
