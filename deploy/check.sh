@@ -25,43 +25,17 @@ cd "$ROOT"
 log() { printf '[check] %s\n' "$*" >&2; }
 die() { printf '[check] error: %s\n' "$*" >&2; exit 1; }
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"
-  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-  else die "need root (or sudo) to run: $*"; fi
-}
-
-# ---------------------------------------------------------------- tools
-apt_updated=""
-apt_install() {
-  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* by hand"
-  if [ -z "$apt_updated" ]; then
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
-    apt_updated=1
-  fi
-  log "apt-get install $*"
-  # policy-rc.d answering 101 ("action forbidden") stops a package's postinst from
-  # starting a system-wide service (Prometheus); only create (and later remove) it if absent.
-  local policy=/usr/sbin/policy-rc.d created_policy=""
-  if [ ! -e "$policy" ]; then
-    as_root sh -c "printf '#!/bin/sh\nexit 101\n' > $policy && chmod +x $policy"
-    created_policy=1
-  fi
-  local rc=0
-  as_root env DEBIAN_FRONTEND=noninteractive \
-    apt-get install -y -qq --no-install-recommends "$@" >&2 || rc=$?
-  if [ -n "$created_policy" ]; then as_root rm -f "$policy"; fi
-  [ "$rc" -eq 0 ] || die "apt-get install $* failed (exit $rc)"
-}
+# shellcheck source=deploy/lib/apt.sh
+. "$ROOT/deploy/lib/apt.sh"
 
 if ! command -v promtool >/dev/null 2>&1; then
   log "promtool not found: installing Debian's prometheus package"
-  apt_install prometheus
+  apt_install prometheus || die "could not install prometheus"
   command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is still not on PATH"
 fi
 if ! command -v shellcheck >/dev/null 2>&1; then
   log "shellcheck not found: installing Debian's shellcheck package"
-  apt_install shellcheck
+  apt_install shellcheck || die "could not install shellcheck"
 fi
 command -v python3 >/dev/null 2>&1 || die "python3 is required"
 log "using $(promtool --version 2>&1 | head -n 1), $(shellcheck --version | sed -n 's/^version: /shellcheck /p')"

