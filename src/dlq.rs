@@ -1,5 +1,6 @@
-//! The dead-letter queue from an SRE's side: what failed and why (from PostgreSQL),
-//! and redrive — sending dead deliveries again with a fresh retry schedule.
+//! The dead-letter queue from an SRE's side: redrive, sending dead deliveries again
+//! with a fresh retry schedule (what failed and why is listed from the records,
+//! `crate::service::deliveries`).
 //!
 //! Redrive reads `<prefix>.dlq` itself, so the queue and the records stay in step: for
 //! each chunk of selected messages a transaction marks their deliveries `pending`
@@ -24,7 +25,7 @@ use uuid::Uuid;
 use crate::broker::{self, Publisher};
 use crate::config::Settings;
 use crate::delivery::task::DeliveryTask;
-use crate::store::deliveries::{self, DeliveryView, Filter};
+use crate::store::deliveries;
 use crate::topology;
 
 /// Messages republished per confirm round.
@@ -34,6 +35,8 @@ const CHUNK: usize = 500;
 pub enum Selection {
     All,
     Deliveries(Vec<Uuid>),
+    /// Every dead delivery to these endpoints (a tenant's "all").
+    Endpoints(HashSet<Uuid>),
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -41,19 +44,6 @@ pub struct RedriveReport {
     pub redriven: Vec<Uuid>,
     /// Requested deliveries with no message in the dead-letter queue.
     pub not_found: Vec<Uuid>,
-}
-
-/// Failed deliveries, newest first, with the reason in `last_error`.
-pub async fn list(pool: &PgPool, limit: i64) -> Result<Vec<DeliveryView>, sqlx::Error> {
-    deliveries::list(
-        pool,
-        &Filter {
-            status: Some("failed".into()),
-            limit,
-            ..Default::default()
-        },
-    )
-    .await
 }
 
 pub async fn redrive(
@@ -69,8 +59,15 @@ pub async fn redrive(
     let dlq = topology.dlq();
     let work_exchange = topology.work_exchange();
     let wanted: Option<HashSet<Uuid>> = match &selection {
-        Selection::All => None,
         Selection::Deliveries(ids) => Some(ids.iter().copied().collect()),
+        Selection::All | Selection::Endpoints(_) => None,
+    };
+    let selected = |task: &DeliveryTask| match &selection {
+        Selection::All => true,
+        Selection::Deliveries(_) => wanted
+            .as_ref()
+            .is_some_and(|w| w.contains(&task.delivery_id)),
+        Selection::Endpoints(endpoints) => endpoints.contains(&task.endpoint_id),
     };
 
     // Only what is in the queue now: redriven messages that fail again come back later.
@@ -96,10 +93,7 @@ pub async fn redrive(
                     continue;
                 }
             };
-            if wanted
-                .as_ref()
-                .is_none_or(|w| w.contains(&task.delivery_id))
-            {
+            if selected(&task) {
                 chunk.push((delivery.delivery_tag, task));
             }
         }

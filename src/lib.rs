@@ -25,6 +25,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod monitor;
 pub mod readiness;
+pub mod service;
 pub mod signing;
 pub mod store;
 pub mod subscriptions;

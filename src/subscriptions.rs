@@ -201,7 +201,7 @@ impl Subscriptions {
         if let Some(endpoint) = self.snapshot().get(&id) {
             return Ok(Lookup::Active(endpoint.clone()));
         }
-        Ok(match endpoints::get(&self.pool, id).await? {
+        Ok(match endpoints::get(&self.pool, None, id).await? {
             None => Lookup::Deleted,
             Some(e) if e.deleted => Lookup::Deleted,
             Some(e) if !e.enabled => Lookup::Disabled(e.disabled_reason),

@@ -1,14 +1,18 @@
 //! The HTTP side of every role: `/healthz`, `/readyz`, `/metrics`; and for the `api`
-//! role the admin API under `/api/v1`, behind the bearer token `api.admin_token`.
+//! role the admin API under `/api/v1` (`v1`), behind bearer tokens. Every error of
+//! every route is a problem (`problem`); `edge` holds what each request passes through.
 
-mod admin;
-mod error;
+mod edge;
+mod extract;
+mod problem;
+mod v1;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -22,7 +26,8 @@ use crate::readiness::Readiness;
 use crate::store;
 use crate::topology::Topology;
 
-pub use error::ApiError;
+pub use problem::Kind as ProblemKind;
+pub use v1::{routes, Route};
 
 pub struct ApiState {
     pub settings: Arc<Settings>,
@@ -38,9 +43,14 @@ pub fn router(state: Arc<ApiState>, admin_api: bool) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
     if admin_api {
-        router = router.nest("/api/v1", admin::routes(state.clone()));
+        router = router.nest("/api/v1", v1::router(state.clone()));
     }
-    router.with_state(state)
+    router
+        .fallback(edge::no_route)
+        .layer(middleware::from_fn(edge::limit_body))
+        .layer(DefaultBodyLimit::max(edge::MAX_BODY))
+        .layer(middleware::from_fn(edge::trace))
+        .with_state(state)
 }
 
 /// The process is alive.

@@ -29,6 +29,26 @@ impl TopicPattern {
         let key: Vec<&str> = key.split('.').collect();
         words_match(&pattern, &key)
     }
+
+    /// The same match as a POSIX regular expression over `'.' || key`, for filtering
+    /// stored events in PostgreSQL (`'.' || type ~ regex`). Each word is prefixed by
+    /// its dot, so `#` (any number of words, none included) takes its dots with it.
+    /// Words hold only letters, digits, `_` and `-`: nothing to escape.
+    pub fn to_dotted_regex(&self) -> String {
+        let mut regex = String::from("^");
+        for word in self.0.split('.') {
+            match word {
+                "#" => regex.push_str(r"(\.[^.]*)*"),
+                "*" => regex.push_str(r"\.[^.]*"),
+                _ => {
+                    regex.push_str(r"\.");
+                    regex.push_str(word);
+                }
+            }
+        }
+        regex.push('$');
+        regex
+    }
 }
 
 /// Reference matcher over words, used by `TopicPattern::matches` and to check the trie.
@@ -159,6 +179,26 @@ fn collect<T: Copy>(node: &Node<T>, key: &[&str], out: &mut Vec<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_regex_form_matches_what_the_pattern_matches() {
+        let keys = [
+            "a", "a.b", "a.b.c", "a..c", "b.a", "a.x.b", "a.b.b", "x", "a-b.c_d",
+        ];
+        for pattern in [
+            "a", "a.*", "a.#", "#", "*", "#.b", "a.#.b", "*.b.*", "a.*.c", "a-b.#", "#.#",
+        ] {
+            let p: TopicPattern = pattern.parse().unwrap();
+            let re = regex::Regex::new(&p.to_dotted_regex()).unwrap();
+            for key in keys {
+                assert_eq!(
+                    re.is_match(&format!(".{key}")),
+                    p.matches(key),
+                    "{pattern} vs {key}"
+                );
+            }
+        }
+    }
 
     /// (pattern, key, matches?) — RabbitMQ topic exchange semantics.
     const TABLE: &[(&str, &str, bool)] = &[

@@ -147,32 +147,84 @@ const VIEW: &str = "SELECT d.id, d.event_id, e.type AS event_type, e.tenant_id, 
 /// Filters for listing deliveries; `None` means any.
 #[derive(Debug, Default, Clone)]
 pub struct Filter {
+    /// The caller's tenant: deliveries to its endpoints only (a tenant token).
+    pub scope: Option<String>,
+    /// The event's tenant (the admin's filter).
+    pub tenant: Option<String>,
     pub status: Option<String>,
     pub endpoint_id: Option<Uuid>,
     pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    pub http_status: Option<i32>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Ids below this one (the last of the page before); ids are UUIDv7, newest last.
+    pub before: Option<Uuid>,
     pub limit: i64,
 }
 
+/// Deliveries newest first.
 pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<DeliveryView>, sqlx::Error> {
     sqlx::query_as(&format!(
         "{VIEW} WHERE ($1::text IS NULL OR d.status = $1)
             AND ($2::uuid IS NULL OR d.endpoint_id = $2)
             AND ($3::text IS NULL OR d.event_id = $3)
-         ORDER BY d.updated_at DESC LIMIT $4"
+            AND ($4::text IS NULL OR ep.tenant_id = $4)
+            AND ($5::text IS NULL OR e.tenant_id = $5)
+            AND ($6::text IS NULL OR e.type = $6)
+            AND ($7::int4 IS NULL OR d.last_status_code = $7)
+            AND ($8::timestamptz IS NULL OR d.created_at >= $8)
+            AND ($9::timestamptz IS NULL OR d.created_at < $9)
+            AND ($10::uuid IS NULL OR d.id < $10)
+         ORDER BY d.id DESC LIMIT $11"
     ))
     .bind(&filter.status)
     .bind(filter.endpoint_id)
     .bind(&filter.event_id)
-    .bind(filter.limit.clamp(1, 10_000))
+    .bind(&filter.scope)
+    .bind(&filter.tenant)
+    .bind(&filter.event_type)
+    .bind(filter.http_status)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(filter.before)
+    .bind(filter.limit.clamp(1, 10_001))
     .fetch_all(pool)
     .await
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeliveryView>, sqlx::Error> {
-    sqlx::query_as(&format!("{VIEW} WHERE d.id = $1"))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+/// One delivery; `scope` confines it to deliveries to one tenant's endpoints.
+pub async fn get(
+    pool: &PgPool,
+    scope: Option<&str>,
+    id: Uuid,
+) -> Result<Option<DeliveryView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{VIEW} WHERE d.id = $1 AND ($2::text IS NULL OR ep.tenant_id = $2)"
+    ))
+    .bind(id)
+    .bind(scope)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Deliveries of one event, oldest first.
+pub async fn of_event(
+    pool: &PgPool,
+    scope: Option<&str>,
+    tenant_key: &str,
+    event_id: &str,
+) -> Result<Vec<DeliveryView>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{VIEW} WHERE d.tenant_key = $1 AND d.event_id = $2
+            AND ($3::text IS NULL OR ep.tenant_id = $3)
+         ORDER BY d.id LIMIT 10000"
+    ))
+    .bind(tenant_key)
+    .bind(event_id)
+    .bind(scope)
+    .fetch_all(pool)
+    .await
 }
 
 #[derive(Debug, Clone, Serialize, FromRow)]
@@ -209,6 +261,36 @@ pub async fn mark_redriven(
     .execute(executor)
     .await?;
     Ok(done.rows_affected())
+}
+
+/// Of `ids`, those of deliveries to endpoints of `scope` (every one when `None`).
+pub async fn owned(
+    pool: &PgPool,
+    scope: Option<&str>,
+    ids: &[Uuid],
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let rows: Vec<Uuid> = sqlx::query_scalar(
+        "SELECT d.id FROM herald.deliveries d JOIN herald.endpoints ep ON ep.id = d.endpoint_id
+         WHERE d.id = ANY($1) AND ($2::text IS NULL OR ep.tenant_id = $2)",
+    )
+    .bind(ids)
+    .bind(scope)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Every endpoint of a tenant, deleted ones included (their deliveries are its own).
+pub async fn endpoints_of_tenant(
+    pool: &PgPool,
+    tenant: &str,
+) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let rows: Vec<Uuid> =
+        sqlx::query_scalar("SELECT id FROM herald.endpoints WHERE tenant_id = $1")
+            .bind(tenant)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 /// Count of deliveries per status, for tests and the CLI.

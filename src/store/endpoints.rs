@@ -21,6 +21,7 @@ pub struct Endpoint {
     pub disabled_reason: Option<String>,
     pub deleted: bool,
     pub rate_limit: Option<i32>,
+    pub name: Option<String>,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -58,9 +59,12 @@ impl From<Endpoint> for ActiveEndpoint {
 #[derive(Debug, Clone, Serialize)]
 pub struct EndpointView {
     pub id: Uuid,
+    pub name: Option<String>,
     pub url: String,
     pub tenant_id: Option<String>,
     pub event_types: Vec<String>,
+    /// `enabled` or `disabled` (contract §5).
+    pub state: &'static str,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     pub rate_limit: Option<i32>,
@@ -76,9 +80,11 @@ impl From<&Endpoint> for EndpointView {
             url: e.url.to_string(),
             tenant_id: e.tenant_id.clone(),
             event_types: e.event_types.iter().map(|p| p.to_string()).collect(),
+            state: if e.enabled { "enabled" } else { "disabled" },
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.clone(),
             rate_limit: e.rate_limit,
+            name: e.name.clone(),
             description: e.description.clone(),
             created_at: e.created_at,
             updated_at: e.updated_at,
@@ -93,6 +99,7 @@ struct EndpointRow {
     active: ActiveRow,
     enabled: bool,
     disabled_reason: Option<String>,
+    name: Option<String>,
     description: Option<String>,
     deleted_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
@@ -114,6 +121,7 @@ impl TryFrom<EndpointRow> for Endpoint {
             disabled_reason: row.disabled_reason,
             deleted: row.deleted_at.is_some(),
             rate_limit: active.rate_limit,
+            name: row.name,
             description: row.description,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -122,8 +130,8 @@ impl TryFrom<EndpointRow> for Endpoint {
 }
 
 const COLUMNS: &str = "id, url, tenant_id, event_types, secret, previous_secret, \
-    previous_secret_expires_at, enabled, disabled_reason, rate_limit, description, deleted_at, \
-    created_at, updated_at";
+    previous_secret_expires_at, enabled, disabled_reason, rate_limit, name, description, \
+    deleted_at, created_at, updated_at";
 
 /// The columns of an `ActiveEndpoint`: a reload of every endpoint reads these alone.
 #[derive(FromRow)]
@@ -188,6 +196,7 @@ pub struct NewEndpoint {
     pub tenant_id: Option<String>,
     pub secret: Option<SigningSecret>,
     pub rate_limit: Option<i32>,
+    pub name: Option<String>,
     pub description: Option<String>,
 }
 
@@ -209,8 +218,9 @@ pub async fn insert(pool: &PgPool, new: NewEndpoint) -> Result<Endpoint, sqlx::E
     let secret = new.secret.unwrap_or_else(SigningSecret::generate);
     let patterns: Vec<String> = new.event_types.iter().map(|p| p.to_string()).collect();
     let row: EndpointRow = sqlx::query_as(&format!(
-        "INSERT INTO herald.endpoints (id, url, tenant_id, event_types, secret, rate_limit, description)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
+        "INSERT INTO herald.endpoints
+             (id, url, tenant_id, event_types, secret, rate_limit, name, description)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(new.url.as_str())
@@ -218,17 +228,45 @@ pub async fn insert(pool: &PgPool, new: NewEndpoint) -> Result<Endpoint, sqlx::E
     .bind(&patterns)
     .bind(secret.expose())
     .bind(new.rate_limit)
+    .bind(&new.name)
     .bind(&new.description)
     .fetch_one(pool)
     .await?;
     Endpoint::try_from(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// Every endpoint not deleted, newest first.
-pub async fn list(pool: &PgPool) -> Result<Vec<Endpoint>, sqlx::Error> {
+/// Which endpoints a list shows; `None` means any.
+#[derive(Debug, Default, Clone)]
+pub struct Filter<'a> {
+    /// The caller's tenant: only its endpoints (a tenant token).
+    pub scope: Option<&'a str>,
+    /// Narrowed to one tenant (the admin's filter).
+    pub tenant: Option<&'a str>,
+    pub enabled: Option<bool>,
+    /// Endpoints with this exact pattern among theirs.
+    pub event_type: Option<&'a str>,
+    /// Ids below this one (the last of the page before).
+    pub before: Option<Uuid>,
+    pub limit: i64,
+}
+
+/// Endpoints not deleted, newest first (ids are UUIDv7).
+pub async fn list(pool: &PgPool, filter: &Filter<'_>) -> Result<Vec<Endpoint>, sqlx::Error> {
     let rows: Vec<EndpointRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM herald.endpoints WHERE deleted_at IS NULL ORDER BY created_at DESC"
+        "SELECT {COLUMNS} FROM herald.endpoints WHERE deleted_at IS NULL
+            AND ($1::text IS NULL OR tenant_id = $1)
+            AND ($2::text IS NULL OR tenant_id = $2)
+            AND ($3::bool IS NULL OR enabled = $3)
+            AND ($4::text IS NULL OR $4 = ANY(event_types))
+            AND ($5::uuid IS NULL OR id < $5)
+         ORDER BY id DESC LIMIT $6"
     ))
+    .bind(filter.scope)
+    .bind(filter.tenant)
+    .bind(filter.enabled)
+    .bind(filter.event_type)
+    .bind(filter.before)
+    .bind(filter.limit)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().filter_map(parse_endpoint).collect())
@@ -272,12 +310,17 @@ pub async fn get_active(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ActiveEndpoin
         .collect())
 }
 
-/// One endpoint, deleted or not.
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Endpoint>, sqlx::Error> {
+/// One endpoint, deleted or not; `scope` confines it to one tenant's.
+pub async fn get(
+    pool: &PgPool,
+    scope: Option<&str>,
+    id: Uuid,
+) -> Result<Option<Endpoint>, sqlx::Error> {
     let row: Option<EndpointRow> = sqlx::query_as(&format!(
-        "SELECT {COLUMNS} FROM herald.endpoints WHERE id = $1"
+        "SELECT {COLUMNS} FROM herald.endpoints WHERE id = $1 AND ($2::text IS NULL OR tenant_id = $2)"
     ))
     .bind(id)
+    .bind(scope)
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))
@@ -309,11 +352,13 @@ pub struct EndpointPatch {
     pub event_types: Option<Vec<TopicPattern>>,
     pub enabled: Option<bool>,
     pub rate_limit: Option<Option<i32>>,
+    pub name: Option<Option<String>>,
     pub description: Option<Option<String>>,
 }
 
 pub async fn update(
     pool: &PgPool,
+    scope: Option<&str>,
     id: Uuid,
     patch: EndpointPatch,
 ) -> Result<Option<Endpoint>, sqlx::Error> {
@@ -328,8 +373,10 @@ pub async fn update(
             disabled_reason = CASE WHEN COALESCE($4, enabled) THEN NULL ELSE disabled_reason END,
             rate_limit = CASE WHEN $5 THEN $6 ELSE rate_limit END,
             description = CASE WHEN $7 THEN $8 ELSE description END,
+            name = CASE WHEN $9 THEN $10 ELSE name END,
             updated_at = now()
-         WHERE id = $1 AND deleted_at IS NULL RETURNING {COLUMNS}"
+         WHERE id = $1 AND deleted_at IS NULL AND ($11::text IS NULL OR tenant_id = $11)
+         RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(patch.url.as_ref().map(|u| u.as_str()))
@@ -339,6 +386,9 @@ pub async fn update(
     .bind(patch.rate_limit.flatten())
     .bind(patch.description.is_some())
     .bind(patch.description.flatten())
+    .bind(patch.name.is_some())
+    .bind(patch.name.flatten())
+    .bind(scope)
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))
@@ -347,29 +397,33 @@ pub async fn update(
 /// Starts signing with a new secret; the old one keeps signing alongside until `grace` ends.
 pub async fn rotate_secret(
     pool: &PgPool,
+    scope: Option<&str>,
     id: Uuid,
     secret: &SigningSecret,
     grace: chrono::Duration,
 ) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE herald.endpoints SET previous_secret = secret, previous_secret_expires_at = now() + $3,
-            secret = $2, updated_at = now() WHERE id = $1 AND deleted_at IS NULL",
+            secret = $2, updated_at = now()
+         WHERE id = $1 AND deleted_at IS NULL AND ($4::text IS NULL OR tenant_id = $4)",
     )
     .bind(id)
     .bind(secret.expose())
     .bind(grace)
+    .bind(scope)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
 }
 
 /// Soft delete: the endpoint stops receiving; its deliveries stay on record.
-pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn delete(pool: &PgPool, scope: Option<&str>, id: Uuid) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE herald.endpoints SET deleted_at = now(), enabled = false, updated_at = now()
-         WHERE id = $1 AND deleted_at IS NULL",
+         WHERE id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)",
     )
     .bind(id)
+    .bind(scope)
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)

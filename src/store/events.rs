@@ -169,3 +169,78 @@ pub fn tenant_key(event: &Event) -> &str {
 fn column<'a, T>(batch: &'a [FanOut<'_>], field: impl Fn(&'a Event) -> T) -> Vec<T> {
     batch.iter().map(|f| field(f.event)).collect()
 }
+
+/// A stored event as the API shows it.
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    #[sqlx(rename = "type")]
+    pub event_type: String,
+    pub tenant_id: Option<String>,
+    pub source: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub received_at: DateTime<Utc>,
+    /// The publisher's data; only when one event is read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
+
+/// Filters for listing events; `None` means any.
+#[derive(Debug, Default, Clone)]
+pub struct EventFilter<'a> {
+    /// Only this tenant's events (a tenant token, or the admin's filter).
+    pub tenant: Option<&'a str>,
+    /// `'.' || type` must match this (see `TopicPattern::to_dotted_regex`).
+    pub type_regex: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Events before this (received_at, tenant key, id) — the last of the page before.
+    pub before: Option<(DateTime<Utc>, String, String)>,
+    pub limit: i64,
+}
+
+/// Events newest first, without their data.
+pub async fn list(pool: &PgPool, filter: &EventFilter<'_>) -> Result<Vec<EventView>, sqlx::Error> {
+    let (at, key, id) = match &filter.before {
+        Some((at, key, id)) => (Some(*at), Some(key.as_str()), Some(id.as_str())),
+        None => (None, None, None),
+    };
+    sqlx::query_as(
+        "SELECT id, type, tenant_id, source, occurred_at, received_at, NULL::json AS data
+         FROM herald.events
+         WHERE ($1::text IS NULL OR tenant_key = $1)
+           AND ($2::text IS NULL OR '.' || type ~ $2)
+           AND ($3::timestamptz IS NULL OR received_at >= $3)
+           AND ($4::timestamptz IS NULL OR received_at < $4)
+           AND ($5::timestamptz IS NULL OR (received_at, tenant_key, id) < ($5, $6, $7))
+         ORDER BY received_at DESC, tenant_key DESC, id DESC LIMIT $8",
+    )
+    .bind(filter.tenant)
+    .bind(&filter.type_regex)
+    .bind(filter.since)
+    .bind(filter.until)
+    .bind(at)
+    .bind(key)
+    .bind(id)
+    .bind(filter.limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Events with this id, with their data: one per tenant that used the id (one at most
+/// when `tenant` is given).
+pub async fn get(
+    pool: &PgPool,
+    tenant: Option<&str>,
+    id: &str,
+) -> Result<Vec<EventView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, type, tenant_id, source, occurred_at, received_at, payload AS data
+         FROM herald.events WHERE id = $1 AND ($2::text IS NULL OR tenant_key = $2) LIMIT 2",
+    )
+    .bind(id)
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+}

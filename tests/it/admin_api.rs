@@ -145,9 +145,9 @@ async fn the_admin_api_manages_endpoints_and_shows_deliveries_behind_its_token()
         .json()
         .await
         .unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
     assert!(
-        listed[0].get("secret").is_none(),
+        listed["data"][0].get("secret").is_none(),
         "secrets are shown once, at creation"
     );
 
@@ -178,8 +178,8 @@ async fn the_admin_api_manages_endpoints_and_shows_deliveries_behind_its_token()
         .json()
         .await
         .unwrap();
-    assert_eq!(deliveries[0]["status"], "success");
-    let delivery_id = deliveries[0]["id"].as_str().unwrap();
+    assert_eq!(deliveries["data"][0]["status"], "success");
+    let delivery_id = deliveries["data"][0]["id"].as_str().unwrap();
     let detail: Value = http
         .get(format!("{base}/deliveries/{delivery_id}"))
         .bearer_auth("test-admin-token")
@@ -226,7 +226,8 @@ async fn the_admin_api_manages_endpoints_and_shows_deliveries_behind_its_token()
     env.cleanup().await;
 }
 
-fn herald(env: &TestEnv, args: &[&str]) -> (bool, Value, String) {
+/// Runs the `herald` binary against `env`: (success, stdout as JSON, stderr).
+pub fn herald(env: &TestEnv, args: &[&str]) -> (bool, Value, String) {
     let out = env
         .herald_command()
         .args(args)

@@ -97,7 +97,19 @@ async fn exhausted_retries_end_failed_in_the_dlq_and_redrive_delivers_them() {
     .await;
     assert_eq!(receiver.count(), 3, "one attempt plus one per delay");
 
-    let dead = dlq::list(&env.pool, 10).await.unwrap();
+    let filter = herald::service::deliveries::ListFilter {
+        status: Some("failed".into()),
+        ..Default::default()
+    };
+    let dead = herald::service::deliveries::list(
+        &env.pool,
+        &herald::service::Caller::Admin,
+        filter,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .data;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].attempts, 3);
     assert_eq!(dead[0].last_status_code, Some(503));
@@ -465,6 +477,7 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
             tenant_id: None,
             secret: None,
             rate_limit: Some(60), // one a second
+            name: None,
             description: None,
         },
     )

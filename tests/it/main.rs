@@ -16,3 +16,4 @@ mod migrations;
 mod observability;
 mod subscriptions;
 mod telemetry;
+mod tenants;

@@ -161,6 +161,7 @@ impl TestEnv {
                 tenant_id: tenant.map(String::from),
                 secret: None,
                 rate_limit: None,
+                name: None,
                 description: None,
             },
         )

@@ -12,13 +12,13 @@ use lapin::{BasicProperties, ExchangeKind};
 use serde_json::json;
 use uuid::Uuid;
 
+mod manage;
+
 use crate::app::{self, App};
 use crate::broker::{self, Outgoing, Publisher};
 use crate::config::Settings;
-use crate::dlq::{self, Selection};
-use crate::domain::{EndpointUrl, SigningSecret, TopicPattern};
 use crate::readiness::Role;
-use crate::store::{self, endpoints};
+use crate::store;
 use crate::telemetry;
 
 #[derive(Parser)]
@@ -40,38 +40,10 @@ enum Command {
     },
     /// Apply database migrations.
     Migrate,
-    /// Manage subscribed endpoints.
-    #[command(subcommand)]
-    Endpoint(EndpointCommand),
     /// Publish one event with publisher confirms.
     Publish(PublishArgs),
-    /// Inspect and redrive the dead-letter queue.
-    #[command(subcommand)]
-    Dlq(DlqCommand),
-}
-
-#[derive(Subcommand)]
-enum EndpointCommand {
-    /// Subscribe a URL to event types; prints the endpoint with its secret.
-    Add {
-        #[arg(long)]
-        url: String,
-        /// AMQP topic pattern (`*` one word, `#` zero or more); repeatable.
-        #[arg(long = "event-type", required = true)]
-        event_types: Vec<String>,
-        #[arg(long)]
-        tenant: Option<String>,
-        /// `whsec_…`; generated when absent.
-        #[arg(long)]
-        secret: Option<String>,
-        /// Requests per minute.
-        #[arg(long)]
-        rate_limit: Option<i32>,
-        #[arg(long)]
-        description: Option<String>,
-    },
-    /// All endpoints, as JSON.
-    List,
+    #[command(flatten)]
+    Manage(manage::Command),
 }
 
 #[derive(Args)]
@@ -89,26 +61,6 @@ struct PublishArgs {
     id: Option<String>,
     #[arg(long)]
     tenant: Option<String>,
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// Failed deliveries with their reason, newest first, as JSON.
-    List {
-        #[arg(long, default_value_t = 100)]
-        limit: i64,
-    },
-    /// Send dead deliveries again with a fresh retry schedule.
-    Redrive {
-        #[arg(
-            long,
-            conflicts_with = "delivery",
-            required_unless_present = "delivery"
-        )]
-        all: bool,
-        #[arg(long, num_args = 1..)]
-        delivery: Vec<Uuid>,
-    },
 }
 
 /// Entry point of the binary.
@@ -146,9 +98,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             eprintln!("migrations applied");
             Ok(())
         }
-        Command::Endpoint(command) => endpoint(settings, command).await,
         Command::Publish(args) => publish(settings, args).await,
-        Command::Dlq(command) => dead_letters(settings, command).await,
+        Command::Manage(command) => manage::run(settings, command).await,
     }
 }
 
@@ -163,48 +114,9 @@ async fn serve(settings: Settings, role: Role) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+pub(crate) fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
-}
-
-async fn endpoint(settings: Settings, command: EndpointCommand) -> anyhow::Result<()> {
-    let pool = store::pool(&settings.database)?;
-    match command {
-        EndpointCommand::Add {
-            url,
-            event_types,
-            tenant,
-            secret,
-            rate_limit,
-            description,
-        } => {
-            let new = endpoints::NewEndpoint {
-                url: url.parse::<EndpointUrl>()?,
-                event_types: event_types
-                    .iter()
-                    .map(|p| p.parse::<TopicPattern>())
-                    .collect::<Result<_, _>>()?,
-                tenant_id: tenant.filter(|t| !t.is_empty()),
-                secret: secret.map(|s| s.parse::<SigningSecret>()).transpose()?,
-                rate_limit,
-                description,
-            };
-            let endpoint = endpoints::insert(&pool, new).await?;
-            let mut out = serde_json::to_value(endpoints::EndpointView::from(&endpoint))?;
-            out["secret"] = json!(endpoint.secrets[0].expose());
-            print_json(&out)
-        }
-        EndpointCommand::List => {
-            let list = endpoints::list(&pool).await?;
-            print_json(
-                &list
-                    .iter()
-                    .map(endpoints::EndpointView::from)
-                    .collect::<Vec<_>>(),
-            )
-        }
-    }
 }
 
 async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
@@ -257,27 +169,4 @@ async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
         .context("publishing (is Herald's ingest queue declared? start `herald serve` once)")?;
     let _ = connection.close(200, "published").await;
     print_json(&json!({ "id": id, "exchange": exchange, "routing_key": args.routing_key }))
-}
-
-async fn dead_letters(settings: Settings, command: DlqCommand) -> anyhow::Result<()> {
-    let pool = store::pool(&settings.database)?;
-    match command {
-        DlqCommand::List { limit } => print_json(&dlq::list(&pool, limit).await?),
-        DlqCommand::Redrive { all, delivery } => {
-            let selection = if all {
-                Selection::All
-            } else {
-                Selection::Deliveries(delivery)
-            };
-            let report = dlq::redrive(&settings, &pool, selection).await?;
-            print_json(&report)?;
-            if !report.not_found.is_empty() {
-                anyhow::bail!(
-                    "{} delivery id(s) not in the dead-letter queue",
-                    report.not_found.len()
-                );
-            }
-            Ok(())
-        }
-    }
 }

@@ -1,0 +1,367 @@
+//! The managing commands (contract §3): endpoints, tokens, events, deliveries and the
+//! dead-letter queue, each a call of the same service layer the admin API uses
+//! (`crate::service`), as the admin. Lists page through to `--limit` rows.
+
+use chrono::{DateTime, Utc};
+use clap::Subcommand;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::print_json;
+use crate::config::Settings;
+use crate::service::{self, deliveries, endpoints, events, tokens, Caller, Page, PageRequest};
+use crate::store;
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Manage subscribed endpoints.
+    #[command(subcommand)]
+    Endpoint(EndpointCommand),
+    /// Tenant tokens of the admin API.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Stored events.
+    #[command(subcommand)]
+    Event(EventCommand),
+    /// Deliveries and their attempts.
+    #[command(subcommand)]
+    Delivery(DeliveryCommand),
+    /// Inspect and redrive the dead-letter queue.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+pub enum EndpointCommand {
+    /// Subscribe a URL to event types; prints the endpoint with its secret.
+    Add {
+        #[arg(long)]
+        url: String,
+        /// AMQP topic pattern (`*` one word, `#` zero or more); repeatable.
+        #[arg(long = "event-type", required = true)]
+        event_types: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `whsec_…`; generated when absent.
+        #[arg(long)]
+        secret: Option<String>,
+        /// Requests per minute.
+        #[arg(long)]
+        rate_limit: Option<i64>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Endpoints, newest first, as a JSON array.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        /// `enabled` or `disabled`.
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        event_type: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// One endpoint with its delivery statistics.
+    Get { id: Uuid },
+    /// Change an endpoint; fields not given stay as they are.
+    Update {
+        id: Uuid,
+        #[arg(long)]
+        url: Option<String>,
+        /// Replaces every pattern; repeatable.
+        #[arg(long = "event-type")]
+        event_types: Vec<String>,
+        #[arg(long)]
+        enabled: Option<bool>,
+        #[arg(long)]
+        rate_limit: Option<i64>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Stop delivering to an endpoint; its records stay.
+    Delete { id: Uuid },
+    /// A new secret (printed once); the old one signs alongside for the grace period.
+    RotateSecret {
+        id: Uuid,
+        #[arg(long, default_value_t = 24)]
+        grace_hours: i64,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// A token for one tenant; printed once, stored only as a hash.
+    Create {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Takes effect at once in every process.
+    Revoke { id: Uuid },
+}
+
+#[derive(Subcommand)]
+pub enum EventCommand {
+    List {
+        /// Event-type pattern.
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        since: Option<DateTime<Utc>>,
+        #[arg(long)]
+        until: Option<DateTime<Utc>>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// One event with its deliveries.
+    Show {
+        id: String,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DeliveryFilter {
+    #[arg(long)]
+    endpoint: Option<Uuid>,
+    #[arg(long)]
+    status: Option<String>,
+    #[arg(long)]
+    tenant: Option<String>,
+    #[arg(long)]
+    event: Option<String>,
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+}
+
+impl DeliveryFilter {
+    fn into_filter(self) -> (deliveries::ListFilter, usize) {
+        let filter = deliveries::ListFilter {
+            tenant: self.tenant,
+            status: self.status,
+            endpoint_id: self.endpoint,
+            event_id: self.event,
+            since: self.since,
+            until: self.until,
+            ..Default::default()
+        };
+        (filter, self.limit)
+    }
+}
+
+#[derive(Subcommand)]
+pub enum DeliveryCommand {
+    List(DeliveryFilter),
+    /// One delivery with every attempt.
+    Show {
+        id: Uuid,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DlqCommand {
+    /// Failed deliveries with their reason, newest first.
+    List(DeliveryFilter),
+    /// Send dead deliveries again with a fresh retry schedule.
+    Redrive {
+        #[arg(
+            long,
+            conflicts_with = "delivery",
+            required_unless_present = "delivery"
+        )]
+        all: bool,
+        #[arg(long, num_args = 1..)]
+        delivery: Vec<Uuid>,
+    },
+}
+
+/// Pages through a list until `limit` rows (all when `None`).
+async fn collect<T, F, Fut>(limit: Option<usize>, mut page: F) -> anyhow::Result<Vec<T>>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Result<Page<T>, service::ServiceError>>,
+{
+    let mut rows = Vec::new();
+    let mut cursor = None;
+    loop {
+        let want = limit.map_or(1_000, |l| (l - rows.len()).clamp(1, 1_000));
+        let next = page(PageRequest::new(Some(want as i64), cursor)?).await?;
+        rows.extend(next.data);
+        cursor = next.next_cursor;
+        if cursor.is_none() || limit.is_some_and(|l| rows.len() >= l) {
+            return Ok(rows);
+        }
+    }
+}
+
+fn show(value: impl Serialize) -> anyhow::Result<()> {
+    print_json(&value)
+}
+
+pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
+    let pool = store::pool(&settings.database)?;
+    let admin = Caller::Admin;
+    let caller = &admin;
+    let pool = &pool;
+    match command {
+        Command::Endpoint(command) => match command {
+            EndpointCommand::Add {
+                url,
+                event_types,
+                tenant,
+                secret,
+                rate_limit,
+                name,
+                description,
+            } => {
+                let input = endpoints::EndpointInput {
+                    url,
+                    event_types,
+                    tenant_id: tenant,
+                    secret,
+                    rate_limit,
+                    name,
+                    description,
+                };
+                show(endpoints::create(pool, caller, input).await?)
+            }
+            EndpointCommand::List {
+                tenant,
+                state,
+                event_type,
+                limit,
+            } => {
+                let filter = endpoints::ListFilter {
+                    tenant,
+                    state,
+                    event_type,
+                };
+                show(
+                    collect(limit, |page| {
+                        endpoints::list(pool, caller, filter.clone(), page)
+                    })
+                    .await?,
+                )
+            }
+            EndpointCommand::Get { id } => show(endpoints::get(pool, caller, id).await?),
+            EndpointCommand::Update {
+                id,
+                url,
+                event_types,
+                enabled,
+                rate_limit,
+                name,
+                description,
+            } => {
+                let changes = endpoints::EndpointChanges {
+                    url,
+                    event_types: (!event_types.is_empty()).then_some(event_types),
+                    enabled,
+                    rate_limit: rate_limit.map(Some),
+                    name: name.map(Some),
+                    description: description.map(Some),
+                };
+                show(endpoints::update(pool, caller, id, changes).await?)
+            }
+            EndpointCommand::Delete { id } => {
+                endpoints::delete(pool, caller, id).await?;
+                show(serde_json::json!({ "id": id, "deleted": true }))
+            }
+            EndpointCommand::RotateSecret { id, grace_hours } => {
+                show(endpoints::rotate_secret(pool, caller, id, Some(grace_hours)).await?)
+            }
+        },
+        Command::Token(command) => match command {
+            TokenCommand::Create { tenant, name } => {
+                show(tokens::create(pool, caller, Some(tenant), name).await?)
+            }
+            TokenCommand::List { tenant, limit } => show(
+                collect(limit, |page| {
+                    tokens::list(pool, caller, tenant.clone(), page)
+                })
+                .await?,
+            ),
+            TokenCommand::Revoke { id } => show(tokens::revoke(pool, caller, id).await?),
+        },
+        Command::Event(command) => match command {
+            EventCommand::List {
+                event_type,
+                tenant,
+                since,
+                until,
+                limit,
+            } => {
+                let filter = events::ListFilter {
+                    event_type,
+                    tenant,
+                    since,
+                    until,
+                };
+                show(
+                    collect(Some(limit), |page| {
+                        events::list(pool, caller, filter.clone(), page)
+                    })
+                    .await?,
+                )
+            }
+            EventCommand::Show { id, tenant } => {
+                show(events::get(pool, caller, &id, tenant).await?)
+            }
+        },
+        Command::Delivery(command) => match command {
+            DeliveryCommand::List(filter) => {
+                let (filter, limit) = filter.into_filter();
+                show(
+                    collect(Some(limit), |page| {
+                        deliveries::list(pool, caller, filter.clone(), page)
+                    })
+                    .await?,
+                )
+            }
+            DeliveryCommand::Show { id } => show(deliveries::get(pool, caller, id).await?),
+        },
+        Command::Dlq(command) => match command {
+            DlqCommand::List(filter) => {
+                let (mut filter, limit) = filter.into_filter();
+                filter.status = Some("failed".into());
+                show(
+                    collect(Some(limit), |page| {
+                        deliveries::list(pool, caller, filter.clone(), page)
+                    })
+                    .await?,
+                )
+            }
+            DlqCommand::Redrive { all, delivery } => {
+                let report = deliveries::redrive(&settings, pool, caller, all, delivery).await?;
+                show(&report)?;
+                if !report.not_found.is_empty() {
+                    anyhow::bail!(
+                        "{} delivery id(s) not in the dead-letter queue",
+                        report.not_found.len()
+                    );
+                }
+                Ok(())
+            }
+        },
+    }
+}

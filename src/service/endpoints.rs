@@ -1,0 +1,315 @@
+//! Endpoints: create, read, list, change, delete, rotate the secret — for the API and
+//! the CLI alike.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::validate::Check;
+use super::{Caller, Page, PageRequest, ServiceError};
+use crate::domain::{EndpointUrl, SigningSecret, TopicPattern};
+use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
+
+/// Highest `rate_limit` (requests per minute) an endpoint may ask for.
+pub const MAX_RATE_LIMIT: i64 = 1_000_000;
+/// Longest a rotated-out secret keeps signing: 30 days.
+pub const MAX_GRACE_HOURS: i64 = 24 * 30;
+const MAX_PATTERNS: usize = 100;
+
+/// A new endpoint as the caller wrote it.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointInput {
+    pub url: String,
+    pub event_types: Vec<String>,
+    pub tenant_id: Option<String>,
+    pub secret: Option<String>,
+    pub rate_limit: Option<i64>,
+    pub name: Option<String>,
+    pub description: Option<String>,
+}
+
+/// Changes as the caller wrote them: `None` leaves a field, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct EndpointChanges {
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    pub rate_limit: Option<Option<i64>>,
+    pub name: Option<Option<String>>,
+    pub description: Option<Option<String>>,
+}
+
+/// A created endpoint, with its secret: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct Created {
+    #[serde(flatten)]
+    pub endpoint: EndpointView,
+    pub secret: String,
+}
+
+/// An endpoint with its delivery statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct Detailed {
+    #[serde(flatten)]
+    pub endpoint: EndpointView,
+    pub stats: Stats,
+}
+
+/// Deliveries of one endpoint (contract §5), and how the last 24 hours went.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Stats {
+    pub deliveries_total: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+    pub last_delivery_at: Option<DateTime<Utc>>,
+    pub last_failure_at: Option<DateTime<Utc>>,
+    /// Of the deliveries finished in the last 24 h, the share that succeeded.
+    pub success_ratio_24h: Option<f64>,
+    /// 95th percentile of attempt durations in the last 24 h, milliseconds.
+    pub p95_latency_ms_24h: Option<f64>,
+}
+
+fn patterns(check: &mut Check, list: &[String]) -> Option<Vec<TopicPattern>> {
+    if list.is_empty() {
+        check.fail("event_types", "needs at least one pattern");
+        return None;
+    }
+    if list.len() > MAX_PATTERNS {
+        check.fail("event_types", format!("at most {MAX_PATTERNS} patterns"));
+        return None;
+    }
+    let mut parsed = Vec::with_capacity(list.len());
+    for (n, pattern) in list.iter().enumerate() {
+        parsed.push(check.field(
+            &format!("event_types[{n}]"),
+            pattern.parse::<TopicPattern>(),
+        )?);
+    }
+    Some(parsed)
+}
+
+fn rate_limit(check: &mut Check, value: Option<i64>) -> Option<i32> {
+    match value {
+        Some(n) if (1..=MAX_RATE_LIMIT).contains(&n) => Some(n as i32),
+        Some(_) => {
+            check.fail(
+                "rate_limit",
+                format!("requests per minute, from 1 to {MAX_RATE_LIMIT}"),
+            );
+            None
+        }
+        None => None,
+    }
+}
+
+/// The endpoint's tenant: a tenant token's own, never another (which is refused).
+fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<String> {
+    let asked = check.tenant("tenant_id", asked.filter(|t| !t.is_empty()));
+    match caller {
+        Caller::Admin => asked,
+        Caller::Tenant(own) => {
+            if asked.as_ref().is_some_and(|t| t != own) {
+                check.fail(
+                    "tenant_id",
+                    "a tenant token creates endpoints of its own tenant only",
+                );
+            }
+            Some(own.clone())
+        }
+    }
+}
+
+pub async fn create(
+    pool: &PgPool,
+    caller: &Caller,
+    input: EndpointInput,
+) -> Result<Created, ServiceError> {
+    let mut check = Check::default();
+    let url = check.field("url", input.url.parse::<EndpointUrl>());
+    let event_types = patterns(&mut check, &input.event_types);
+    let tenant_id = owner(&mut check, caller, input.tenant_id);
+    let secret = input
+        .secret
+        .and_then(|s| check.field("secret", s.parse::<SigningSecret>()));
+    let rate_limit = rate_limit(&mut check, input.rate_limit);
+    let name = check.text("name", input.name, 200);
+    let description = check.text("description", input.description, 2_000);
+    check.finish()?;
+    let (Some(url), Some(event_types)) = (url, event_types) else {
+        unreachable!("a missing field failed the check");
+    };
+    let endpoint = endpoints::insert(
+        pool,
+        NewEndpoint {
+            url,
+            event_types,
+            tenant_id,
+            secret,
+            rate_limit,
+            name,
+            description,
+        },
+    )
+    .await?;
+    Ok(Created {
+        endpoint: EndpointView::from(&endpoint),
+        secret: endpoint.secrets[0].expose(),
+    })
+}
+
+pub async fn get(pool: &PgPool, caller: &Caller, id: Uuid) -> Result<Detailed, ServiceError> {
+    let endpoint = endpoints::get(pool, caller.scope(), id)
+        .await?
+        .filter(|e| !e.deleted)
+        .ok_or(ServiceError::NotFound)?;
+    Ok(Detailed {
+        endpoint: EndpointView::from(&endpoint),
+        stats: stats(pool, id).await?,
+    })
+}
+
+async fn stats(pool: &PgPool, id: Uuid) -> Result<Stats, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT
+            count(*) AS deliveries_total,
+            count(*) FILTER (WHERE status = 'success') AS succeeded,
+            count(*) FILTER (WHERE status = 'failed') AS failed,
+            max(delivered_at) AS last_delivery_at,
+            max(updated_at) FILTER (WHERE status = 'failed' OR last_error IS NOT NULL) AS last_failure_at,
+            (count(*) FILTER (WHERE status = 'success' AND updated_at > now() - interval '24 hours'))::float8
+              / NULLIF(count(*) FILTER (WHERE status IN ('success', 'failed')
+                                         AND updated_at > now() - interval '24 hours'), 0)
+              AS success_ratio_24h,
+            (SELECT percentile_cont(0.95) WITHIN GROUP (ORDER BY a.duration_ms)
+               FROM herald.delivery_attempts a JOIN herald.deliveries d2 ON d2.id = a.delivery_id
+              WHERE d2.endpoint_id = $1 AND a.attempted_at > now() - interval '24 hours')
+              AS p95_latency_ms_24h
+         FROM herald.deliveries WHERE endpoint_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+}
+
+/// What a list of endpoints may be narrowed to.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub tenant: Option<String>,
+    /// `enabled` or `disabled`.
+    pub state: Option<String>,
+    pub event_type: Option<String>,
+}
+
+pub async fn list(
+    pool: &PgPool,
+    caller: &Caller,
+    filter: ListFilter,
+    page: PageRequest,
+) -> Result<Page<EndpointView>, ServiceError> {
+    let enabled = match filter.state.as_deref() {
+        None => None,
+        Some("enabled") => Some(true),
+        Some("disabled") => Some(false),
+        Some(_) => return Err(ServiceError::invalid("state", "enabled or disabled")),
+    };
+    let rows = endpoints::list(
+        pool,
+        &endpoints::Filter {
+            scope: caller.scope(),
+            tenant: filter.tenant.as_deref(),
+            enabled,
+            event_type: filter.event_type.as_deref(),
+            before: page.after()?,
+            limit: page.fetch(),
+        },
+    )
+    .await?;
+    Ok(Page::of(rows, &page, |e| e.id).map(|e| EndpointView::from(&e)))
+}
+
+pub async fn update(
+    pool: &PgPool,
+    caller: &Caller,
+    id: Uuid,
+    changes: EndpointChanges,
+) -> Result<EndpointView, ServiceError> {
+    let mut check = Check::default();
+    let url = changes
+        .url
+        .and_then(|u| check.field("url", u.parse::<EndpointUrl>()));
+    let event_types = match &changes.event_types {
+        Some(list) => patterns(&mut check, list),
+        None => None,
+    };
+    let rate = changes.rate_limit.map(|r| rate_limit(&mut check, r));
+    let name = changes.name.map(|n| check.text("name", n, 200));
+    let description = changes
+        .description
+        .map(|d| check.text("description", d, 2_000));
+    check.finish()?;
+    let endpoint = endpoints::update(
+        pool,
+        caller.scope(),
+        id,
+        EndpointPatch {
+            url,
+            event_types,
+            enabled: changes.enabled,
+            rate_limit: rate,
+            name,
+            description,
+        },
+    )
+    .await?
+    .ok_or(ServiceError::NotFound)?;
+    Ok(EndpointView::from(&endpoint))
+}
+
+pub async fn delete(pool: &PgPool, caller: &Caller, id: Uuid) -> Result<(), ServiceError> {
+    if endpoints::delete(pool, caller.scope(), id).await? {
+        Ok(())
+    } else {
+        Err(ServiceError::NotFound)
+    }
+}
+
+/// The new secret, shown once; the old one signs alongside for `grace_hours`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotated {
+    pub id: Uuid,
+    pub secret: String,
+    pub previous_valid_hours: i64,
+}
+
+pub async fn rotate_secret(
+    pool: &PgPool,
+    caller: &Caller,
+    id: Uuid,
+    grace_hours: Option<i64>,
+) -> Result<Rotated, ServiceError> {
+    let grace = grace_hours.unwrap_or(24);
+    if !(0..=MAX_GRACE_HOURS).contains(&grace) {
+        return Err(ServiceError::invalid(
+            "grace_hours",
+            format!("from 0 to {MAX_GRACE_HOURS}"),
+        ));
+    }
+    let secret = SigningSecret::generate();
+    if !endpoints::rotate_secret(
+        pool,
+        caller.scope(),
+        id,
+        &secret,
+        chrono::Duration::hours(grace),
+    )
+    .await?
+    {
+        return Err(ServiceError::NotFound);
+    }
+    Ok(Rotated {
+        id,
+        secret: secret.expose(),
+        previous_valid_hours: grace,
+    })
+}
