@@ -9,7 +9,9 @@ use uuid::Uuid;
 
 use super::print_json;
 use crate::config::Settings;
-use crate::service::{self, deliveries, endpoints, events, tokens, Caller, Page, PageRequest};
+use crate::service::{
+    self, deliveries, endpoints, events, resend, tokens, Caller, Page, PageRequest,
+};
 use crate::store;
 
 #[derive(Subcommand)]
@@ -86,6 +88,8 @@ pub enum EndpointCommand {
     },
     /// Stop delivering to an endpoint; its records stay.
     Delete { id: Uuid },
+    /// Send a signed `herald.test` event now and print what the receiver did.
+    Test { id: Uuid },
     /// A new secret (printed once); the old one signs alongside for the grace period.
     RotateSecret {
         id: Uuid,
@@ -174,6 +178,10 @@ pub enum DeliveryCommand {
     List(DeliveryFilter),
     /// One delivery with every attempt.
     Show {
+        id: Uuid,
+    },
+    /// A new attempt of a finished delivery, now.
+    Retry {
         id: Uuid,
     },
 }
@@ -287,6 +295,15 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 endpoints::delete(pool, caller, id).await?;
                 show(serde_json::json!({ "id": id, "deleted": true }))
             }
+            EndpointCommand::Test { id } => {
+                let outcome = resend::test(&settings, pool, caller, id).await?;
+                show(&outcome)?;
+                anyhow::ensure!(
+                    outcome.success,
+                    "the endpoint did not accept the test event"
+                );
+                Ok(())
+            }
             EndpointCommand::RotateSecret { id, grace_hours } => {
                 show(endpoints::rotate_secret(pool, caller, id, Some(grace_hours)).await?)
             }
@@ -339,6 +356,9 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 )
             }
             DeliveryCommand::Show { id } => show(deliveries::get(pool, caller, id).await?),
+            DeliveryCommand::Retry { id } => {
+                show(resend::retry(&settings, pool, caller, id).await?)
+            }
         },
         Command::Dlq(command) => match command {
             DlqCommand::List(filter) => {

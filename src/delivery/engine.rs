@@ -473,7 +473,11 @@ fn attempt_record(
 }
 
 /// Standard Webhooks headers plus Herald's own, signed at this moment.
-fn request_headers(endpoint: &ActiveEndpoint, task: &DeliveryTask, traceparent: &str) -> HeaderMap {
+pub(crate) fn request_headers(
+    endpoint: &ActiveEndpoint,
+    task: &DeliveryTask,
+    traceparent: &str,
+) -> HeaderMap {
     let timestamp = Utc::now().timestamp();
     let signature = signature_header(&endpoint.secrets, &task.event_id, timestamp, &task.body);
     let mut headers = HeaderMap::with_capacity(6);

@@ -263,6 +263,23 @@ pub async fn mark_redriven(
     Ok(done.rows_affected())
 }
 
+/// Marks a finished delivery `pending` again for a new attempt on request; in the
+/// caller's transaction, which commits once the task is confirmed. 0 when the delivery
+/// is not finished (already queued).
+pub async fn mark_requeued(
+    executor: impl sqlx::PgExecutor<'_>,
+    id: Uuid,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now()
+         WHERE id = $1 AND status IN ('success', 'failed')",
+    )
+    .bind(id)
+    .execute(executor)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Of `ids`, those of deliveries to endpoints of `scope` (every one when `None`).
 pub async fn owned(
     pool: &PgPool,

@@ -244,3 +244,48 @@ pub async fn get(
     .fetch_all(pool)
     .await
 }
+
+/// A stored event as ingest accepted it, to build its webhook again (retry, replay).
+pub async fn load(pool: &PgPool, tenant_key: &str, id: &str) -> Result<Option<Event>, sqlx::Error> {
+    let row: Option<StoredRow> = sqlx::query_as(
+        "SELECT id, type, tenant_id, source, occurred_at, payload::text AS payload
+         FROM herald.events WHERE tenant_key = $1 AND id = $2",
+    )
+    .bind(tenant_key)
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(Event::try_from).transpose()
+}
+
+/// The columns of an event that rebuild its webhook.
+#[derive(sqlx::FromRow)]
+pub(crate) struct StoredRow {
+    id: String,
+    #[sqlx(rename = "type")]
+    event_type: String,
+    tenant_id: Option<String>,
+    source: Option<String>,
+    occurred_at: DateTime<Utc>,
+    payload: String,
+}
+
+impl TryFrom<StoredRow> for Event {
+    type Error = sqlx::Error;
+
+    fn try_from(row: StoredRow) -> Result<Self, Self::Error> {
+        let decode = |e: Box<dyn std::error::Error + Send + Sync>| sqlx::Error::Decode(e);
+        Ok(Event {
+            id: row.id,
+            event_type: row
+                .event_type
+                .parse()
+                .map_err(|e: crate::domain::InvalidValue| decode(e.0.into()))?,
+            tenant_id: row.tenant_id,
+            source: row.source,
+            occurred_at: row.occurred_at,
+            data: serde_json::value::RawValue::from_string(row.payload)
+                .map_err(|e| decode(Box::new(e)))?,
+        })
+    }
+}

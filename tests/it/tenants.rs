@@ -11,22 +11,22 @@ use crate::admin_api::herald;
 use crate::common::receiver::Receiver;
 use crate::common::{eventually, TestEnv};
 
-const ADMIN: &str = "test-admin-token";
+pub const ADMIN: &str = "test-admin-token";
 
-struct Api {
-    base: String,
+pub struct Api {
+    pub base: String,
     http: Client,
 }
 
 impl Api {
-    fn new(app: &herald::App) -> Self {
+    pub fn new(app: &herald::App) -> Self {
         Self {
             base: format!("http://{}/api/v1", app.address()),
             http: Client::new(),
         }
     }
 
-    async fn call(
+    pub async fn call(
         &self,
         method: Method,
         path: &str,
@@ -49,7 +49,7 @@ impl Api {
         )
     }
 
-    async fn ok(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Value {
+    pub async fn ok(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(method.clone(), path, Some(token), body).await;
         assert!(status.is_success(), "{method} {path}: {status} {value}");
         value

@@ -12,7 +12,7 @@ use crate::api::extract::{Json, OptionalJson, Path, Query};
 use crate::api::problem::Problem;
 use crate::api::ApiState;
 use crate::service::endpoints::{self as service, EndpointChanges, EndpointInput, ListFilter};
-use crate::service::{Caller, PageRequest};
+use crate::service::{resend, Caller, PageRequest};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -146,5 +146,16 @@ pub async fn rotate_secret(
     let grace = body.unwrap_or_default().grace_hours;
     Ok(axum::Json(
         service::rotate_secret(&state.pool, &caller, id, grace).await?,
+    ))
+}
+
+/// Sends a signed `herald.test` event now; answers with the receiver's reaction.
+pub async fn test(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<impl IntoResponse, Problem> {
+    Ok(axum::Json(
+        resend::test(&state.settings, &state.pool, &caller, id).await?,
     ))
 }

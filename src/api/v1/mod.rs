@@ -57,10 +57,12 @@ fn table() -> Table {
             "/endpoints/{id}/rotate-secret",
             endpoints::rotate_secret,
         )
+        .add(Method::POST, "/endpoints/{id}/test", endpoints::test)
         .add(Method::GET, "/events", records::list_events)
         .add(Method::GET, "/events/{id}", records::get_event)
         .add(Method::GET, "/deliveries", records::list_deliveries)
         .add(Method::GET, "/deliveries/{id}", records::get_delivery)
+        .add(Method::POST, "/deliveries/{id}/retry", records::retry)
         .add(Method::GET, "/dlq", records::list_dlq)
         .add(Method::POST, "/dlq/redrive", records::redrive)
         .add(Method::GET, "/tokens", tokens::list)

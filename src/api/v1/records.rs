@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -12,7 +13,7 @@ use uuid::Uuid;
 use crate::api::extract::{Json, Path, Query};
 use crate::api::problem::Problem;
 use crate::api::ApiState;
-use crate::service::{deliveries, events, Caller, PageRequest};
+use crate::service::{deliveries, events, resend, Caller, PageRequest};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -149,4 +150,14 @@ pub async fn redrive(
         )
         .await?,
     ))
+}
+
+/// A new attempt of a finished delivery, now.
+pub async fn retry(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<impl IntoResponse, Problem> {
+    let retried = resend::retry(&state.settings, &state.pool, &caller, id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(retried)))
 }

@@ -1,0 +1,177 @@
+//! Sending again on request: a signed `herald.test` event to one endpoint now, whose
+//! outcome is the answer; and a new attempt of one delivery (`retry`), which goes
+//! through the work queue like any other task.
+//!
+//! A retry follows the order of a redrive (`crate::dlq`): the delivery is marked
+//! `pending` in a transaction, its task is published with confirms, then the
+//! transaction commits — so the record never says `success` or `failed` while a task
+//! for it is on its way, and a failed publish leaves the record as it was.
+
+use bytes::Bytes;
+use chrono::Utc;
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Caller, ServiceError};
+use crate::broker::{self, Publisher};
+use crate::config::Settings;
+use crate::delivery::client::{Response, WebhookClient};
+use crate::delivery::engine::request_headers;
+use crate::delivery::task::DeliveryTask;
+use crate::store::endpoints::{self, ActiveEndpoint};
+use crate::store::{deliveries, events};
+
+/// The answer of a test send: what the receiver did with it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TestOutcome {
+    pub event_id: String,
+    pub success: bool,
+    pub status_code: Option<u16>,
+    /// Failure class when there was no answer (`timeout`, `connect`, `refused`…).
+    pub error: Option<String>,
+    pub duration_ms: u128,
+    pub response_body: Option<String>,
+}
+
+/// Sends a signed `herald.test` event to endpoint `id` now (enabled or not), through
+/// the same client, SSRF guard and signing as every delivery. Nothing is recorded.
+pub async fn test(
+    settings: &Settings,
+    pool: &PgPool,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<TestOutcome, ServiceError> {
+    let endpoint = endpoints::get(pool, caller.scope(), id)
+        .await?
+        .filter(|e| !e.deleted)
+        .ok_or(ServiceError::NotFound)?;
+    let event_id = format!("test_{}", Uuid::now_v7().simple());
+    let body = serde_json::to_vec(&serde_json::json!({
+        "id": event_id,
+        "type": "herald.test",
+        "timestamp": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "tenant_id": endpoint.tenant_id,
+        "data": { "message": "a test event sent by Herald", "endpoint_id": id },
+    }))
+    .expect("JSON values serialise");
+    let endpoint = ActiveEndpoint::from(endpoint);
+    let task = DeliveryTask {
+        delivery_id: Uuid::nil(),
+        event_id: event_id.clone(),
+        endpoint_id: id,
+        attempt: 1,
+        schedule_start: 1,
+        received_at_ms: 0,
+        not_before_ms: None,
+        turn: None,
+        deferrals: 0,
+        traceparent: None,
+        body: Bytes::from(body),
+    };
+    let client = WebhookClient::new(&settings.delivery)
+        .map_err(|e| ServiceError::Internal(anyhow::anyhow!("HTTP client: {e}")))?;
+    let span = tracing::info_span!("test_send", endpoint_id = %id);
+    let traceparent = crate::telemetry::link(&span, None);
+    let headers = request_headers(&endpoint, &task, &traceparent);
+    let attempt = client.post(&endpoint.url, headers, task.body.clone()).await;
+    let duration_ms = attempt.duration.as_millis();
+    Ok(match attempt.response {
+        Response::Answered { status, body, .. } => TestOutcome {
+            event_id,
+            success: (200..300).contains(&status),
+            status_code: Some(status),
+            error: None,
+            duration_ms,
+            response_body: Some(body),
+        },
+        Response::Failed { class, .. } => TestOutcome {
+            event_id,
+            success: false,
+            status_code: None,
+            error: Some(class.as_str().to_string()),
+            duration_ms,
+            response_body: None,
+        },
+    })
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Retried {
+    pub delivery_id: Uuid,
+    /// The number of the attempt queued.
+    pub attempt: u32,
+}
+
+/// Queues a new attempt of a finished delivery (`success` or `failed`) now; its
+/// `webhook-id` is the event's, as for every attempt, and its number follows the
+/// last one. A delivery still `pending` or `retrying` is already queued: 409.
+pub async fn retry(
+    settings: &Settings,
+    pool: &PgPool,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<Retried, ServiceError> {
+    let delivery = deliveries::get(pool, caller.scope(), id)
+        .await?
+        .ok_or(ServiceError::NotFound)?;
+    if delivery.status == "pending" || delivery.status == "retrying" {
+        return Err(ServiceError::Conflict(format!(
+            "the delivery is {} and already queued",
+            delivery.status
+        )));
+    }
+    let tenant_key = delivery.tenant_id.clone().unwrap_or_default();
+    let event = events::load(pool, &tenant_key, &delivery.event_id)
+        .await?
+        .ok_or_else(|| ServiceError::Internal(anyhow::anyhow!("delivery {id} has no event")))?;
+    let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
+    let task = DeliveryTask {
+        delivery_id: id,
+        event_id: delivery.event_id.clone(),
+        endpoint_id: delivery.endpoint_id,
+        attempt,
+        schedule_start: attempt,
+        received_at_ms: 0,
+        not_before_ms: None,
+        turn: None,
+        deferrals: 0,
+        traceparent: None,
+        body: Bytes::from(event.webhook_body()),
+    };
+    let mut marked = pool.begin().await?;
+    if deliveries::mark_requeued(&mut *marked, id).await? == 0 {
+        return Err(ServiceError::Conflict(
+            "the delivery was queued meanwhile".into(),
+        ));
+    }
+    publish(settings, std::slice::from_ref(&task)).await?;
+    marked.commit().await?;
+    tracing::info!(delivery_id = %id, attempt, "delivery retried on request");
+    Ok(Retried {
+        delivery_id: id,
+        attempt,
+    })
+}
+
+/// Publishes tasks to the work exchange with confirms, over a connection of its own.
+pub(super) async fn publish(
+    settings: &Settings,
+    tasks: &[DeliveryTask],
+) -> Result<(), ServiceError> {
+    let topology = crate::delivery::topology(settings);
+    let connection = broker::connect(settings.amqp.url.expose(), "herald-resend").await?;
+    let result = async {
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        let publisher = Publisher::open(&connection).await?;
+        let work = topology.work_exchange();
+        publisher
+            .publish_all(tasks.iter().map(|t| t.to_work(&work)).collect())
+            .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = connection.close(200, "published").await;
+    result.map_err(|e| ServiceError::Unavailable(format!("broker: {e:#}")))
+}
