@@ -125,6 +125,13 @@ impl App {
             shutdown.clone(),
         ));
 
+        if role.serves_admin_api() {
+            workers.spawn(crate::service::replay::resume_stale(
+                settings.clone(),
+                pool.clone(),
+                shutdown.clone(),
+            ));
+        }
         let state = Arc::new(ApiState {
             settings: settings.clone(),
             pool: pool.clone(),

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::print_json;
 use crate::config::Settings;
 use crate::service::{
-    self, deliveries, endpoints, events, resend, tokens, Caller, Page, PageRequest,
+    self, deliveries, endpoints, events, replay, resend, tokens, Caller, Page, PageRequest,
 };
 use crate::store;
 
@@ -384,4 +384,39 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
             }
         },
     }
+}
+
+#[derive(clap::Args)]
+pub struct ReplayArgs {
+    #[arg(long)]
+    endpoint: Uuid,
+    #[arg(long)]
+    since: DateTime<Utc>,
+    /// Default: now.
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
+    /// Only events whose delivery to the endpoint failed.
+    #[arg(long)]
+    only_failed: bool,
+}
+
+/// Runs a replay in the foreground: progress on stderr, the finished job on stdout.
+pub async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> {
+    let pool = store::pool(&settings.database)?;
+    let input = replay::ReplayInput {
+        since: Some(args.since),
+        until: args.until,
+        only_failed: args.only_failed,
+    };
+    let job = replay::start(&pool, &Caller::Admin, args.endpoint, input).await?;
+    let queued = job.matched;
+    eprintln!("replay {}: {queued} events to send", job.id);
+    let done = replay::run(&settings, &pool, job, |job| {
+        eprintln!(
+            "replay {}: {} sent, {} already queued, of {}",
+            job.id, job.sent, job.skipped, job.matched
+        );
+    })
+    .await?;
+    show(replay::Started::from(&done))
 }

@@ -42,6 +42,8 @@ enum Command {
     Migrate,
     /// Publish one event with publisher confirms.
     Publish(PublishArgs),
+    /// Send an endpoint every stored event of a window again; progress on stderr.
+    Replay(manage::ReplayArgs),
     #[command(flatten)]
     Manage(manage::Command),
 }
@@ -99,6 +101,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Publish(args) => publish(settings, args).await,
+        Command::Replay(args) => manage::replay(settings, args).await,
         Command::Manage(command) => manage::run(settings, command).await,
     }
 }

@@ -9,6 +9,7 @@ pub mod endpoints;
 mod error;
 pub mod events;
 mod page;
+pub mod replay;
 pub mod resend;
 pub mod tokens;
 mod validate;

@@ -145,7 +145,10 @@ pub async fn retry(
             "the delivery was queued meanwhile".into(),
         ));
     }
-    publish(settings, std::slice::from_ref(&task)).await?;
+    let dispatcher = Dispatcher::open(settings).await?;
+    let published = dispatcher.publish(std::slice::from_ref(&task)).await;
+    dispatcher.close().await;
+    published?;
     marked.commit().await?;
     tracing::info!(delivery_id = %id, attempt, "delivery retried on request");
     Ok(Retried {
@@ -154,24 +157,48 @@ pub async fn retry(
     })
 }
 
-/// Publishes tasks to the work exchange with confirms, over a connection of its own.
-pub(super) async fn publish(
-    settings: &Settings,
-    tasks: &[DeliveryTask],
-) -> Result<(), ServiceError> {
-    let topology = crate::delivery::topology(settings);
-    let connection = broker::connect(settings.amqp.url.expose(), "herald-resend").await?;
-    let result = async {
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        let publisher = Publisher::open(&connection).await?;
-        let work = topology.work_exchange();
-        publisher
-            .publish_all(tasks.iter().map(|t| t.to_work(&work)).collect())
-            .await?;
-        anyhow::Ok(())
+/// Publishes tasks to the work exchange with confirms, over a connection of its own
+/// (the API process has no broker connection of its own otherwise).
+pub(super) struct Dispatcher {
+    connection: lapin::Connection,
+    publisher: Publisher,
+    work_exchange: String,
+}
+
+impl Dispatcher {
+    pub async fn open(settings: &Settings) -> Result<Self, ServiceError> {
+        let opened = async {
+            let topology = crate::delivery::topology(settings);
+            let connection = broker::connect(settings.amqp.url.expose(), "herald-resend").await?;
+            let channel = connection.create_channel().await?;
+            topology.declare(&channel).await?;
+            let publisher = Publisher::open(&connection).await?;
+            anyhow::Ok(Self {
+                connection,
+                publisher,
+                work_exchange: topology.work_exchange(),
+            })
+        };
+        opened.await.map_err(unavailable)
     }
-    .await;
-    let _ = connection.close(200, "published").await;
-    result.map_err(|e| ServiceError::Unavailable(format!("broker: {e:#}")))
+
+    pub async fn publish(&self, tasks: &[DeliveryTask]) -> Result<(), ServiceError> {
+        self.publisher
+            .publish_all(
+                tasks
+                    .iter()
+                    .map(|t| t.to_work(&self.work_exchange))
+                    .collect(),
+            )
+            .await
+            .map_err(|e| unavailable(e.into()))
+    }
+
+    pub async fn close(self) {
+        let _ = self.connection.close(200, "published").await;
+    }
+}
+
+fn unavailable(error: anyhow::Error) -> ServiceError {
+    ServiceError::Unavailable(format!("broker: {error:#}"))
 }

@@ -7,6 +7,7 @@ pub mod deliveries;
 pub mod endpoints;
 pub mod events;
 mod migrate;
+pub mod replays;
 pub mod tokens;
 
 pub use migrate::migrate;

@@ -250,3 +250,121 @@ async fn during_a_rotation_both_secrets_verify_and_after_it_only_the_new_one() {
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_sends_stored_events_to_an_endpoint_created_after_them() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let app = env.start_ready().await;
+    let api = Api::new(&app);
+    for n in 0..3 {
+        env.publish(
+            "sales.order.created",
+            Some(&format!("old-{n}")),
+            None,
+            format!("{{\"n\":{n}}}").as_bytes(),
+        )
+        .await;
+    }
+    env.publish("crm.lead.created", Some("other-type"), None, b"{}")
+        .await;
+    eventually("stored", Duration::from_secs(10), || async {
+        env.count("SELECT count(*) FROM herald.events").await == 4
+    })
+    .await;
+    let created = api
+        .ok(
+            Method::POST,
+            "/endpoints",
+            ADMIN,
+            Some(json!({"url": receiver.url("/late"), "event_types": ["sales.#"]})),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap();
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (status, started) = api
+        .call(
+            Method::POST,
+            &format!("/endpoints/{id}/replay"),
+            Some(ADMIN),
+            Some(json!({"since": since})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(
+        started["queued"], 3,
+        "the three sales events, not the CRM one"
+    );
+    let job = started["id"].as_str().unwrap().to_string();
+    eventually(
+        "replayed and delivered",
+        Duration::from_secs(15),
+        || async { receiver.count() == 3 },
+    )
+    .await;
+    let mut ids: Vec<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.header("webhook-id"))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["old-0", "old-1", "old-2"]);
+    assert!(verify(
+        created["secret"].as_str().unwrap(),
+        &receiver.received()[0]
+    ));
+    eventually("the job done", Duration::from_secs(10), || async {
+        api.ok(Method::GET, &format!("/replays/{job}"), ADMIN, None)
+            .await["state"]
+            == "done"
+    })
+    .await;
+    let done = api
+        .ok(Method::GET, &format!("/replays/{job}"), ADMIN, None)
+        .await;
+    assert_eq!(
+        (done["sent"].as_i64(), done["skipped"].as_i64()),
+        (Some(3), Some(0))
+    );
+
+    eventually("recorded", Duration::from_secs(10), || async {
+        env.delivery_statuses().await == vec![("success".to_string(), 3)]
+    })
+    .await;
+    // Nothing failed: an only-failed replay has nothing to send. The CLI runs one in
+    // the foreground and prints the job.
+    let (ok, out, err) = crate::admin_api::herald(
+        &env,
+        &[
+            "replay",
+            "--endpoint",
+            id,
+            "--since",
+            &since,
+            "--only-failed",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        (out["queued"].as_i64(), out["state"].as_str()),
+        (Some(0), Some("done"))
+    );
+    // A full replay again sends each once more, as the next attempt of its delivery.
+    let (ok, out, err) =
+        crate::admin_api::herald(&env, &["replay", "--endpoint", id, "--since", &since]);
+    assert!(ok, "{err}");
+    assert_eq!(out["sent"], 3);
+    assert!(err.contains("3 sent"), "progress on stderr: {err}");
+    eventually("delivered again", Duration::from_secs(15), || async {
+        receiver.count() == 6
+    })
+    .await;
+    assert_eq!(
+        env.count("SELECT count(*) FROM herald.deliveries").await,
+        3,
+        "no second delivery row"
+    );
+    assert_eq!(receiver.received()[5].header("x-herald-attempt"), "2");
+    app.stop().await;
+    env.cleanup().await;
+}

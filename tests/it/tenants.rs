@@ -83,6 +83,7 @@ fn ids(list: &Value) -> Vec<String> {
 /// A resource of tenant B that tenant A must never see or change.
 struct Theirs {
     token_id: String,
+    replay_id: String,
     endpoint_id: String,
     event_id: String,
     delivery_id: String,
@@ -136,7 +137,16 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
     })
     .await;
     let b_deliveries = api.ok(Method::GET, "/deliveries", &token_b, None).await;
+    let replay = api
+        .ok(
+            Method::POST,
+            &format!("/endpoints/{}/replay", endpoint_of["tenant-b"]),
+            &token_b,
+            Some(json!({"since": "2020-01-01T00:00:00Z", "only_failed": true})),
+        )
+        .await;
     let theirs = Theirs {
+        replay_id: replay["id"].as_str().unwrap().to_string(),
         token_id: token_b_id,
         endpoint_id: endpoint_of["tenant-b"].clone(),
         event_id: "b-only".into(),
@@ -168,7 +178,8 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
                 "/deliveries/{id}",
                 &format!("/deliveries/{}", theirs.delivery_id),
             )
-            .replace("/tokens/{id}", &format!("/tokens/{}", theirs.token_id));
+            .replace("/tokens/{id}", &format!("/tokens/{}", theirs.token_id))
+            .replace("/replays/{id}", &format!("/replays/{}", theirs.replay_id));
         assert!(
             !path.contains('{'),
             "no isolation case substitutes {}",
@@ -182,6 +193,7 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
             ("PATCH", _) => Some(json!({"enabled": false, "url": receiver.url("/stolen")})),
             ("POST", "/dlq/redrive") => Some(json!({"delivery_ids": [theirs.delivery_id]})),
             ("POST", "/tokens") => Some(json!({"tenant_id": "tenant-a"})),
+            ("POST", p) if p.ends_with("/replay") => Some(json!({"since": "2020-01-01T00:00:00Z"})),
             ("POST", _) => Some(json!({})),
             _ => None,
         };
@@ -239,9 +251,9 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
                 assert_eq!(answer["not_found"], json!([theirs.delivery_id]), "{what}");
             }
             ("GET" | "PATCH" | "DELETE" | "POST", p)
-                if p.starts_with("/endpoints/")
-                    || p.starts_with("/events/")
-                    || p.starts_with("/deliveries/") =>
+                if ["/endpoints/", "/events/", "/deliveries/", "/replays/"]
+                    .iter()
+                    .any(|prefix| p.starts_with(prefix)) =>
             {
                 assert_eq!(status, 404, "{what}");
                 assert_eq!(answer["type"], "urn:herald:problem:not-found", "{what}");

@@ -12,6 +12,7 @@ use crate::api::extract::{Json, OptionalJson, Path, Query};
 use crate::api::problem::Problem;
 use crate::api::ApiState;
 use crate::service::endpoints::{self as service, EndpointChanges, EndpointInput, ListFilter};
+use crate::service::replay::{self, ReplayInput};
 use crate::service::{resend, Caller, PageRequest};
 
 #[derive(Deserialize)]
@@ -158,4 +159,43 @@ pub async fn test(
     Ok(axum::Json(
         resend::test(&state.settings, &state.pool, &caller, id).await?,
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayBody {
+    since: Option<chrono::DateTime<chrono::Utc>>,
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default)]
+    only_failed: bool,
+}
+
+/// Starts a replay in the background; answers with the job and how many events it
+/// queues (`GET /replays/{id}` follows its progress).
+pub async fn replay(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+    Json(body): Json<ReplayBody>,
+) -> Result<impl IntoResponse, Problem> {
+    let input = ReplayInput {
+        since: body.since,
+        until: body.until,
+        only_failed: body.only_failed,
+    };
+    let job = replay::start(&state.pool, &caller, id, input).await?;
+    let answer = replay::Started::from(&job);
+    let (settings, pool) = (state.settings.clone(), state.pool.clone());
+    tokio::spawn(async move {
+        let _ = replay::run(&settings, &pool, job, |_| {}).await;
+    });
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)))
+}
+
+pub async fn get_replay(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<impl IntoResponse, Problem> {
+    Ok(axum::Json(replay::get(&state.pool, &caller, id).await?))
 }

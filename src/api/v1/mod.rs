@@ -58,6 +58,8 @@ fn table() -> Table {
             endpoints::rotate_secret,
         )
         .add(Method::POST, "/endpoints/{id}/test", endpoints::test)
+        .add(Method::POST, "/endpoints/{id}/replay", endpoints::replay)
+        .add(Method::GET, "/replays/{id}", endpoints::get_replay)
         .add(Method::GET, "/events", records::list_events)
         .add(Method::GET, "/events/{id}", records::get_event)
         .add(Method::GET, "/deliveries", records::list_deliveries)
