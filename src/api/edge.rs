@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderName, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tracing::Instrument;
 
 use super::problem::{Kind, Problem};
+use super::request_id::{self, REQUEST_ID};
 use super::ApiState;
 use crate::service::{tokens, Caller};
 
@@ -25,32 +26,10 @@ pub const MAX_BODY: usize = 1024 * 1024;
 const DRAIN_LIMIT: usize = 16 * MAX_BODY;
 const DRAIN_TIME: Duration = Duration::from_secs(10);
 
-pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-tokio::task_local! {
-    static CURRENT: Arc<str>;
-}
-
-/// The id of the request being answered, for problems and logs.
-pub fn current_request_id() -> Option<String> {
-    CURRENT.try_with(|id| id.to_string()).ok()
-}
-
-/// A caller's id is kept when it is 1–128 visible ASCII characters; else a new one.
-fn request_id(request: &Request) -> Arc<str> {
-    request
-        .headers()
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(Arc::from)
-        .unwrap_or_else(|| Arc::from(uuid::Uuid::now_v7().simple().to_string()))
-}
-
 /// Gives the request its id, a span for every log line it causes, and the id back on
 /// the response.
 pub async fn trace(request: Request, next: Next) -> Response {
-    let id = request_id(&request);
+    let id = request_id::from_request(&request);
     let span = tracing::info_span!(
         "http_request",
         request_id = %id,
@@ -58,9 +37,8 @@ pub async fn trace(request: Request, next: Next) -> Response {
         path = %request.uri().path(),
         status = tracing::field::Empty,
     );
-    let mut response = CURRENT
-        .scope(id.clone(), next.run(request).instrument(span.clone()))
-        .await;
+    let mut response =
+        request_id::scope(id.clone(), next.run(request).instrument(span.clone())).await;
     span.record("status", response.status().as_u16());
     if response.status().is_server_error() {
         span.in_scope(|| tracing::warn!(status = response.status().as_u16(), "request failed"));

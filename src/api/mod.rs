@@ -5,6 +5,7 @@
 mod edge;
 mod extract;
 mod problem;
+mod request_id;
 mod v1;
 
 use std::sync::Arc;

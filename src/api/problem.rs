@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use super::edge::current_request_id;
+use super::request_id::current_request_id;
 use crate::service::{FieldError, ServiceError};
 
 /// The kinds of problem; each is one `type` URI.
