@@ -7,7 +7,11 @@ use clap::Subcommand;
 use serde::Serialize;
 use uuid::Uuid;
 
+use reqwest::Method;
+use serde_json::{json, Value};
+
 use super::print_json;
+use super::remote::Call;
 use crate::config::Settings;
 use crate::service::{
     self, deliveries, endpoints, events, replay, resend, tokens, Caller, Page, PageRequest,
@@ -419,4 +423,126 @@ pub async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> 
     })
     .await?;
     show(replay::Started::from(&done))
+}
+
+/// The API call that does what `command` does locally (`--api`).
+pub fn remote_call(command: &Command) -> Call {
+    match command {
+        Command::Endpoint(command) => match command {
+            EndpointCommand::Add {
+                url,
+                event_types,
+                tenant,
+                secret,
+                rate_limit,
+                name,
+                description,
+            } => Call::new(Method::POST, "/endpoints").body(json!({
+                "url": url, "event_types": event_types, "tenant_id": tenant, "secret": secret,
+                "rate_limit": rate_limit, "name": name, "description": description,
+            })),
+            EndpointCommand::List {
+                tenant,
+                state,
+                event_type,
+                limit,
+            } => Call::new(Method::GET, "/endpoints")
+                .query("tenant_id", tenant.as_ref())
+                .query("state", state.as_ref())
+                .query("event_type", event_type.as_ref())
+                .list(*limit),
+            EndpointCommand::Get { id } => Call::new(Method::GET, format!("/endpoints/{id}")),
+            EndpointCommand::Update {
+                id,
+                url,
+                event_types,
+                enabled,
+                rate_limit,
+                name,
+                description,
+            } => {
+                let mut body = serde_json::Map::new();
+                let mut put = |key: &str, value: Value| {
+                    if !value.is_null() {
+                        body.insert(key.into(), value);
+                    }
+                };
+                put("url", json!(url));
+                if !event_types.is_empty() {
+                    put("event_types", json!(event_types));
+                }
+                put("enabled", json!(enabled));
+                put("rate_limit", json!(rate_limit));
+                put("name", json!(name));
+                put("description", json!(description));
+                Call::new(Method::PATCH, format!("/endpoints/{id}")).body(Value::Object(body))
+            }
+            EndpointCommand::Delete { id } => Call::new(Method::DELETE, format!("/endpoints/{id}")),
+            EndpointCommand::Test { id } => {
+                Call::new(Method::POST, format!("/endpoints/{id}/test"))
+            }
+            EndpointCommand::RotateSecret { id, grace_hours } => {
+                Call::new(Method::POST, format!("/endpoints/{id}/rotate-secret"))
+                    .body(json!({ "grace_hours": grace_hours }))
+            }
+        },
+        Command::Token(command) => match command {
+            TokenCommand::Create { tenant, name } => Call::new(Method::POST, "/tokens")
+                .body(json!({ "tenant_id": tenant, "name": name })),
+            TokenCommand::List { tenant, limit } => Call::new(Method::GET, "/tokens")
+                .query("tenant_id", tenant.as_ref())
+                .list(*limit),
+            TokenCommand::Revoke { id } => Call::new(Method::DELETE, format!("/tokens/{id}")),
+        },
+        Command::Event(command) => match command {
+            EventCommand::List {
+                event_type,
+                tenant,
+                since,
+                until,
+                limit,
+            } => Call::new(Method::GET, "/events")
+                .query("type", event_type.as_ref())
+                .query("tenant_id", tenant.as_ref())
+                .query("since", since.map(|t| t.to_rfc3339()))
+                .query("until", until.map(|t| t.to_rfc3339()))
+                .list(Some(*limit)),
+            EventCommand::Show { id, tenant } => {
+                Call::new(Method::GET, format!("/events/{id}")).query("tenant_id", tenant.as_ref())
+            }
+        },
+        Command::Delivery(command) => match command {
+            DeliveryCommand::List(filter) => filter.call("/deliveries"),
+            DeliveryCommand::Show { id } => Call::new(Method::GET, format!("/deliveries/{id}")),
+            DeliveryCommand::Retry { id } => {
+                Call::new(Method::POST, format!("/deliveries/{id}/retry"))
+            }
+        },
+        Command::Dlq(command) => match command {
+            DlqCommand::List(filter) => filter.call("/dlq"),
+            DlqCommand::Redrive { all, delivery } => Call::new(Method::POST, "/dlq/redrive")
+                .body(json!({ "all": all, "delivery_ids": delivery })),
+        },
+    }
+}
+
+/// `herald replay` through the API: starts the job and prints its answer (poll
+/// `GET /api/v1/replays/{id}` for progress).
+pub fn remote_replay(args: &ReplayArgs) -> Call {
+    Call::new(Method::POST, format!("/endpoints/{}/replay", args.endpoint)).body(json!({
+        "since": args.since, "until": args.until, "only_failed": args.only_failed,
+    }))
+}
+
+impl DeliveryFilter {
+    fn call(&self, path: &str) -> Call {
+        Call::new(Method::GET, path)
+            .query("endpoint_id", self.endpoint)
+            .query("status", self.status.as_ref())
+            .query("tenant_id", self.tenant.as_ref())
+            .query("event_id", self.event.as_ref())
+            .query("since", self.since.map(|t| t.to_rfc3339()))
+            .query("until", self.until.map(|t| t.to_rfc3339()))
+            .list(Some(self.limit))
+    }
 }

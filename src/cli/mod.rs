@@ -13,6 +13,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 mod manage;
+mod remote;
 
 use crate::app::{self, App};
 use crate::broker::{self, Outgoing, Publisher};
@@ -27,6 +28,13 @@ pub struct Cli {
     /// TOML configuration file (overridden by HERALD__SECTION__KEY variables).
     #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Manage through a running Herald's admin API (`http://host:8080`) instead of the
+    /// database and broker: needs only `--token`.
+    #[arg(long, global = true, value_name = "URL", env = "HERALD_API")]
+    api: Option<String>,
+    /// Bearer token for `--api` (an admin or tenant token).
+    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -88,6 +96,18 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(api) = &cli.api {
+        let token = cli
+            .token
+            .as_deref()
+            .context("--api needs --token (or HERALD_TOKEN)")?;
+        let call = match &cli.command {
+            Command::Manage(command) => manage::remote_call(command),
+            Command::Replay(args) => manage::remote_replay(args),
+            _ => anyhow::bail!("--api works with the managing commands only"),
+        };
+        return print_json(&remote::call(api, token, call).await?);
+    }
     let settings = Settings::load(cli.config.as_deref())?;
     let _telemetry = telemetry::init(&settings.telemetry)?;
     match cli.command {

@@ -559,6 +559,37 @@ async fn the_command_line_manages_tokens_and_endpoints_through_the_same_operatio
         ok && rotated["secret"].as_str().unwrap().starts_with("whsec_"),
         "{err}"
     );
+    // Through the API with the tenant's token alone: the same operations, the same rules.
+    let remote = format!("http://{}", app.address());
+    let (ok, mine, err) = herald(
+        &env,
+        &["--api", &remote, "--token", token, "endpoint", "list"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
+    let (ok, _, err) = herald(
+        &env,
+        &[
+            "--api",
+            &remote,
+            "--token",
+            token,
+            "endpoint",
+            "add",
+            "--url",
+            "http://127.0.0.1:9/b",
+            "--event-type",
+            "a",
+            "--tenant",
+            "other",
+        ],
+    );
+    assert!(
+        !ok && err.contains("422") && err.contains("tenant_id"),
+        "{err}"
+    );
+    let (ok, _, err) = herald(&env, &["--api", &remote, "--token", token, "token", "list"]);
+    assert!(!ok && err.contains("403"), "{err}");
     let (ok, _, err) = herald(&env, &["token", "revoke", created["id"].as_str().unwrap()]);
     assert!(ok, "{err}");
     let (status, _) = api.call(Method::GET, "/endpoints", Some(token), None).await;

@@ -1,0 +1,103 @@
+//! The managing commands through a running Herald's admin API (`--api URL --token T`),
+//! so that an SRE needs an API token, not database and broker credentials. Each
+//! command becomes one call (lists: one per page); the API's answer is printed as the
+//! local command would print it, and a problem becomes the one-line error.
+
+use reqwest::Method;
+use serde_json::Value;
+
+/// One API call a command makes.
+pub struct Call {
+    pub method: Method,
+    pub path: String,
+    pub query: Vec<(&'static str, String)>,
+    pub body: Option<Value>,
+    /// A list: page through to `Some(limit)` rows (all when `None`), print the rows.
+    pub list: Option<Option<usize>>,
+}
+
+impl Call {
+    pub fn new(method: Method, path: impl Into<String>) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            query: Vec::new(),
+            body: None,
+            list: None,
+        }
+    }
+
+    pub fn query(mut self, name: &'static str, value: Option<impl ToString>) -> Self {
+        if let Some(value) = value {
+            self.query.push((name, value.to_string()));
+        }
+        self
+    }
+
+    pub fn body(mut self, body: Value) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    pub fn list(mut self, limit: Option<usize>) -> Self {
+        self.list = Some(limit);
+        self
+    }
+}
+
+/// Makes the call against `api` (e.g. `http://herald-api:8080`) and returns what the
+/// command prints.
+pub async fn call(api: &str, token: &str, call: Call) -> anyhow::Result<Value> {
+    let client = reqwest::Client::new();
+    let url = format!("{}/api/v1{}", api.trim_end_matches('/'), call.path);
+    let Some(limit) = call.list else {
+        return send(&client, &url, token, &call, &call.query).await;
+    };
+    let mut rows = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut query = call.query.clone();
+        let want = limit.map_or(1_000, |l| (l - rows.len()).clamp(1, 1_000));
+        query.push(("limit", want.to_string()));
+        if let Some(cursor) = &cursor {
+            query.push(("cursor", cursor.clone()));
+        }
+        let mut page = send(&client, &url, token, &call, &query).await?;
+        if let Some(data) = page["data"].as_array_mut() {
+            rows.append(data);
+        }
+        cursor = page["next_cursor"].as_str().map(String::from);
+        if cursor.is_none() || limit.is_some_and(|l| rows.len() >= l) {
+            return Ok(Value::Array(rows));
+        }
+    }
+}
+
+async fn send(
+    client: &reqwest::Client,
+    url: &str,
+    token: &str,
+    call: &Call,
+    query: &[(&'static str, String)],
+) -> anyhow::Result<Value> {
+    let mut request = client
+        .request(call.method.clone(), url)
+        .bearer_auth(token)
+        .query(query);
+    if let Some(body) = &call.body {
+        request = request.json(body);
+    }
+    let response = request.send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    let value: Value = if text.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    if status.is_success() {
+        return Ok(value);
+    }
+    let detail = value["detail"].as_str().unwrap_or("no detail");
+    anyhow::bail!("{status}: {detail}")
+}
