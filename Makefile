@@ -45,11 +45,14 @@ cluster:
 cluster-stop:
 	@$(CLUSTER) stop
 
-## deploy/local/cluster_test.sh: start twice, one node stopped and rejoined, a full stop
-## and restart, stop twice, on a cluster of its own (ports 5691–5693). About 2 minutes
-## of real nodes, so not part of `make test`.
-cluster-test:
+## On real nodes, so not part of `make test` (about 3 minutes): deploy/local/cluster_test.sh
+## (start twice, one node stopped and rejoined, a full stop and restart, stop twice, on a
+## cluster of its own, ports 5691–5693), then the tests that need `make cluster`
+## (tests/it/cluster.rs: quorum queues on every node; Herald delivering on while the node
+## its consumers use is stopped).
+cluster-test: services cluster
 	deploy/local/cluster_test.sh
+	cargo test --features bench --test it cluster:: -- --ignored --test-threads=1
 
 migrate: services
 	$(HERALD) migrate
