@@ -1,17 +1,21 @@
 # Herald — the commands a newcomer and CI use. See README.md.
 SHELL := /bin/bash
 SERVICES := deploy/local/services.sh
+CLUSTER := deploy/local/cluster.sh
 
 export HERALD_AMQP_PORT ?= 5673
 export HERALD_AMQP_MGMT_PORT ?= 15673
 export HERALD_PG_PORT ?= 5433
+# The three-node cluster of `make cluster`: AMQP 5681–5683, management 15681–15683.
+export HERALD_CLUSTER_PORTS ?= 5681
+export HERALD_CLUSTER_MGMT_PORTS ?= 15681
 export HERALD__AMQP__URL ?= amqp://guest:guest@127.0.0.1:$(HERALD_AMQP_PORT)/%2f
 export HERALD__DATABASE__URL ?= postgres://herald:herald@127.0.0.1:$(HERALD_PG_PORT)/herald
 export HERALD_AMQP_MGMT_URL ?= http://guest:guest@127.0.0.1:$(HERALD_AMQP_MGMT_PORT)
 
 HERALD := cargo run --quiet --bin herald --
 
-.PHONY: run test services services-stop migrate lint bench bench-heap build clean-local check-deploy check-rerun
+.PHONY: run test services services-stop cluster cluster-stop cluster-test migrate lint bench bench-heap build clean-local check-deploy check-rerun
 
 ## Start local RabbitMQ + PostgreSQL, migrate, serve with the development config.
 run: services
@@ -32,6 +36,23 @@ services:
 
 services-stop:
 	@$(SERVICES) stop
+
+## A local three-node RabbitMQ cluster (deploy/local/cluster.sh): idempotent; prints the
+## amqp.url list to give Herald. `make cluster-stop` stops every node.
+cluster:
+	@$(CLUSTER) start
+
+cluster-stop:
+	@$(CLUSTER) stop
+
+## On real nodes, so not part of `make test` (about 3 minutes): deploy/local/cluster_test.sh
+## (start twice, one node stopped and rejoined, a full stop and restart, stop twice, on a
+## cluster of its own, ports 5691–5693), then the tests that need `make cluster`
+## (tests/it/cluster.rs: quorum queues on every node; Herald delivering on while the node
+## its consumers use is stopped).
+cluster-test: services cluster
+	deploy/local/cluster_test.sh
+	cargo test --features bench --test it cluster:: -- --ignored --test-threads=1
 
 migrate: services
 	$(HERALD) migrate
@@ -73,5 +94,5 @@ check-deploy:
 check-rerun: services
 	deploy/local/check-rerun.sh
 
-clean-local: services-stop
+clean-local: services-stop cluster-stop
 	rm -rf .local

@@ -44,6 +44,8 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSettings {
+    /// One broker URL, or several comma-separated URLs of one cluster's nodes
+    /// ([`node_urls`]); a comma inside a password is written `%2C`.
     pub url: Secret,
     /// Backoff ceiling while the broker is unreachable.
     #[serde(deserialize_with = "duration")]
@@ -319,8 +321,8 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.delivery.jitter) {
             return invalid("delivery.jitter", "must be between 0 and 1");
         }
-        if url_scheme(self.amqp.url.expose()).is_none_or(|s| s != "amqp" && s != "amqps") {
-            return invalid("amqp.url", "must be an amqp:// or amqps:// URL");
+        if let Err(problem) = check_node_urls(self.amqp.url.expose()) {
+            return invalid("amqp.url", &problem);
         }
         if url_scheme(self.database.url.expose())
             .is_none_or(|s| s != "postgres" && s != "postgresql")
@@ -329,6 +331,46 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The broker nodes named by `amqp.url`: its comma-separated elements, trimmed, empty
+/// ones dropped. One element is a single broker; several are nodes of one cluster, which
+/// [`crate::broker::connect`] tries in turn.
+pub fn node_urls(list: &str) -> Vec<&str> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// Every element of `amqp.url` an AMQP URI. The problem names the element by position and
+/// never quotes it: the URL carries the password.
+fn check_node_urls(list: &str) -> Result<(), String> {
+    let nodes = node_urls(list);
+    if nodes.is_empty() {
+        return Err("must be an amqp:// or amqps:// URL, or several separated by commas".into());
+    }
+    let count = nodes.len();
+    for (position, url) in nodes.iter().enumerate().map(|(i, url)| (i + 1, url)) {
+        let which = if count == 1 {
+            String::from("the URL")
+        } else {
+            format!("element {position} of {count}")
+        };
+        if url_scheme(url).is_none_or(|s| s != "amqp" && s != "amqps") {
+            return Err(format!("{which} must be an amqp:// or amqps:// URL"));
+        }
+        if let Err(error) = url.parse::<lapin::uri::AMQPUri>() {
+            // The parser's message may repeat the input (`Invalid URL: '…'`).
+            let detail = if error.contains(url) {
+                String::new()
+            } else {
+                format!(" ({error})")
+            };
+            return Err(format!("{which} is not a valid AMQP URI{detail}"));
+        }
+    }
+    Ok(())
 }
 
 fn url_scheme(url: &str) -> Option<&str> {
@@ -458,6 +500,63 @@ mod tests {
         let err = from_environment(&[("HERALD__INGEST__PREFETCH", "many")]).unwrap_err();
         let err = format!("{:#}", anyhow::Error::from(err));
         assert!(err.contains("prefetch"), "{err}");
+    }
+
+    #[test]
+    fn amqp_url_is_one_url_or_a_comma_separated_list_of_nodes() {
+        let cases: &[(&str, &[&str])] = &[
+            (
+                "amqp://guest:guest@127.0.0.1:5673/%2f",
+                &["amqp://guest:guest@127.0.0.1:5673/%2f"],
+            ),
+            (
+                "amqp://a:1@n1:5681/%2f, amqp://a:1@n2:5682/%2f ,amqps://a:1@n3:5683/%2f",
+                &[
+                    "amqp://a:1@n1:5681/%2f",
+                    "amqp://a:1@n2:5682/%2f",
+                    "amqps://a:1@n3:5683/%2f",
+                ],
+            ),
+            // Stray commas and spaces name no node.
+            (",amqp://n1/%2f,, ,", &["amqp://n1/%2f"]),
+            // A comma in a password is percent-encoded, so it never splits a URL.
+            ("amqp://u:p%2Cq@n1/%2f", &["amqp://u:p%2Cq@n1/%2f"]),
+            ("", &[]),
+        ];
+        for (list, nodes) in cases {
+            assert_eq!(node_urls(list), *nodes, "{list:?}");
+        }
+        let settings = from_environment(&[(
+            "HERALD__AMQP__URL",
+            "amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f",
+        )])
+        .unwrap();
+        assert_eq!(node_urls(settings.amqp.url.expose()).len(), 2);
+    }
+
+    #[test]
+    fn a_bad_amqp_url_element_is_named_by_position_never_quoted() {
+        let cases = [
+            ("http://guest:s3cret@n1/", "the URL must be an amqp://"),
+            (
+                "amqp://guest:s3cret@n1/%2f,http://guest:s3cret@n2/",
+                "element 2 of 2 must be an amqp://",
+            ),
+            (
+                "amqp://guest:s3cret@n1/%2f,amqp://guest:s3cret@n2:notaport/%2f,amqp://n3",
+                "element 2 of 3 is not a valid AMQP URI",
+            ),
+            ("guest:s3cret@n1", "the URL must be an amqp://"),
+            (" , ", "must be an amqp:// or amqps:// URL, or several"),
+        ];
+        for (list, expected) in cases {
+            let err = from_environment(&[("HERALD__AMQP__URL", list)])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("amqp.url"), "{list}: {err}");
+            assert!(err.contains(expected), "{list}: {err}");
+            assert!(!err.contains("s3cret"), "{list}: {err}");
+        }
     }
 
     #[test]

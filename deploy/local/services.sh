@@ -27,18 +27,10 @@ die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
 # shellcheck source=deploy/lib/apt.sh
 . "$ROOT/deploy/lib/apt.sh"
 
-port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# shellcheck source=deploy/lib/rabbitmq.sh
+. "$ROOT/deploy/lib/rabbitmq.sh"
 
 # ---------------------------------------------------------------- RabbitMQ
-rabbit_bin() {
-  # Debian's /usr/sbin wrappers switch to the `rabbitmq` user; the scripts under
-  # /usr/lib/rabbitmq/bin run as the caller, which keeps .local/ ours.
-  local d
-  for d in /usr/lib/rabbitmq/bin /usr/lib/rabbitmq/lib/rabbitmq_server-*/sbin; do
-    [ -x "$d/rabbitmq-server" ] && { echo "$d"; return 0; }
-  done
-  return 1
-}
 
 rabbit_env() {
   # The Erlang cookie lives in HOME, shared by server and ctl. The directory must exist
@@ -66,8 +58,7 @@ rabbit_env() {
 rabbit_ctl() { "$(rabbit_bin)/rabbitmqctl" -n "$RABBIT_NODE" "$@"; }
 
 rabbit_start() {
-  rabbit_bin >/dev/null || apt_install rabbitmq-server || die "could not install rabbitmq-server"
-  rabbit_bin >/dev/null || die "rabbitmq-server still missing after install"
+  rabbit_install
   rabbit_env
   if port_open "$AMQP_PORT" && rabbit_ctl -q status >/dev/null 2>&1; then
     log "RabbitMQ already running on 127.0.0.1:$AMQP_PORT"

@@ -15,6 +15,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::uri::AMQPUri;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -40,12 +41,61 @@ pub enum PublishError {
 /// sent as several frames, 8 bytes of overhead each (docs/benchmarks.md, round 5).
 pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 
-/// Opens a connection driven by the tokio runtime.
-pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
+/// How long a TCP connect to one node may take, unless the URL says
+/// (`?connection_timeout=` in ms). A node that is down refuses at once; a host that is
+/// gone drops the SYN, and without a bound Linux retries it for about two minutes
+/// (tcp_syn_retries = 6) before the walk could move on to the next node.
+pub const DEFAULT_CONNECTION_TIMEOUT_MS: u64 = 5_000;
+
+/// Opens a connection, driven by the tokio runtime, to one node of `urls` — `amqp.url`:
+/// one URL, or several comma-separated URLs of one cluster's nodes
+/// ([`crate::config::node_urls`]). The nodes are tried in turn, each once, starting at a
+/// random one: processes spread over the cluster, and a reconnect after a node failed
+/// starts anywhere and walks on past it. The error is the last node's.
+///
+/// Every connection Herald makes comes through here (the ingest, deliver and api roles
+/// via [`connect_with_backoff`], the publish and dlq redrive commands directly).
+pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
+    let nodes = crate::config::node_urls(urls);
+    let start = if nodes.len() > 1 {
+        rand::thread_rng().gen_range(0..nodes.len())
+    } else {
+        0
+    };
+    let mut last_error = None;
+    for index in walk(nodes.len(), start) {
+        let url = nodes[index];
+        match connect_node(url, name).await {
+            Ok(connection) => {
+                tracing::debug!(node = %node_address(url), connection = name, "connected to the broker");
+                return Ok(connection);
+            }
+            Err(error) => {
+                if nodes.len() > 1 {
+                    tracing::warn!(node = %node_address(url), %error, connection = name,
+                        "broker node unreachable; trying the next");
+                }
+                last_error = Some(error);
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| invalid_input("amqp.url names no broker")))
+}
+
+/// The order in which `count` nodes are tried, starting at `start`: each once.
+fn walk(count: usize, start: usize) -> impl Iterator<Item = usize> {
+    (0..count).map(move |step| (start + step) % count)
+}
+
+async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
+    // The parser's message may repeat the URL, password included: not passed on.
     let mut uri: AMQPUri = url
         .parse()
-        .map_err(|e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        .map_err(|_: String| invalid_input("an element of amqp.url is not an AMQP URI"))?;
     uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    uri.query
+        .connection_timeout
+        .get_or_insert(DEFAULT_CONNECTION_TIMEOUT_MS);
     let properties = ConnectionProperties::default()
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
@@ -53,17 +103,29 @@ pub async fn connect(url: &str, name: &str) -> lapin::Result<Connection> {
     Connection::connect_uri(uri, properties).await
 }
 
-/// Connects, retrying with exponential backoff while the broker is away; `None` when
-/// shutdown came first.
+/// `host:port` of a node URL, for logs: never the credentials.
+pub fn node_address(url: &str) -> String {
+    match url.parse::<AMQPUri>() {
+        Ok(uri) => format!("{}:{}", uri.authority.host, uri.authority.port),
+        Err(_) => String::from("(not an AMQP URI)"),
+    }
+}
+
+fn invalid_input(message: &str) -> lapin::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, message.to_string()).into()
+}
+
+/// Connects (see [`connect`]), retrying with exponential backoff while no node is
+/// reachable; `None` when shutdown came first.
 pub async fn connect_with_backoff(
-    url: &str,
+    urls: &str,
     name: &str,
     max_backoff: Duration,
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
     let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff);
     loop {
-        match connect(url, name).await {
+        match connect(urls, name).await {
             Ok(connection) => return Some(connection),
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff.next_delay(),
@@ -152,4 +214,32 @@ async fn settle(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_node_is_tried_once_from_the_start_on() {
+        let order = |count, start| walk(count, start).collect::<Vec<_>>();
+        assert_eq!(order(1, 0), [0]);
+        assert_eq!(order(3, 0), [0, 1, 2]);
+        assert_eq!(order(3, 1), [1, 2, 0]);
+        assert_eq!(order(3, 2), [2, 0, 1]);
+        assert!(order(0, 0).is_empty());
+    }
+
+    #[test]
+    fn node_addresses_in_logs_carry_no_credentials() {
+        assert_eq!(
+            node_address("amqp://guest:s3cret@127.0.0.1:5682/%2f"),
+            "127.0.0.1:5682"
+        );
+        assert_eq!(
+            node_address("amqps://u:p@broker.example/%2f"),
+            "broker.example:5671"
+        );
+        assert!(!node_address("http://u:s3cret@x").contains("s3cret"));
+    }
 }

@@ -7,6 +7,7 @@ mod admin_api;
 #[cfg(feature = "bench")]
 mod bench_smoke;
 mod broker;
+mod cluster;
 mod configuration;
 mod delivery;
 mod fan_out;

@@ -115,11 +115,19 @@ impl TestEnv {
 
     /// Declares the topology up front, so events published before Herald starts are kept.
     async fn declare_topology(&mut self) {
-        let url = amqp_url();
+        // The test's own settings: a list of nodes when the test gave one.
+        let url = self.settings.amqp.url.expose().to_string();
         let connection = broker::connect(&url, "herald-test")
             .await
             .unwrap_or_else(|e| {
-                panic!("RabbitMQ unreachable at {url} ({e}); run `make services` (make test does)")
+                let nodes: Vec<_> = herald::config::node_urls(&url)
+                    .into_iter()
+                    .map(broker::node_address)
+                    .collect();
+                panic!(
+                    "RabbitMQ unreachable at {} ({e}); run `make services` (make test does)",
+                    nodes.join(",")
+                )
             });
         let channel = connection.create_channel().await.unwrap();
         self.topology()
@@ -269,6 +277,15 @@ impl TestEnv {
     /// Deletes the test's queues and database.
     pub async fn cleanup(mut self) {
         if let Some((connection, _)) = self.publisher.take() {
+            // The test may have stopped the node this connection was on (tests/it/cluster.rs).
+            let connection = if connection.status().connected() {
+                Ok(connection)
+            } else {
+                broker::connect(self.settings.amqp.url.expose(), "herald-test").await
+            };
+            let Ok(connection) = connection else {
+                return self.drop_database().await;
+            };
             if let Ok(channel) = connection.create_channel().await {
                 let _ = self.topology().delete(&channel).await;
                 let _ = channel
@@ -277,6 +294,10 @@ impl TestEnv {
             }
             let _ = connection.close(200, "").await;
         }
+        self.drop_database().await;
+    }
+
+    async fn drop_database(self) {
         self.pool.close().await;
         if let Ok(mut admin) = PgConnection::connect(&database_base_url()).await {
             let _ = sqlx::query(&format!(
