@@ -15,7 +15,7 @@ export HERALD_AMQP_MGMT_URL ?= http://guest:guest@127.0.0.1:$(HERALD_AMQP_MGMT_P
 
 HERALD := cargo run --quiet --bin herald --
 
-.PHONY: run test services services-stop cluster cluster-stop cluster-test migrate lint bench bench-heap build clean-local check-deploy check-rerun
+.PHONY: run test services services-stop cluster cluster-stop cluster-test migrate lint openapi bench bench-heap build clean-local check-deploy check-rerun
 
 ## Start local RabbitMQ + PostgreSQL, migrate, serve with the development config.
 run: services
@@ -63,6 +63,11 @@ lint:
 
 build:
 	cargo build --features bench --all-targets
+
+## Writes docs/openapi.json again from the code (src/api/v1/doc.rs and the handlers'
+## #[utoipa::path]); a unit test and tests/it/openapi.rs fail while it is stale.
+openapi:
+	UPDATE_OPENAPI=1 cargo test --features bench --lib openapi
 
 ## Benchmarks (not part of `make test`): every scenario against the local services and a
 ## minimal relay; table to stdout and docs/benchmarks.md, figures to target/bench/results.json.

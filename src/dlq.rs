@@ -39,7 +39,9 @@ pub enum Selection {
     Endpoints(HashSet<Uuid>),
 }
 
-#[derive(Debug, Clone, Default, Serialize)]
+/// What a redrive did: the deliveries sent again, and those asked for but not in the
+/// dead-letter queue (or not the caller's).
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct RedriveReport {
     pub redriven: Vec<Uuid>,
     /// Requested deliveries with no message in the dead-letter queue.

@@ -1,5 +1,6 @@
 //! The HTTP side of every role: `/healthz`, `/readyz`, `/metrics`; and for the `api`
-//! role the admin API under `/api/v1` (`v1`), behind bearer tokens. Every error of
+//! role the admin API under `/api/v1` (`v1`), behind bearer tokens, and its OpenAPI
+//! document at `/api/v1/openapi.json`. Every error of
 //! every route is a problem (`problem`); `edge` holds what each request passes through.
 
 mod edge;
@@ -28,7 +29,7 @@ use crate::store;
 use crate::topology::Topology;
 
 pub use problem::Kind as ProblemKind;
-pub use v1::{routes, Route};
+pub use v1::{openapi, openapi_json, routes, Route};
 
 pub struct ApiState {
     pub settings: Arc<Settings>,

@@ -6,6 +6,10 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::openapi::header::HeaderBuilder;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, Response as OpenApiResponse, ResponseBuilder};
+use utoipa::{PartialSchema, ToSchema};
 
 use super::request_id::current_request_id;
 use crate::service::{FieldError, ServiceError};
@@ -104,18 +108,86 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
+/// An RFC 9457 problem, as every error of the API answers (`application/problem+json`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Problem)]
+pub(super) struct Body<'a> {
     #[serde(rename = "type")]
+    #[schema(value_type = ProblemType)]
     kind: String,
+    /// The kind's fixed title.
     title: &'static str,
+    /// The HTTP status, repeated.
     status: u16,
+    /// What went wrong this time.
     detail: &'a str,
+    /// The `x-request-id` of the request, which its log lines carry too.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
     request_id: Option<String>,
+    /// For validation errors: every field at fault, as the caller spelled it.
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
     errors: &'a [FieldError],
 }
+
+/// The schema of a problem's `type`: one of the stable URIs of [`Kind`].
+pub(super) struct ProblemType;
+
+impl PartialSchema for ProblemType {
+    fn schema() -> RefOr<Schema> {
+        let list = Kind::ALL
+            .iter()
+            .map(|kind| {
+                format!(
+                    "`{}`: {} {}",
+                    kind.uri(),
+                    kind.status().as_u16(),
+                    kind.title()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ");
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(Kind::ALL.iter().map(|kind| kind.uri())))
+            .description(Some(format!("The kind of problem, a stable URI: {list}.")))
+            .into()
+    }
+}
+
+impl ToSchema for ProblemType {}
+
+impl Kind {
+    /// The OpenAPI response of this kind of problem: a problem+json body, an example.
+    pub(super) fn openapi_response(self, detail: &str) -> OpenApiResponse {
+        let example = serde_json::json!({
+            "type": self.uri(),
+            "title": self.title(),
+            "status": self.status().as_u16(),
+            "detail": detail,
+            "request_id": "0193a0f4c2a87d41b6f1f0b3c2d1e0f9",
+        });
+        let mut response = ResponseBuilder::new().description(self.title()).content(
+            PROBLEM_JSON,
+            ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("Problem")))
+                .example(Some(example))
+                .build(),
+        );
+        if self == Kind::Unauthorized {
+            response = response.header(
+                "www-authenticate",
+                HeaderBuilder::new()
+                    .schema(ObjectBuilder::new().schema_type(Type::String))
+                    .description(Some("`Bearer`"))
+                    .build(),
+            );
+        }
+        response.build()
+    }
+}
+
+const PROBLEM_JSON: &str = "application/problem+json";
 
 impl Problem {
     pub fn new(kind: Kind, detail: impl Into<String>) -> Self {
@@ -190,10 +262,7 @@ impl IntoResponse for Problem {
         let json = serde_json::to_vec(&body).expect("a problem serialises");
         let mut response = (status, json).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if self.kind == Kind::Unauthorized {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

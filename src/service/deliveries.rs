@@ -69,7 +69,9 @@ pub async fn list(
     Ok(Page::of(rows, &page, |d| d.id))
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A delivery with every attempt, oldest first.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = DeliveryWithAttempts)]
 pub struct Detailed {
     #[serde(flatten)]
     pub delivery: DeliveryView,

@@ -41,15 +41,18 @@ pub struct EndpointChanges {
 }
 
 /// A created endpoint, with its secret: the only time the secret is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = CreatedEndpoint)]
 pub struct Created {
     #[serde(flatten)]
     pub endpoint: EndpointView,
+    /// The signing secret (`whsec_…`); shown only here and on rotation.
     pub secret: String,
 }
 
 /// An endpoint with its delivery statistics.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = EndpointWithStats)]
 pub struct Detailed {
     #[serde(flatten)]
     pub endpoint: EndpointView,
@@ -57,16 +60,21 @@ pub struct Detailed {
 }
 
 /// Deliveries of one endpoint (contract §5), and how the last 24 hours went.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = EndpointStats)]
 pub struct Stats {
     pub deliveries_total: i64,
     pub succeeded: i64,
     pub failed: i64,
+    #[schema(required = true)]
     pub last_delivery_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub last_failure_at: Option<DateTime<Utc>>,
     /// Of the deliveries finished in the last 24 h, the share that succeeded.
+    #[schema(required = true)]
     pub success_ratio_24h: Option<f64>,
     /// 95th percentile of attempt durations in the last 24 h, milliseconds.
+    #[schema(required = true)]
     pub p95_latency_ms_24h: Option<f64>,
 }
 
@@ -275,7 +283,8 @@ pub async fn delete(pool: &PgPool, caller: &Caller, id: Uuid) -> Result<(), Serv
 }
 
 /// The new secret, shown once; the old one signs alongside for `grace_hours`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = RotatedSecret)]
 pub struct Rotated {
     pub id: Uuid,
     pub secret: String,

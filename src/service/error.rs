@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 /// One field at fault in a request, named as the caller spelled it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct FieldError {
     pub field: String,
     pub message: String,

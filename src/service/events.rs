@@ -56,7 +56,9 @@ pub async fn list(
 }
 
 /// One event with every delivery made of it.
-#[derive(Debug, Clone, Serialize)]
+/// An event with its deliveries.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = EventWithDeliveries)]
 pub struct Detailed {
     #[serde(flatten)]
     pub event: EventView,

@@ -79,10 +79,12 @@ pub async fn start(
 }
 
 /// The answer to starting a replay: the job, and how many events it queues.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = ReplayStarted)]
 pub struct Started {
     #[serde(flatten)]
     pub job: Replay,
+    /// Events the job sends again (its `matched` at the start).
     pub queued: i64,
 }
 

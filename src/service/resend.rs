@@ -23,14 +23,20 @@ use crate::store::endpoints::{self, ActiveEndpoint};
 use crate::store::{deliveries, events};
 
 /// The answer of a test send: what the receiver did with it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TestOutcome {
     pub event_id: String,
     pub success: bool,
+    /// The receiver's HTTP status, when it answered.
+    #[schema(required = true)]
     pub status_code: Option<u16>,
     /// Failure class when there was no answer (`timeout`, `connect`, `refused`…).
+    #[schema(required = true)]
     pub error: Option<String>,
+    #[schema(value_type = u64)]
     pub duration_ms: u128,
+    /// The start of the receiver's answer.
+    #[schema(required = true)]
     pub response_body: Option<String>,
 }
 
@@ -96,7 +102,7 @@ pub async fn test(
     })
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Retried {
     pub delivery_id: Uuid,
     /// The number of the attempt queued.

@@ -18,10 +18,12 @@ use crate::store::tokens::{self, TokenView};
 pub const PREFIX: &str = "hrld_";
 
 /// A created token: the only time it is shown.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = CreatedToken)]
 pub struct Created {
     #[serde(flatten)]
     pub view: TokenView,
+    /// The bearer token (`hrld_…`); shown only here.
     pub token: String,
 }
 

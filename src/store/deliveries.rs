@@ -6,8 +6,9 @@ use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
+#[schema(as = DeliveryStatus)]
 pub enum Status {
     Pending,
     Retrying,
@@ -119,21 +120,28 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), 
 }
 
 /// A delivery as SREs see it.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Delivery)]
 pub struct DeliveryView {
     pub id: Uuid,
     pub event_id: String,
     pub event_type: String,
+    #[schema(required = true)]
     pub tenant_id: Option<String>,
     pub endpoint_id: Uuid,
     pub url: String,
+    #[schema(value_type = Status)]
     pub status: String,
     pub attempts: i32,
+    #[schema(required = true)]
     pub next_retry_at: Option<DateTime<Utc>>,
+    #[schema(required = true)]
     pub last_status_code: Option<i32>,
+    #[schema(required = true)]
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub delivered_at: Option<DateTime<Utc>>,
 }
 
@@ -227,12 +235,17 @@ pub async fn of_event(
     .await
 }
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+/// One HTTP attempt of a delivery.
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Attempt)]
 pub struct AttemptView {
     pub attempt: i32,
+    #[schema(required = true)]
     pub status_code: Option<i32>,
+    #[schema(required = true)]
     pub error: Option<String>,
     pub duration_ms: i32,
+    #[schema(required = true)]
     pub response_body: Option<String>,
     pub attempted_at: DateTime<Utc>,
 }

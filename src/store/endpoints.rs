@@ -56,21 +56,36 @@ impl From<Endpoint> for ActiveEndpoint {
 }
 
 /// What the CLI and API show of an endpoint: never its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Endpoint)]
 pub struct EndpointView {
     pub id: Uuid,
+    #[schema(required = true)]
     pub name: Option<String>,
     pub url: String,
+    #[schema(required = true)]
     pub tenant_id: Option<String>,
     pub event_types: Vec<String>,
     /// `enabled` or `disabled` (contract §5).
+    #[schema(schema_with = state_schema)]
     pub state: &'static str,
     pub enabled: bool,
+    #[schema(required = true)]
     pub disabled_reason: Option<String>,
+    /// Requests per minute, when limited.
+    #[schema(required = true)]
     pub rate_limit: Option<i32>,
+    #[schema(required = true)]
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+fn state_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["enabled", "disabled"]))
+        .build()
 }
 
 impl From<&Endpoint> for EndpointView {

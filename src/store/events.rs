@@ -171,18 +171,22 @@ fn column<'a, T>(batch: &'a [FanOut<'_>], field: impl Fn(&'a Event) -> T) -> Vec
 }
 
 /// A stored event as the API shows it.
-#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(as = Event)]
 pub struct EventView {
     pub id: String,
     #[serde(rename = "type")]
     #[sqlx(rename = "type")]
     pub event_type: String,
+    #[schema(required = true)]
     pub tenant_id: Option<String>,
+    #[schema(required = true)]
     pub source: Option<String>,
     pub occurred_at: DateTime<Utc>,
     pub received_at: DateTime<Utc>,
     /// The publisher's data; only when one event is read.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Value)]
     pub data: Option<serde_json::Value>,
 }
 

@@ -9,15 +9,18 @@ use uuid::Uuid;
 use crate::envelope::Event;
 use crate::store::events::StoredRow;
 
-#[derive(Debug, Clone, Serialize, FromRow)]
+/// A replay job and its progress.
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
 pub struct Replay {
     pub id: Uuid,
     pub endpoint_id: Uuid,
+    #[schema(required = true)]
     pub tenant_id: Option<String>,
     pub since: DateTime<Utc>,
     pub until: DateTime<Utc>,
     pub only_failed: bool,
     /// `running`, `done` or `failed`.
+    #[schema(schema_with = state_schema)]
     pub state: String,
     /// Events in the window the endpoint is subscribed to, counted at the start.
     pub matched: i64,
@@ -25,8 +28,11 @@ pub struct Replay {
     pub sent: i64,
     /// Left alone: their delivery was already queued.
     pub skipped: i64,
+    /// Why the job failed.
+    #[schema(required = true)]
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
+    #[schema(required = true)]
     pub finished_at: Option<DateTime<Utc>>,
     #[serde(skip)]
     pub cursor_at: Option<DateTime<Utc>>,
@@ -34,6 +40,13 @@ pub struct Replay {
     pub cursor_key: Option<String>,
     #[serde(skip)]
     pub cursor_id: Option<String>,
+}
+
+fn state_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["running", "done", "failed"]))
+        .build()
 }
 
 const COLUMNS: &str = "id, endpoint_id, tenant_id, since, until, only_failed, state, matched, \

@@ -6,12 +6,16 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 /// A token as listed: never the token, never its hash.
-#[derive(Debug, Clone, Serialize, FromRow)]
+#[derive(Debug, Clone, Serialize, FromRow, utoipa::ToSchema)]
+#[schema(as = Token)]
 pub struct TokenView {
     pub id: Uuid,
     pub tenant_id: String,
+    #[schema(required = true)]
     pub name: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// When the token was revoked; a revoked token no longer authenticates.
+    #[schema(required = true)]
     pub revoked_at: Option<DateTime<Utc>>,
 }
 

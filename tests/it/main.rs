@@ -15,6 +15,7 @@ mod ingest;
 mod lifecycle;
 mod migrations;
 mod observability;
+mod openapi;
 mod resend;
 mod subscriptions;
 mod telemetry;

@@ -6,26 +6,55 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::extract::{Json, OptionalJson, Path, Query};
 use crate::api::problem::Problem;
+use crate::api::v1::doc::{
+    Conflict, Malformed, NotFound, TooLarge, UnsupportedMediaType, Validation,
+};
 use crate::api::ApiState;
 use crate::service::endpoints::{self as service, EndpointChanges, EndpointInput, ListFilter};
 use crate::service::replay::{self, ReplayInput};
 use crate::service::{resend, Caller, PageRequest};
 
-#[derive(Deserialize)]
+/// A new endpoint.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewEndpoint)]
 pub struct CreateBody {
+    /// Where deliveries are POSTed (`https://…`; private addresses are refused at
+    /// connect time unless the deployment allows them).
     url: String,
+    /// Event-type patterns (`sales.order.*`, `sales.#`), at least one.
     event_types: Vec<String>,
+    /// The endpoint's tenant; with a tenant token, its own (another is refused).
     tenant_id: Option<String>,
+    /// The signing secret (`whsec_…`); generated when left out.
     secret: Option<String>,
+    /// Requests per minute, 1 to 1,000,000.
     rate_limit: Option<i64>,
     name: Option<String>,
     description: Option<String>,
 }
+
+/// Creates an endpoint; the answer carries its signing secret, shown only here.
+#[utoipa::path(
+    post,
+    path = "/endpoints",
+    tag = "endpoints",
+    operation_id = "create_endpoint",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "Created, with its secret", body = crate::service::endpoints::Created),
+        (status = 400, response = Malformed),
+        (status = 409, response = Conflict),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Validation),
+    )
+)]
 
 pub async fn create(
     State(state): State<Arc<ApiState>>,
@@ -45,15 +74,35 @@ pub async fn create(
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only this tenant's (a tenant token: its own anyway).
     tenant_id: Option<String>,
+    /// `enabled` or `disabled`.
     state: Option<String>,
+    /// Only endpoints with a pattern matching this event type.
     event_type: Option<String>,
+    /// Page size, 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
 }
+
+/// Lists endpoints, newest first.
+#[utoipa::path(
+    get,
+    path = "/endpoints",
+    tag = "endpoints",
+    operation_id = "list_endpoints",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page of endpoints", body = crate::service::Page<crate::store::endpoints::EndpointView>),
+        (status = 422, response = Validation),
+    )
+)]
 
 pub async fn list(
     State(state): State<Arc<ApiState>>,
@@ -71,6 +120,18 @@ pub async fn list(
     ))
 }
 
+/// An endpoint with its delivery statistics.
+#[utoipa::path(
+    get,
+    path = "/endpoints/{id}",
+    tag = "endpoints",
+    operation_id = "get_endpoint",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    responses(
+        (status = 200, description = "The endpoint", body = crate::service::endpoints::Detailed),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn get(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -79,12 +140,17 @@ pub async fn get(
     Ok(axum::Json(service::get(&state.pool, &caller, id).await?))
 }
 
-#[derive(Deserialize)]
+/// Changes to an endpoint: a field left out stays; `null` clears `rate_limit`, `name`
+/// and `description`.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = EndpointChanges)]
 pub struct UpdateBody {
     url: Option<String>,
     event_types: Option<Vec<String>>,
+    /// `false` pauses deliveries; `true` resumes them (also after an automatic disable).
     enabled: Option<bool>,
+    /// Requests per minute, 1 to 1,000,000; `null`: no limit.
     #[serde(default, with = "double_option")]
     rate_limit: Option<Option<i64>>,
     #[serde(default, with = "double_option")]
@@ -103,6 +169,23 @@ mod double_option {
     }
 }
 
+/// Changes an endpoint.
+#[utoipa::path(
+    patch,
+    path = "/endpoints/{id}",
+    tag = "endpoints",
+    operation_id = "update_endpoint",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    request_body = UpdateBody,
+    responses(
+        (status = 200, description = "The endpoint as changed", body = crate::store::endpoints::EndpointView),
+        (status = 400, response = Malformed),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Validation),
+    )
+)]
 pub async fn update(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -122,6 +205,18 @@ pub async fn update(
     ))
 }
 
+/// Deletes an endpoint; nothing more is delivered to it.
+#[utoipa::path(
+    delete,
+    path = "/endpoints/{id}",
+    tag = "endpoints",
+    operation_id = "delete_endpoint",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn delete(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -131,12 +226,33 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = SecretRotation)]
 pub struct RotateBody {
     /// Hours the old secret keeps signing alongside the new one (default 24).
+    #[schema(minimum = 0, maximum = 720)]
     grace_hours: Option<i64>,
 }
+
+/// Gives the endpoint a new signing secret, shown once; during the overlap deliveries
+/// carry a signature by each secret. The body may be left out.
+#[utoipa::path(
+    post,
+    path = "/endpoints/{id}/rotate-secret",
+    tag = "endpoints",
+    operation_id = "rotate_endpoint_secret",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    request_body(content = RotateBody, description = "May be left out (an empty body)"),
+    responses(
+        (status = 200, description = "The new secret", body = crate::service::endpoints::Rotated),
+        (status = 400, response = Malformed),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Validation),
+    )
+)]
 
 pub async fn rotate_secret(
     State(state): State<Arc<ApiState>>,
@@ -151,6 +267,17 @@ pub async fn rotate_secret(
 }
 
 /// Sends a signed `herald.test` event now; answers with the receiver's reaction.
+#[utoipa::path(
+    post,
+    path = "/endpoints/{id}/test",
+    tag = "endpoints",
+    operation_id = "test_endpoint",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    responses(
+        (status = 200, description = "What the receiver did (`success` false for an error status or no answer)", body = crate::service::resend::TestOutcome),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn test(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -161,17 +288,39 @@ pub async fn test(
     ))
 }
 
-#[derive(Deserialize)]
+/// A window of stored events to send again.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ReplayWindow)]
 pub struct ReplayBody {
+    /// Start of the window (events received at or after); required.
+    #[schema(required = true, value_type = String, format = DateTime)]
     since: Option<chrono::DateTime<chrono::Utc>>,
+    /// End of the window (default: now).
     until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only events whose delivery to this endpoint failed.
     #[serde(default)]
     only_failed: bool,
 }
 
 /// Starts a replay in the background; answers with the job and how many events it
 /// queues (`GET /replays/{id}` follows its progress).
+#[utoipa::path(
+    post,
+    path = "/endpoints/{id}/replay",
+    tag = "replays",
+    operation_id = "replay_endpoint",
+    params(("id" = Uuid, Path, description = "The endpoint's id")),
+    request_body = ReplayBody,
+    responses(
+        (status = 202, description = "The job, started", body = crate::service::replay::Started),
+        (status = 400, response = Malformed),
+        (status = 404, response = NotFound),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Validation),
+    )
+)]
 pub async fn replay(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -192,6 +341,18 @@ pub async fn replay(
     Ok((StatusCode::ACCEPTED, axum::Json(answer)))
 }
 
+/// A replay job and its progress.
+#[utoipa::path(
+    get,
+    path = "/replays/{id}",
+    tag = "replays",
+    operation_id = "get_replay",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = crate::store::replays::Replay),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn get_replay(
     State(state): State<Arc<ApiState>>,
     caller: Caller,

@@ -1,6 +1,8 @@
 //! The admin API, `/api/v1` (contract §8): every route in one table, which builds the
-//! router and which tests walk (a route added without a tenant check fails them).
+//! router and which tests walk (a route added without a tenant check fails them); and
+//! its OpenAPI document (`doc`), public, outside the table and its authentication.
 
+mod doc;
 mod endpoints;
 mod records;
 mod tokens;
@@ -9,11 +11,13 @@ use std::sync::Arc;
 
 use axum::handler::Handler;
 use axum::http::Method;
-use axum::routing::{on, MethodFilter};
+use axum::routing::{get, on, MethodFilter};
 use axum::{middleware, Router};
 
 use super::edge;
 use super::ApiState;
+
+pub use doc::{openapi, openapi_json};
 
 /// One route of the table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +81,12 @@ pub fn routes() -> Vec<Route> {
     table().routes
 }
 
-/// The admin API's router, every route behind authentication.
+/// The admin API's router, every route of the table behind authentication; the
+/// OpenAPI document without.
 pub fn router(state: Arc<ApiState>) -> Router<Arc<ApiState>> {
     table()
         .router
         .method_not_allowed_fallback(edge::no_method)
         .layer(middleware::from_fn_with_state(state, edge::authenticate))
+        .route(doc::DOCUMENT, get(doc::document).fallback(edge::no_method))
 }

@@ -8,25 +8,49 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::extract::{Json, Path, Query};
 use crate::api::problem::Problem;
+use crate::api::v1::doc::{
+    Conflict, Malformed, NotFound, TooLarge, Unavailable, UnsupportedMediaType, Validation,
+};
 use crate::api::ApiState;
 use crate::service::{deliveries, events, resend, Caller, PageRequest};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventQuery {
-    /// An event-type pattern.
+    /// An event-type pattern (`sales.order.*`, `sales.#`).
     #[serde(rename = "type")]
     event_type: Option<String>,
+    /// Only this tenant's (a tenant token: its own anyway).
     tenant_id: Option<String>,
+    /// Received at or after.
     since: Option<DateTime<Utc>>,
+    /// Received before.
     until: Option<DateTime<Utc>>,
+    /// Page size, 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
 }
+
+/// Lists stored events, newest first (without their data).
+#[utoipa::path(
+    get,
+    path = "/events",
+    tag = "events",
+    operation_id = "list_events",
+    params(EventQuery),
+    responses(
+        (status = 200, description = "One page of events", body = crate::service::Page<crate::store::events::EventView>),
+        (status = 422, response = Validation),
+    )
+)]
 
 pub async fn list_events(
     State(state): State<Arc<ApiState>>,
@@ -45,11 +69,28 @@ pub async fn list_events(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct EventTenant {
+    /// The event's tenant; the admin needs it when several tenants used the id.
     tenant_id: Option<String>,
 }
+
+/// One event, with its data and its deliveries.
+#[utoipa::path(
+    get,
+    path = "/events/{id}",
+    tag = "events",
+    operation_id = "get_event",
+    params(("id" = String, Path, description = "The event's id"), EventTenant),
+    responses(
+        (status = 200, description = "The event", body = crate::service::events::Detailed),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 422, response = Validation),
+    )
+)]
 
 pub async fn get_event(
     State(state): State<Arc<ApiState>>,
@@ -62,18 +103,29 @@ pub async fn get_event(
     ))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
+    /// Only this tenant's (a tenant token: its own anyway).
     tenant_id: Option<String>,
+    /// `pending`, `retrying`, `success` or `failed` (ignored by `/dlq`: always `failed`).
+    #[param(value_type = Option<crate::store::deliveries::Status>)]
     status: Option<String>,
     endpoint_id: Option<Uuid>,
     event_id: Option<String>,
+    /// The exact event type.
     event_type: Option<String>,
+    /// The last attempt's HTTP status.
     http_status: Option<i32>,
+    /// Created at or after.
     since: Option<DateTime<Utc>>,
+    /// Created before.
     until: Option<DateTime<Utc>>,
+    /// Page size, 1 to 1,000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+    /// The `next_cursor` of the page before.
     cursor: Option<String>,
 }
 
@@ -94,6 +146,18 @@ impl DeliveryQuery {
     }
 }
 
+/// Lists deliveries, newest first.
+#[utoipa::path(
+    get,
+    path = "/deliveries",
+    tag = "deliveries",
+    operation_id = "list_deliveries",
+    params(DeliveryQuery),
+    responses(
+        (status = 200, description = "One page of deliveries", body = crate::service::Page<crate::store::deliveries::DeliveryView>),
+        (status = 422, response = Validation),
+    )
+)]
 pub async fn list_deliveries(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -105,6 +169,18 @@ pub async fn list_deliveries(
     ))
 }
 
+/// One delivery with every attempt.
+#[utoipa::path(
+    get,
+    path = "/deliveries/{id}",
+    tag = "deliveries",
+    operation_id = "get_delivery",
+    params(("id" = Uuid, Path, description = "The delivery's id")),
+    responses(
+        (status = 200, description = "The delivery", body = crate::service::deliveries::Detailed),
+        (status = 404, response = NotFound),
+    )
+)]
 pub async fn get_delivery(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -114,6 +190,17 @@ pub async fn get_delivery(
 }
 
 /// Failed deliveries: the records of what sits in the dead-letter queue.
+#[utoipa::path(
+    get,
+    path = "/dlq",
+    tag = "dlq",
+    operation_id = "list_dlq",
+    params(DeliveryQuery),
+    responses(
+        (status = 200, description = "One page of failed deliveries", body = crate::service::Page<crate::store::deliveries::DeliveryView>),
+        (status = 422, response = Validation),
+    )
+)]
 pub async fn list_dlq(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
@@ -126,14 +213,34 @@ pub async fn list_dlq(
     ))
 }
 
-#[derive(Deserialize)]
+/// What to send again: `"all": true` (a tenant token: all of its own), or a non-empty
+/// `delivery_ids`; not both.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = RedriveRequest)]
 pub struct RedriveBody {
     #[serde(default)]
     all: bool,
     #[serde(default)]
     delivery_ids: Vec<Uuid>,
 }
+
+/// Sends dead deliveries again with a fresh retry schedule.
+#[utoipa::path(
+    post,
+    path = "/dlq/redrive",
+    tag = "dlq",
+    operation_id = "redrive_dlq",
+    request_body = RedriveBody,
+    responses(
+        (status = 200, description = "What was sent again", body = crate::dlq::RedriveReport),
+        (status = 400, response = Malformed),
+        (status = 413, response = TooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Validation),
+        (status = 503, response = Unavailable),
+    )
+)]
 
 pub async fn redrive(
     State(state): State<Arc<ApiState>>,
@@ -152,7 +259,21 @@ pub async fn redrive(
     ))
 }
 
-/// A new attempt of a finished delivery, now.
+/// A new attempt of a finished delivery, now (same `webhook-id`; the attempt number
+/// continues).
+#[utoipa::path(
+    post,
+    path = "/deliveries/{id}/retry",
+    tag = "deliveries",
+    operation_id = "retry_delivery",
+    params(("id" = Uuid, Path, description = "The delivery's id")),
+    responses(
+        (status = 202, description = "The attempt is queued", body = crate::service::resend::Retried),
+        (status = 404, response = NotFound),
+        (status = 409, response = Conflict),
+        (status = 503, response = Unavailable),
+    )
+)]
 pub async fn retry(
     State(state): State<Arc<ApiState>>,
     caller: Caller,
