@@ -201,11 +201,13 @@ impl Subscriptions {
         if let Some(endpoint) = self.snapshot().get(&id) {
             return Ok(Lookup::Active(endpoint.clone()));
         }
+        if let Some(active) = endpoints::get_active(&self.pool, &[id]).await?.pop() {
+            return Ok(Lookup::Active(Arc::new(active)));
+        }
+        // Not active, or its row cannot be used (logged): say which.
         Ok(match endpoints::get(&self.pool, None, id).await? {
-            None => Lookup::Deleted,
-            Some(e) if e.deleted => Lookup::Deleted,
-            Some(e) if !e.enabled => Lookup::Disabled(e.disabled_reason),
-            Some(e) => Lookup::Active(Arc::new(e.into())),
+            Some(e) if !e.deleted && !e.enabled => Lookup::Disabled(e.disabled_reason),
+            _ => Lookup::Deleted,
         })
     }
 
@@ -282,7 +284,7 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::SigningSecret;
+    use crate::domain::{SignatureScheme, Signing};
 
     fn endpoint(patterns: &[&str], tenant: Option<&str>) -> ActiveEndpoint {
         ActiveEndpoint {
@@ -290,7 +292,7 @@ mod tests {
             url: "https://example.com/hook".parse().unwrap(),
             tenant_id: tenant.map(Into::into),
             event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
-            secrets: Box::new([SigningSecret::generate()]),
+            signing: Signing::generate(SignatureScheme::Standard),
             rate_limit: None,
         }
     }

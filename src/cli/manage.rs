@@ -42,9 +42,13 @@ pub enum EndpointCommand {
         event_types: Vec<String>,
         #[arg(long)]
         tenant: Option<String>,
-        /// `whsec_…`; generated when absent.
+        /// `whsec_…`, or with `--signature legacy` the old service's secret text
+        /// (8–256 printable ASCII characters); a `whsec_` one is generated when absent.
         #[arg(long)]
         secret: Option<String>,
+        /// `standard` (default), `legacy` (X-Signature / X-Event) or `both`.
+        #[arg(long)]
+        signature: Option<String>,
         /// Requests per minute.
         #[arg(long)]
         rate_limit: Option<i64>,
@@ -83,6 +87,9 @@ pub enum EndpointCommand {
         name: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        /// `standard`, `legacy` or `both`.
+        #[arg(long)]
+        signature: Option<String>,
     },
     /// Stop delivering to an endpoint; its records stay.
     Delete { id: Uuid },
@@ -230,6 +237,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 event_types,
                 tenant,
                 secret,
+                signature,
                 rate_limit,
                 name,
                 description,
@@ -239,6 +247,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     event_types,
                     tenant_id: tenant,
                     secret,
+                    signature,
                     rate_limit,
                     name,
                     description,
@@ -272,6 +281,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 rate_limit,
                 name,
                 description,
+                signature,
             } => {
                 let changes = endpoints::EndpointChanges {
                     url,
@@ -280,6 +290,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     rate_limit: rate_limit.map(Some),
                     name: name.map(Some),
                     description: description.map(Some),
+                    signature,
                 };
                 show(endpoints::update(pool, caller, id, changes).await?)
             }

@@ -3,12 +3,14 @@
 mod event_type;
 mod pattern;
 mod secret;
+mod signature;
 mod signing_secret;
 mod url;
 
 pub use event_type::EventType;
 pub use pattern::{TopicPattern, TopicTrie};
 pub use secret::Secret;
+pub use signature::{LegacySecret, SignatureScheme, Signing};
 pub use signing_secret::SigningSecret;
 pub use url::EndpointUrl;
 

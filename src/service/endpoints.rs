@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::validate::Check;
 use super::{Caller, Page, PageRequest, ServiceError};
-use crate::domain::{EndpointUrl, SigningSecret, TopicPattern};
+use crate::domain::{EndpointUrl, SignatureScheme, Signing, SigningSecret, TopicPattern};
 use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
 
 /// Highest `rate_limit` (requests per minute) an endpoint may ask for.
@@ -23,7 +23,11 @@ pub struct EndpointInput {
     pub url: String,
     pub event_types: Vec<String>,
     pub tenant_id: Option<String>,
+    /// `whsec_…`, or for `signature: legacy` the old service's secret text; generated
+    /// (`whsec_`) when absent.
     pub secret: Option<String>,
+    /// `standard` (default), `legacy` or `both`.
+    pub signature: Option<String>,
     pub rate_limit: Option<i64>,
     pub name: Option<String>,
     pub description: Option<String>,
@@ -38,6 +42,7 @@ pub struct EndpointChanges {
     pub rate_limit: Option<Option<i64>>,
     pub name: Option<Option<String>>,
     pub description: Option<Option<String>>,
+    pub signature: Option<String>,
 }
 
 /// A created endpoint, with its secret: the only time the secret is shown.
@@ -103,6 +108,19 @@ fn rate_limit(check: &mut Check, value: Option<i64>) -> Option<i32> {
     }
 }
 
+/// The scheme asked for (`standard` when none) with the secret given, checked to suit
+/// it, or a generated one.
+fn signing(check: &mut Check, scheme: Option<String>, secret: Option<String>) -> Option<Signing> {
+    let scheme = match scheme {
+        Some(text) => check.field("signature", text.parse::<SignatureScheme>())?,
+        None => SignatureScheme::Standard,
+    };
+    match secret {
+        Some(text) => check.field("secret", Signing::new(scheme, &text, None)),
+        None => Some(Signing::generate(scheme)),
+    }
+}
+
 /// The endpoint's tenant: a tenant token's own, never another (which is refused).
 fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<String> {
     let asked = check.tenant("tenant_id", asked.filter(|t| !t.is_empty()));
@@ -129,23 +147,22 @@ pub async fn create(
     let url = check.field("url", input.url.parse::<EndpointUrl>());
     let event_types = patterns(&mut check, &input.event_types);
     let tenant_id = owner(&mut check, caller, input.tenant_id);
-    let secret = input
-        .secret
-        .and_then(|s| check.field("secret", s.parse::<SigningSecret>()));
+    let signing = signing(&mut check, input.signature, input.secret);
     let rate_limit = rate_limit(&mut check, input.rate_limit);
     let name = check.text("name", input.name, 200);
     let description = check.text("description", input.description, 2_000);
     check.finish()?;
-    let (Some(url), Some(event_types)) = (url, event_types) else {
+    let (Some(url), Some(event_types), Some(signing)) = (url, event_types, signing) else {
         unreachable!("a missing field failed the check");
     };
+    let secret = signing.current_text();
     let endpoint = endpoints::insert(
         pool,
         NewEndpoint {
             url,
             event_types,
             tenant_id,
-            secret,
+            signing,
             rate_limit,
             name,
             description,
@@ -154,7 +171,7 @@ pub async fn create(
     .await?;
     Ok(Created {
         endpoint: EndpointView::from(&endpoint),
-        secret: endpoint.secrets[0].expose(),
+        secret,
     })
 }
 
@@ -247,7 +264,24 @@ pub async fn update(
     let description = changes
         .description
         .map(|d| check.text("description", d, 2_000));
+    let signature = changes
+        .signature
+        .and_then(|s| check.field("signature", s.parse::<SignatureScheme>()));
     check.finish()?;
+    if let Some(scheme) = signature.filter(|s| *s != SignatureScheme::Legacy) {
+        let secret = endpoints::current_secret(pool, caller.scope(), id)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        if secret.parse::<SigningSecret>().is_err() {
+            return Err(ServiceError::invalid(
+                "signature",
+                format!(
+                    "`{scheme}` signs with a whsec_ secret and this endpoint's is another \
+                     (a legacy one): rotate the secret first (rotate-secret), then change the scheme"
+                ),
+            ));
+        }
+    }
     let endpoint = endpoints::update(
         pool,
         caller.scope(),
@@ -259,6 +293,7 @@ pub async fn update(
             rate_limit: rate,
             name,
             description,
+            signature,
         },
     )
     .await?

@@ -6,17 +6,19 @@ use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{EndpointUrl, InvalidValue, SigningSecret, TopicPattern};
+use crate::domain::{
+    EndpointUrl, InvalidValue, SignatureScheme, Signing, SigningSecret, TopicPattern,
+};
 
-/// An endpoint as Herald uses it; built from a row, so every field is valid.
+/// An endpoint as the API and the CLI show it; built from a row, so every field is
+/// valid. Its secrets are not read: only [`ActiveEndpoint`]s, which deliver, hold them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub id: Uuid,
     pub url: EndpointUrl,
     pub tenant_id: Option<String>,
     pub event_types: Vec<TopicPattern>,
-    /// Current secret first, then a rotated-out one still in its grace period.
-    pub secrets: Vec<SigningSecret>,
+    pub signature: SignatureScheme,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     pub deleted: bool,
@@ -37,22 +39,10 @@ pub struct ActiveEndpoint {
     pub url: EndpointUrl,
     pub tenant_id: Option<Box<str>>,
     pub event_types: Box<[TopicPattern]>,
-    /// Current secret first, then a rotated-out one still in its grace period.
-    pub secrets: Box<[SigningSecret]>,
+    /// The signature scheme with its secrets: the current one, and for the standard
+    /// signatures a rotated-out one still in its grace period.
+    pub signing: Signing,
     pub rate_limit: Option<i32>,
-}
-
-impl From<Endpoint> for ActiveEndpoint {
-    fn from(e: Endpoint) -> Self {
-        Self {
-            id: e.id,
-            url: e.url,
-            tenant_id: e.tenant_id.map(String::into_boxed_str),
-            event_types: e.event_types.into(),
-            secrets: e.secrets.into(),
-            rate_limit: e.rate_limit,
-        }
-    }
 }
 
 /// What the CLI and API show of an endpoint: never its secret.
@@ -63,6 +53,8 @@ pub struct EndpointView {
     pub url: String,
     pub tenant_id: Option<String>,
     pub event_types: Vec<String>,
+    /// `standard`, `legacy` or `both` (contract §6).
+    pub signature: &'static str,
     /// `enabled` or `disabled` (contract §5).
     pub state: &'static str,
     pub enabled: bool,
@@ -80,6 +72,7 @@ impl From<&Endpoint> for EndpointView {
             url: e.url.to_string(),
             tenant_id: e.tenant_id.clone(),
             event_types: e.event_types.iter().map(|p| p.to_string()).collect(),
+            signature: e.signature.as_str(),
             state: if e.enabled { "enabled" } else { "disabled" },
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.clone(),
@@ -92,11 +85,15 @@ impl From<&Endpoint> for EndpointView {
     }
 }
 
-/// Every column: what the API and the CLI show.
+/// What the API and the CLI show: every column but the secrets.
 #[derive(FromRow)]
 struct EndpointRow {
-    #[sqlx(flatten)]
-    active: ActiveRow,
+    id: Uuid,
+    url: String,
+    tenant_id: Option<String>,
+    event_types: Vec<String>,
+    signature: String,
+    rate_limit: Option<i32>,
     enabled: bool,
     disabled_reason: Option<String>,
     name: Option<String>,
@@ -110,17 +107,16 @@ impl TryFrom<EndpointRow> for Endpoint {
     type Error = InvalidValue;
 
     fn try_from(row: EndpointRow) -> Result<Self, Self::Error> {
-        let active = ActiveEndpoint::try_from(row.active)?;
         Ok(Endpoint {
-            id: active.id,
-            url: active.url,
-            tenant_id: active.tenant_id.map(String::from),
-            event_types: active.event_types.into(),
-            secrets: active.secrets.into(),
+            id: row.id,
+            url: EndpointUrl::try_from(row.url)?,
+            tenant_id: row.tenant_id,
+            event_types: parse_patterns(&row.event_types)?.into(),
+            signature: row.signature.parse()?,
             enabled: row.enabled,
             disabled_reason: row.disabled_reason,
             deleted: row.deleted_at.is_some(),
-            rate_limit: active.rate_limit,
+            rate_limit: row.rate_limit,
             name: row.name,
             description: row.description,
             created_at: row.created_at,
@@ -129,9 +125,8 @@ impl TryFrom<EndpointRow> for Endpoint {
     }
 }
 
-const COLUMNS: &str = "id, url, tenant_id, event_types, secret, previous_secret, \
-    previous_secret_expires_at, enabled, disabled_reason, rate_limit, name, description, \
-    deleted_at, created_at, updated_at";
+const COLUMNS: &str = "id, url, tenant_id, event_types, signature, enabled, \
+    disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at";
 
 /// The columns of an `ActiveEndpoint`: a reload of every endpoint reads these alone.
 #[derive(FromRow)]
@@ -140,6 +135,7 @@ struct ActiveRow {
     url: String,
     tenant_id: Option<String>,
     event_types: Vec<String>,
+    signature: String,
     secret: String,
     previous_secret: Option<String>,
     previous_secret_expires_at: Option<DateTime<Utc>>,
@@ -155,7 +151,8 @@ impl TryFrom<ActiveRow> for ActiveEndpoint {
             url: EndpointUrl::try_from(row.url)?,
             tenant_id: row.tenant_id.map(String::into_boxed_str),
             event_types: parse_patterns(&row.event_types)?,
-            secrets: signing_secrets(
+            signing: signing(
+                row.signature.parse()?,
                 &row.secret,
                 row.previous_secret.as_deref(),
                 row.previous_secret_expires_at,
@@ -165,27 +162,24 @@ impl TryFrom<ActiveRow> for ActiveEndpoint {
     }
 }
 
-const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, secret, previous_secret, \
-    previous_secret_expires_at, rate_limit";
+const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, signature, secret, \
+    previous_secret, previous_secret_expires_at, rate_limit";
 const ACTIVE: &str = "enabled AND deleted_at IS NULL";
 
 fn parse_patterns(patterns: &[String]) -> Result<Box<[TopicPattern]>, InvalidValue> {
     patterns.iter().map(|p| p.parse()).collect()
 }
 
-/// The current secret, and the previous one while its grace period lasts.
-fn signing_secrets(
+/// The scheme with the current secret, and the previous one while its grace period
+/// lasts.
+fn signing(
+    scheme: SignatureScheme,
     current: &str,
     previous: Option<&str>,
     until: Option<DateTime<Utc>>,
-) -> Result<Box<[SigningSecret]>, InvalidValue> {
-    let current = current.parse()?;
-    Ok(match (previous, until) {
-        (Some(previous), Some(until)) if until > Utc::now() => {
-            Box::new([current, previous.parse()?])
-        }
-        _ => Box::new([current]),
-    })
+) -> Result<Signing, InvalidValue> {
+    let previous = previous.filter(|_| until.is_some_and(|until| until > Utc::now()));
+    Signing::new(scheme, current, previous)
 }
 
 /// A new subscription, validated at the edge.
@@ -194,7 +188,8 @@ pub struct NewEndpoint {
     pub url: EndpointUrl,
     pub event_types: Vec<TopicPattern>,
     pub tenant_id: Option<String>,
-    pub secret: Option<SigningSecret>,
+    /// The scheme and the secret it signs with.
+    pub signing: Signing,
     pub rate_limit: Option<i32>,
     pub name: Option<String>,
     pub description: Option<String>,
@@ -210,26 +205,27 @@ fn parse_row<R, T: TryFrom<R, Error = InvalidValue>>(id: Uuid, row: R) -> Option
 }
 
 fn parse_endpoint(row: EndpointRow) -> Option<Endpoint> {
-    parse_row(row.active.id, row)
+    parse_row(row.id, row)
 }
 
-/// Creates an endpoint; returns it with its secret (generated when none was given).
+/// Creates an endpoint.
 pub async fn insert(pool: &PgPool, new: NewEndpoint) -> Result<Endpoint, sqlx::Error> {
-    let secret = new.secret.unwrap_or_else(SigningSecret::generate);
     let patterns: Vec<String> = new.event_types.iter().map(|p| p.to_string()).collect();
     let row: EndpointRow = sqlx::query_as(&format!(
         "INSERT INTO herald.endpoints
-             (id, url, tenant_id, event_types, secret, rate_limit, name, description)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+             (id, url, tenant_id, event_types, secret, rate_limit, name, description,
+              signature)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(new.url.as_str())
     .bind(&new.tenant_id)
     .bind(&patterns)
-    .bind(secret.expose())
+    .bind(new.signing.current_text())
     .bind(new.rate_limit)
     .bind(&new.name)
     .bind(&new.description)
+    .bind(new.signing.scheme().as_str())
     .fetch_one(pool)
     .await?;
     Endpoint::try_from(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -326,6 +322,23 @@ pub async fn get(
     Ok(row.and_then(parse_endpoint))
 }
 
+/// The current secret's text of an endpoint not deleted; `scope` confines it to one
+/// tenant's. Read to check that a change of signature scheme suits the secret.
+pub async fn current_secret(
+    pool: &PgPool,
+    scope: Option<&str>,
+    id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT secret FROM herald.endpoints
+         WHERE id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(id)
+    .bind(scope)
+    .fetch_optional(pool)
+    .await
+}
+
 /// Enables or disables an endpoint; `reason` is kept while disabled.
 pub async fn set_enabled(
     pool: &PgPool,
@@ -354,6 +367,7 @@ pub struct EndpointPatch {
     pub rate_limit: Option<Option<i32>>,
     pub name: Option<Option<String>>,
     pub description: Option<Option<String>>,
+    pub signature: Option<SignatureScheme>,
 }
 
 pub async fn update(
@@ -374,6 +388,7 @@ pub async fn update(
             rate_limit = CASE WHEN $5 THEN $6 ELSE rate_limit END,
             description = CASE WHEN $7 THEN $8 ELSE description END,
             name = CASE WHEN $9 THEN $10 ELSE name END,
+            signature = COALESCE($12, signature),
             updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND ($11::text IS NULL OR tenant_id = $11)
          RETURNING {COLUMNS}"
@@ -389,6 +404,7 @@ pub async fn update(
     .bind(patch.name.is_some())
     .bind(patch.name.flatten())
     .bind(scope)
+    .bind(patch.signature.map(SignatureScheme::as_str))
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))

@@ -14,6 +14,7 @@ mod ingest;
 mod lifecycle;
 mod migrations;
 mod observability;
+mod receivers;
 mod subscriptions;
 mod telemetry;
 mod tenants;

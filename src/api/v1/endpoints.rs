@@ -21,6 +21,7 @@ pub struct CreateBody {
     event_types: Vec<String>,
     tenant_id: Option<String>,
     secret: Option<String>,
+    signature: Option<String>,
     rate_limit: Option<i64>,
     name: Option<String>,
     description: Option<String>,
@@ -36,6 +37,7 @@ pub async fn create(
         event_types: body.event_types,
         tenant_id: body.tenant_id,
         secret: body.secret,
+        signature: body.signature,
         rate_limit: body.rate_limit,
         name: body.name,
         description: body.description,
@@ -90,6 +92,7 @@ pub struct UpdateBody {
     name: Option<Option<String>>,
     #[serde(default, with = "double_option")]
     description: Option<Option<String>>,
+    signature: Option<String>,
 }
 
 /// `absent` → None, `null` → Some(None), value → Some(Some(value)).
@@ -115,6 +118,7 @@ pub async fn update(
         rate_limit: body.rate_limit,
         name: body.name,
         description: body.description,
+        signature: body.signature,
     };
     Ok(axum::Json(
         service::update(&state.pool, &caller, id, changes).await?,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use herald::broker::{self, Outgoing, Publisher};
 use herald::config::Settings;
-use herald::domain::Secret;
+use herald::domain::{Secret, SignatureScheme, Signing};
 use herald::store::{self, endpoints};
 use herald::topology::Topology;
 use herald::{App, Role};
@@ -152,21 +152,40 @@ impl TestEnv {
         url: &str,
         patterns: &[&str],
         tenant: Option<&str>,
-    ) -> endpoints::Endpoint {
-        endpoints::insert(
+    ) -> TestEndpoint {
+        self.add_endpoint_signed(
+            url,
+            patterns,
+            tenant,
+            Signing::generate(SignatureScheme::Standard),
+        )
+        .await
+    }
+
+    /// An endpoint straight into the store, signing as `signing` says.
+    pub async fn add_endpoint_signed(
+        &self,
+        url: &str,
+        patterns: &[&str],
+        tenant: Option<&str>,
+        signing: Signing,
+    ) -> TestEndpoint {
+        let secret = signing.current_text();
+        let endpoint = endpoints::insert(
             &self.pool,
             endpoints::NewEndpoint {
                 url: url.parse().unwrap(),
                 event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
                 tenant_id: tenant.map(String::from),
-                secret: None,
+                signing,
                 rate_limit: None,
                 name: None,
                 description: None,
             },
         )
         .await
-        .expect("insert endpoint")
+        .expect("insert endpoint");
+        TestEndpoint { endpoint, secret }
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -286,6 +305,20 @@ impl TestEnv {
             .execute(&mut admin)
             .await;
         }
+    }
+}
+
+/// An endpoint a test created, with its secret's text.
+pub struct TestEndpoint {
+    pub endpoint: endpoints::Endpoint,
+    pub secret: String,
+}
+
+impl std::ops::Deref for TestEndpoint {
+    type Target = endpoints::Endpoint;
+
+    fn deref(&self) -> &Self::Target {
+        &self.endpoint
     }
 }
 

@@ -1,0 +1,340 @@
+//! What receivers need (issue 16): the old service's signatures for receivers that
+//! move over unchanged, both schemes for the migration window — each checked by a
+//! receiver verifying as its real counterpart does.
+
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::common::receiver::{Received, Receiver};
+use crate::common::{eventually, TestEnv};
+
+const ADMIN: &str = "test-admin-token";
+
+/// The admin API of one running app.
+pub struct Api {
+    base: String,
+    http: Client,
+}
+
+impl Api {
+    pub fn new(app: &herald::App) -> Self {
+        Self {
+            base: format!("http://{}/api/v1", app.address()),
+            http: Client::new(),
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(ADMIN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method.clone(), path, body).await;
+        assert!(status.is_success(), "{method} {path}: {status} {value}");
+        value
+    }
+
+    /// A request the API must refuse as invalid, naming `field`; the field's message.
+    pub async fn refused(&self, method: Method, path: &str, body: Value, field: &str) -> String {
+        let (status, problem) = self.call(method, path, Some(body.clone())).await;
+        assert_eq!(status, 422, "{body} is refused: {problem}");
+        assert_eq!(
+            problem["type"], "urn:herald:problem:validation",
+            "{problem}"
+        );
+        problem["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["field"] == field)
+            .unwrap_or_else(|| panic!("{body}: no error on `{field}`: {problem}"))["message"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+/// As the old service's receivers verify: HMAC-SHA256 of the raw body keyed by the
+/// shared secret, compared in constant time with the hex of `X-Signature: sha256=…`.
+pub fn old_receiver_accepts(secret: &str, request: &Received) -> bool {
+    let Some(hex) = request
+        .header("x-signature")
+        .strip_prefix("sha256=")
+        .map(String::from)
+    else {
+        return false;
+    };
+    let Some(given) = decode_hex(&hex) else {
+        return false;
+    };
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&request.body);
+    let expected = mac.finalize().into_bytes();
+    given.len() == expected.len() && bool::from(given.ct_eq(&expected[..]))
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.len() % 2 != 0 || hex.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
+}
+
+fn reference_accepts(secret: &str, request: &Received) -> bool {
+    standardwebhooks::Webhook::new(secret)
+        .unwrap()
+        .verify(&request.body, &request.headers)
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_and_both_endpoints_verify_as_the_old_receivers_and_the_reference_library_do() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let app = env.start_ready().await;
+    let api = Api::new(&app);
+    let old_secret = "old service's secret, kept as is: ~#1";
+
+    let legacy = api
+        .ok(
+            Method::POST,
+            "/endpoints",
+            Some(
+                json!({"url": receiver.url("/legacy"), "event_types": ["sales.#"],
+                        "signature": "legacy", "secret": old_secret}),
+            ),
+        )
+        .await;
+    assert_eq!(legacy["signature"], "legacy");
+    assert_eq!(
+        legacy["secret"], old_secret,
+        "the old receiver's secret is kept"
+    );
+    let both = api
+        .ok(
+            Method::POST,
+            "/endpoints",
+            Some(
+                json!({"url": receiver.url("/both"), "event_types": ["sales.#"],
+                        "signature": "both"}),
+            ),
+        )
+        .await;
+    let both_secret = both["secret"].as_str().unwrap().to_string();
+    assert!(both_secret.starts_with("whsec_"));
+    let standard = api
+        .ok(
+            Method::POST,
+            "/endpoints",
+            Some(json!({"url": receiver.url("/standard"), "event_types": ["sales.#"]})),
+        )
+        .await;
+    assert_eq!(standard["signature"], "standard", "the default scheme");
+    let standard_secret = standard["secret"].as_str().unwrap().to_string();
+
+    // Secrets that do not suit their scheme, and schemes that do not exist.
+    for (body, field, says) in [
+        (
+            json!({"url": receiver.url("/x"), "event_types": ["a"], "signature": "legacy", "secret": "short"}),
+            "secret",
+            "8 to 256 printable ASCII",
+        ),
+        (
+            json!({"url": receiver.url("/x"), "event_types": ["a"], "signature": "legacy", "secret": "tab\there!"}),
+            "secret",
+            "printable ASCII",
+        ),
+        (
+            json!({"url": receiver.url("/x"), "event_types": ["a"], "secret": old_secret}),
+            "secret",
+            "legacy",
+        ),
+        (
+            json!({"url": receiver.url("/x"), "event_types": ["a"], "signature": "both", "secret": old_secret}),
+            "secret",
+            "whsec_",
+        ),
+        (
+            json!({"url": receiver.url("/x"), "event_types": ["a"], "signature": "v1a"}),
+            "signature",
+            "standard",
+        ),
+    ] {
+        let message = api.refused(Method::POST, "/endpoints", body, field).await;
+        assert!(message.contains(says), "{message}");
+    }
+
+    eventually(
+        "three endpoints cached",
+        Duration::from_secs(10),
+        || async { app.subscriptions().snapshot().len() == 3 },
+    )
+    .await;
+    env.publish(
+        "sales.order.created",
+        Some("evt-legacy-1"),
+        None,
+        r#"{"order":42,"note":"\"quoted\" ü"}"#.as_bytes(),
+    )
+    .await;
+    eventually("three deliveries", Duration::from_secs(15), || async {
+        receiver.count() == 3
+    })
+    .await;
+
+    let request = &receiver.received_at("/legacy")[0];
+    assert!(
+        old_receiver_accepts(old_secret, request),
+        "{:?}",
+        request.headers
+    );
+    assert_eq!(request.header("x-event"), "sales.order.created");
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        assert!(
+            !request.headers.contains_key(name),
+            "legacy sends no {name}"
+        );
+    }
+    assert!(!old_receiver_accepts("another secret entirely", request));
+    let mut tampered = request.clone();
+    tampered.body = bytes::Bytes::from(request.body.to_vec().repeat(2));
+    assert!(
+        !old_receiver_accepts(old_secret, &tampered),
+        "the body is signed"
+    );
+
+    let request = &receiver.received_at("/both")[0];
+    assert!(reference_accepts(&both_secret, request));
+    assert!(
+        old_receiver_accepts(&both_secret, request),
+        "under `both` the legacy HMAC is keyed by the full whsec_ text"
+    );
+    assert_eq!(request.header("x-event"), "sales.order.created");
+
+    let request = &receiver.received_at("/standard")[0];
+    assert!(reference_accepts(&standard_secret, request));
+    assert!(!request.headers.contains_key("x-signature"));
+    assert!(!request.headers.contains_key("x-event"));
+
+    // The migration path (docs/receivers.md): a legacy secret cannot sign standard
+    // signatures, so `both` waits for a whsec_ secret from rotate-secret.
+    let id = legacy["id"].as_str().unwrap();
+    let message = api
+        .refused(
+            Method::PATCH,
+            &format!("/endpoints/{id}"),
+            json!({"signature": "both"}),
+            "signature",
+        )
+        .await;
+    assert!(message.contains("rotate"), "{message}");
+    let rotated = api
+        .ok(
+            Method::POST,
+            &format!("/endpoints/{id}/rotate-secret"),
+            Some(json!({"grace_hours": 0})),
+        )
+        .await;
+    let new_secret = rotated["secret"].as_str().unwrap().to_string();
+    let patched = api
+        .ok(
+            Method::PATCH,
+            &format!("/endpoints/{id}"),
+            Some(json!({"signature": "both"})),
+        )
+        .await;
+    assert_eq!(patched["signature"], "both");
+    let shown = api.ok(Method::GET, &format!("/endpoints/{id}"), None).await;
+    assert_eq!(shown["signature"], "both");
+    eventually(
+        "the change reaches the cache",
+        Duration::from_secs(10),
+        || async {
+            app.subscriptions()
+                .snapshot()
+                .get(&id.parse().unwrap())
+                .is_some_and(|e| e.signing.scheme() == herald::domain::SignatureScheme::Both)
+        },
+    )
+    .await;
+    env.publish("sales.order.created", Some("evt-legacy-2"), None, b"{}")
+        .await;
+    eventually("the second delivery", Duration::from_secs(15), || async {
+        receiver.received_at("/legacy").len() == 2
+    })
+    .await;
+    let request = &receiver.received_at("/legacy")[1];
+    assert!(reference_accepts(&new_secret, request));
+    assert!(old_receiver_accepts(&new_secret, request));
+    assert!(!old_receiver_accepts(old_secret, request));
+
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_adds_a_legacy_endpoint_with_the_old_secret() {
+    let env = TestEnv::new().await;
+    let (ok, added, err) = crate::admin_api::herald(
+        &env,
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            "http://127.0.0.1:9/old",
+            "--event-type",
+            "sales.#",
+            "--signature",
+            "legacy",
+            "--secret",
+            "the old one, 8+ chars",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(added["signature"], "legacy");
+    assert_eq!(added["secret"], "the old one, 8+ chars");
+    let (ok, _, err) = crate::admin_api::herald(
+        &env,
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            "http://127.0.0.1:9/old",
+            "--event-type",
+            "sales.#",
+            "--secret",
+            "the old one, 8+ chars",
+        ],
+    );
+    assert!(
+        !ok && err.contains("secret") && err.contains("legacy"),
+        "{err}"
+    );
+    env.cleanup().await;
+}
