@@ -35,6 +35,7 @@ fn endpoints(count: usize, tenants: usize) -> Vec<ActiveEndpoint> {
                 .parse()
                 .expect("literal pattern")]),
             signing: Signing::Standard(Box::new([secret.clone()])),
+            headers: Default::default(),
             rate_limit: None,
         })
         .collect()

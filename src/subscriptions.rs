@@ -293,6 +293,7 @@ mod tests {
             tenant_id: tenant.map(Into::into),
             event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
             signing: Signing::generate(SignatureScheme::Standard),
+            headers: Default::default(),
             rate_limit: None,
         }
     }

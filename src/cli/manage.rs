@@ -49,6 +49,9 @@ pub enum EndpointCommand {
         /// `standard` (default), `legacy` (X-Signature / X-Event) or `both`.
         #[arg(long)]
         signature: Option<String>,
+        /// A static header sent with every request, `Name: value`; repeatable.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
         /// Requests per minute.
         #[arg(long)]
         rate_limit: Option<i64>,
@@ -90,6 +93,16 @@ pub enum EndpointCommand {
         /// `standard`, `legacy` or `both`.
         #[arg(long)]
         signature: Option<String>,
+        /// Replaces every static header, `Name: value`; repeatable.
+        #[arg(
+            long = "header",
+            value_name = "NAME: VALUE",
+            conflicts_with = "no_headers"
+        )]
+        headers: Vec<String>,
+        /// Removes every static header.
+        #[arg(long)]
+        no_headers: bool,
     },
     /// Stop delivering to an endpoint; its records stay.
     Delete { id: Uuid },
@@ -202,6 +215,19 @@ pub enum DlqCommand {
     },
 }
 
+/// `--header 'Name: value'` flags as a map.
+fn header_map(flags: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    flags
+        .iter()
+        .map(|flag| {
+            let (name, value) = flag
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--header takes `Name: value`, got `{flag}`"))?;
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
 /// Pages through a list until `limit` rows (all when `None`).
 async fn collect<T, F, Fut>(limit: Option<usize>, mut page: F) -> anyhow::Result<Vec<T>>
 where
@@ -238,6 +264,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 tenant,
                 secret,
                 signature,
+                headers,
                 rate_limit,
                 name,
                 description,
@@ -248,6 +275,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     tenant_id: tenant,
                     secret,
                     signature,
+                    headers: Some(header_map(&headers)?),
                     rate_limit,
                     name,
                     description,
@@ -282,7 +310,16 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 name,
                 description,
                 signature,
+                headers,
+                no_headers,
             } => {
+                let headers = if no_headers {
+                    Some(Default::default())
+                } else {
+                    (!headers.is_empty())
+                        .then(|| header_map(&headers))
+                        .transpose()?
+                };
                 let changes = endpoints::EndpointChanges {
                     url,
                     event_types: (!event_types.is_empty()).then_some(event_types),
@@ -291,6 +328,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     name: name.map(Some),
                     description: description.map(Some),
                     signature,
+                    headers,
                 };
                 show(endpoints::update(pool, caller, id, changes).await?)
             }

@@ -476,7 +476,12 @@ fn attempt_record(
 
 /// The endpoint's signature headers plus Herald's own, signed at this moment.
 fn request_headers(endpoint: &ActiveEndpoint, task: &DeliveryTask, traceparent: &str) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(8);
+    let mut headers = HeaderMap::with_capacity(8 + endpoint.headers.len());
+    // The owner's static headers: their names never clash with Herald's (reserved).
+    // Cloning a name or a value shares its bytes; nothing is copied.
+    for (name, value) in endpoint.headers.iter() {
+        headers.insert(name.clone(), value.clone());
+    }
     // Legacy signatures name the event type, which the body Herald made starts with;
     // only they pay for reading it.
     let event_type = match endpoint.signing.scheme() {

@@ -1,6 +1,7 @@
 //! Domain types that cannot be invalid: parsed once at the edge, trusted inside.
 
 mod event_type;
+mod headers;
 mod pattern;
 mod secret;
 mod signature;
@@ -8,6 +9,7 @@ mod signing_secret;
 mod url;
 
 pub use event_type::EventType;
+pub use headers::{parse_header, StaticHeaders};
 pub use pattern::{TopicPattern, TopicTrie};
 pub use secret::Secret;
 pub use signature::{LegacySecret, SignatureScheme, Signing};

@@ -1,6 +1,8 @@
 //! Endpoints: create, read, list, change, delete, rotate the secret — for the API and
 //! the CLI alike.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -8,7 +10,9 @@ use uuid::Uuid;
 
 use super::validate::Check;
 use super::{Caller, Page, PageRequest, ServiceError};
-use crate::domain::{EndpointUrl, SignatureScheme, Signing, SigningSecret, TopicPattern};
+use crate::domain::{
+    parse_header, EndpointUrl, SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
+};
 use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
 
 /// Highest `rate_limit` (requests per minute) an endpoint may ask for.
@@ -28,6 +32,8 @@ pub struct EndpointInput {
     pub secret: Option<String>,
     /// `standard` (default), `legacy` or `both`.
     pub signature: Option<String>,
+    /// Static headers sent with every request, name → value.
+    pub headers: Option<BTreeMap<String, String>>,
     pub rate_limit: Option<i64>,
     pub name: Option<String>,
     pub description: Option<String>,
@@ -43,6 +49,8 @@ pub struct EndpointChanges {
     pub name: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub signature: Option<String>,
+    /// Replaces every static header (`{}` removes them all).
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// A created endpoint, with its secret: the only time the secret is shown.
@@ -121,6 +129,25 @@ fn signing(check: &mut Check, scheme: Option<String>, secret: Option<String>) ->
     }
 }
 
+/// Static headers, each checked under `headers.<name>`, then the set as a whole.
+fn headers(check: &mut Check, given: BTreeMap<String, String>) -> Option<StaticHeaders> {
+    let mut parsed = Vec::with_capacity(given.len());
+    let mut valid = true;
+    for (name, value) in &given {
+        match parse_header(name, value) {
+            Ok(header) => parsed.push(header),
+            Err(invalid) => {
+                check.fail(&format!("headers.{name}"), invalid.0);
+                valid = false;
+            }
+        }
+    }
+    if !valid {
+        return None;
+    }
+    check.field("headers", StaticHeaders::new(parsed))
+}
+
 /// The endpoint's tenant: a tenant token's own, never another (which is refused).
 fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<String> {
     let asked = check.tenant("tenant_id", asked.filter(|t| !t.is_empty()));
@@ -148,11 +175,14 @@ pub async fn create(
     let event_types = patterns(&mut check, &input.event_types);
     let tenant_id = owner(&mut check, caller, input.tenant_id);
     let signing = signing(&mut check, input.signature, input.secret);
+    let headers = headers(&mut check, input.headers.unwrap_or_default());
     let rate_limit = rate_limit(&mut check, input.rate_limit);
     let name = check.text("name", input.name, 200);
     let description = check.text("description", input.description, 2_000);
     check.finish()?;
-    let (Some(url), Some(event_types), Some(signing)) = (url, event_types, signing) else {
+    let (Some(url), Some(event_types), Some(signing), Some(headers)) =
+        (url, event_types, signing, headers)
+    else {
         unreachable!("a missing field failed the check");
     };
     let secret = signing.current_text();
@@ -163,6 +193,7 @@ pub async fn create(
             event_types,
             tenant_id,
             signing,
+            headers,
             rate_limit,
             name,
             description,
@@ -267,6 +298,7 @@ pub async fn update(
     let signature = changes
         .signature
         .and_then(|s| check.field("signature", s.parse::<SignatureScheme>()));
+    let new_headers = changes.headers.map(|h| headers(&mut check, h));
     check.finish()?;
     if let Some(scheme) = signature.filter(|s| *s != SignatureScheme::Legacy) {
         let secret = endpoints::current_secret(pool, caller.scope(), id)
@@ -294,6 +326,7 @@ pub async fn update(
             name,
             description,
             signature,
+            headers: new_headers.flatten(),
         },
     )
     .await?

@@ -1,13 +1,17 @@
 //! `herald.endpoints`: subscribers, their patterns, secrets and state.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
+use sqlx::types::Json;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
-    EndpointUrl, InvalidValue, SignatureScheme, Signing, SigningSecret, TopicPattern,
+    parse_header, EndpointUrl, InvalidValue, SignatureScheme, Signing, SigningSecret,
+    StaticHeaders, TopicPattern,
 };
 
 /// An endpoint as the API and the CLI show it; built from a row, so every field is
@@ -19,6 +23,8 @@ pub struct Endpoint {
     pub tenant_id: Option<String>,
     pub event_types: Vec<TopicPattern>,
     pub signature: SignatureScheme,
+    /// Names of the static headers (lowercase); their values are never read here.
+    pub header_names: Vec<String>,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     pub deleted: bool,
@@ -42,6 +48,8 @@ pub struct ActiveEndpoint {
     /// The signature scheme with its secrets: the current one, and for the standard
     /// signatures a rotated-out one still in its grace period.
     pub signing: Signing,
+    /// Sent with every request.
+    pub headers: StaticHeaders,
     pub rate_limit: Option<i32>,
 }
 
@@ -55,6 +63,8 @@ pub struct EndpointView {
     pub event_types: Vec<String>,
     /// `standard`, `legacy` or `both` (contract §6).
     pub signature: &'static str,
+    /// The static headers' names; their values are write-only.
+    pub header_names: Vec<String>,
     /// `enabled` or `disabled` (contract §5).
     pub state: &'static str,
     pub enabled: bool,
@@ -73,6 +83,7 @@ impl From<&Endpoint> for EndpointView {
             tenant_id: e.tenant_id.clone(),
             event_types: e.event_types.iter().map(|p| p.to_string()).collect(),
             signature: e.signature.as_str(),
+            header_names: e.header_names.clone(),
             state: if e.enabled { "enabled" } else { "disabled" },
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.clone(),
@@ -93,6 +104,7 @@ struct EndpointRow {
     tenant_id: Option<String>,
     event_types: Vec<String>,
     signature: String,
+    headers: Json<BTreeMap<String, String>>,
     rate_limit: Option<i32>,
     enabled: bool,
     disabled_reason: Option<String>,
@@ -113,6 +125,7 @@ impl TryFrom<EndpointRow> for Endpoint {
             tenant_id: row.tenant_id,
             event_types: parse_patterns(&row.event_types)?.into(),
             signature: row.signature.parse()?,
+            header_names: row.headers.0.into_keys().collect(),
             enabled: row.enabled,
             disabled_reason: row.disabled_reason,
             deleted: row.deleted_at.is_some(),
@@ -125,7 +138,7 @@ impl TryFrom<EndpointRow> for Endpoint {
     }
 }
 
-const COLUMNS: &str = "id, url, tenant_id, event_types, signature, enabled, \
+const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, enabled, \
     disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at";
 
 /// The columns of an `ActiveEndpoint`: a reload of every endpoint reads these alone.
@@ -139,6 +152,7 @@ struct ActiveRow {
     secret: String,
     previous_secret: Option<String>,
     previous_secret_expires_at: Option<DateTime<Utc>>,
+    headers: Json<BTreeMap<String, String>>,
     rate_limit: Option<i32>,
 }
 
@@ -157,13 +171,14 @@ impl TryFrom<ActiveRow> for ActiveEndpoint {
                 row.previous_secret.as_deref(),
                 row.previous_secret_expires_at,
             )?,
+            headers: static_headers(row.headers.0)?,
             rate_limit: row.rate_limit,
         })
     }
 }
 
 const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, signature, secret, \
-    previous_secret, previous_secret_expires_at, rate_limit";
+    previous_secret, previous_secret_expires_at, headers, rate_limit";
 const ACTIVE: &str = "enabled AND deleted_at IS NULL";
 
 fn parse_patterns(patterns: &[String]) -> Result<Box<[TopicPattern]>, InvalidValue> {
@@ -182,6 +197,28 @@ fn signing(
     Signing::new(scheme, current, previous)
 }
 
+/// Static headers as stored (name → value), checked again as at the edge.
+fn static_headers(stored: BTreeMap<String, String>) -> Result<StaticHeaders, InvalidValue> {
+    let headers = stored
+        .iter()
+        .map(|(name, value)| parse_header(name, value))
+        .collect::<Result<Vec<_>, _>>()?;
+    StaticHeaders::new(headers)
+}
+
+/// Static headers as they are stored: lowercase name → value.
+fn stored_headers(headers: &StaticHeaders) -> Json<BTreeMap<&str, &str>> {
+    Json(
+        headers
+            .iter()
+            .map(|(name, value)| {
+                let value = value.to_str().expect("checked to be visible ASCII");
+                (name.as_str(), value)
+            })
+            .collect(),
+    )
+}
+
 /// A new subscription, validated at the edge.
 #[derive(Debug, Clone)]
 pub struct NewEndpoint {
@@ -190,6 +227,7 @@ pub struct NewEndpoint {
     pub tenant_id: Option<String>,
     /// The scheme and the secret it signs with.
     pub signing: Signing,
+    pub headers: StaticHeaders,
     pub rate_limit: Option<i32>,
     pub name: Option<String>,
     pub description: Option<String>,
@@ -214,8 +252,8 @@ pub async fn insert(pool: &PgPool, new: NewEndpoint) -> Result<Endpoint, sqlx::E
     let row: EndpointRow = sqlx::query_as(&format!(
         "INSERT INTO herald.endpoints
              (id, url, tenant_id, event_types, secret, rate_limit, name, description,
-              signature)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {COLUMNS}"
+              signature, headers)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
     ))
     .bind(Uuid::now_v7())
     .bind(new.url.as_str())
@@ -226,6 +264,7 @@ pub async fn insert(pool: &PgPool, new: NewEndpoint) -> Result<Endpoint, sqlx::E
     .bind(&new.name)
     .bind(&new.description)
     .bind(new.signing.scheme().as_str())
+    .bind(stored_headers(&new.headers))
     .fetch_one(pool)
     .await?;
     Endpoint::try_from(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -368,6 +407,8 @@ pub struct EndpointPatch {
     pub name: Option<Option<String>>,
     pub description: Option<Option<String>>,
     pub signature: Option<SignatureScheme>,
+    /// Replaces every static header.
+    pub headers: Option<StaticHeaders>,
 }
 
 pub async fn update(
@@ -389,6 +430,7 @@ pub async fn update(
             description = CASE WHEN $7 THEN $8 ELSE description END,
             name = CASE WHEN $9 THEN $10 ELSE name END,
             signature = COALESCE($12, signature),
+            headers = COALESCE($13, headers),
             updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND ($11::text IS NULL OR tenant_id = $11)
          RETURNING {COLUMNS}"
@@ -405,6 +447,7 @@ pub async fn update(
     .bind(patch.name.flatten())
     .bind(scope)
     .bind(patch.signature.map(SignatureScheme::as_str))
+    .bind(patch.headers.as_ref().map(stored_headers))
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))

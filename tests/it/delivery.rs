@@ -476,6 +476,7 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
             event_types: vec!["#".parse().unwrap()],
             tenant_id: None,
             signing: herald::domain::Signing::generate(Default::default()),
+            headers: Default::default(),
             rate_limit: Some(60), // one a second
             name: None,
             description: None,

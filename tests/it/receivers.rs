@@ -338,3 +338,123 @@ async fn the_command_line_adds_a_legacy_endpoint_with_the_old_secret() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_headers_are_sent_with_every_request_and_never_shown_again() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let app = env.start_ready().await;
+    let api = Api::new(&app);
+
+    let created = api
+        .ok(
+            Method::POST,
+            "/endpoints",
+            Some(
+                json!({"url": receiver.url("/keyed"), "event_types": ["sales.#"],
+                        "headers": {"X-Api-Key": "k3y-one-two", "Authorization": "Bearer t0ken"}}),
+            ),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        created["header_names"],
+        json!(["authorization", "x-api-key"])
+    );
+    let shown = [
+        created.to_string(),
+        api.ok(Method::GET, &format!("/endpoints/{id}"), None)
+            .await
+            .to_string(),
+        api.ok(Method::GET, "/endpoints", None).await.to_string(),
+    ];
+    for text in &shown {
+        assert!(
+            !text.contains("k3y-one-two") && !text.contains("t0ken"),
+            "values are write-only: {text}"
+        );
+    }
+
+    let many: serde_json::Map<String, Value> =
+        (0..21).map(|n| (format!("x-h{n}"), json!("v"))).collect();
+    for (headers, field, says) in [
+        (
+            json!({"Content-Type": "text/plain"}),
+            "headers.Content-Type",
+            "reserved",
+        ),
+        (
+            json!({"Webhook-Signature": "v1,forged"}),
+            "headers.Webhook-Signature",
+            "reserved",
+        ),
+        (
+            json!({"X-Signature": "sha256=00"}),
+            "headers.X-Signature",
+            "reserved",
+        ),
+        (
+            json!({"X-Herald-Attempt": "1"}),
+            "headers.X-Herald-Attempt",
+            "reserved",
+        ),
+        (json!({"Host": "evil.example"}), "headers.Host", "reserved"),
+        (json!({"bad name": "v"}), "headers.bad name", "header name"),
+        (
+            json!({"X-A": "line\r\nX-Injected: 1"}),
+            "headers.X-A",
+            "printable ASCII",
+        ),
+        (json!({"X-A": "a", "x-a": "b"}), "headers", "twice"),
+        (Value::Object(many), "headers", "at most 20"),
+    ] {
+        let body = json!({"url": receiver.url("/x"), "event_types": ["a"], "headers": headers});
+        let message = api.refused(Method::POST, "/endpoints", body, field).await;
+        assert!(message.contains(says), "{field}: {message}");
+    }
+
+    eventually("the endpoint cached", Duration::from_secs(10), || async {
+        app.subscriptions().snapshot().len() == 1
+    })
+    .await;
+    env.publish("sales.order.created", Some("evt-h-1"), None, b"{}")
+        .await;
+    eventually("a delivery", Duration::from_secs(15), || async {
+        receiver.count() == 1
+    })
+    .await;
+    let request = &receiver.received()[0];
+    assert_eq!(request.header("x-api-key"), "k3y-one-two");
+    assert_eq!(request.header("authorization"), "Bearer t0ken");
+    assert!(request.header("webhook-signature").starts_with("v1,"));
+
+    // A change replaces the whole set.
+    let patched = api
+        .ok(
+            Method::PATCH,
+            &format!("/endpoints/{id}"),
+            Some(json!({"headers": {"X-Api-Key": "k3y-three"}})),
+        )
+        .await;
+    assert_eq!(patched["header_names"], json!(["x-api-key"]));
+    assert!(!patched.to_string().contains("k3y-three"));
+    eventually("the change cached", Duration::from_secs(10), || async {
+        app.subscriptions()
+            .snapshot()
+            .get(&id.parse().unwrap())
+            .is_some_and(|e| e.headers.len() == 1)
+    })
+    .await;
+    env.publish("sales.order.created", Some("evt-h-2"), None, b"{}")
+        .await;
+    eventually("a second delivery", Duration::from_secs(15), || async {
+        receiver.count() == 2
+    })
+    .await;
+    let request = &receiver.received()[1];
+    assert_eq!(request.header("x-api-key"), "k3y-three");
+    assert!(!request.headers.contains_key("authorization"));
+
+    app.stop().await;
+    env.cleanup().await;
+}

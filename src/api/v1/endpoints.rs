@@ -1,5 +1,6 @@
 //! `/endpoints`: thin handlers over `crate::service::endpoints`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -22,6 +23,7 @@ pub struct CreateBody {
     tenant_id: Option<String>,
     secret: Option<String>,
     signature: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
     rate_limit: Option<i64>,
     name: Option<String>,
     description: Option<String>,
@@ -38,6 +40,7 @@ pub async fn create(
         tenant_id: body.tenant_id,
         secret: body.secret,
         signature: body.signature,
+        headers: body.headers,
         rate_limit: body.rate_limit,
         name: body.name,
         description: body.description,
@@ -93,6 +96,7 @@ pub struct UpdateBody {
     #[serde(default, with = "double_option")]
     description: Option<Option<String>>,
     signature: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
 }
 
 /// `absent` → None, `null` → Some(None), value → Some(Some(value)).
@@ -119,6 +123,7 @@ pub async fn update(
         name: body.name,
         description: body.description,
         signature: body.signature,
+        headers: body.headers,
     };
     Ok(axum::Json(
         service::update(&state.pool, &caller, id, changes).await?,

@@ -178,6 +178,7 @@ impl TestEnv {
                 event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
                 tenant_id: tenant.map(String::from),
                 signing,
+                headers: Default::default(),
                 rate_limit: None,
                 name: None,
                 description: None,
