@@ -21,6 +21,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::store;
@@ -32,6 +33,8 @@ pub use v1::{routes, Route};
 pub struct ApiState {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
+    /// What endpoint secrets are stored under.
+    pub keys: Arc<Keyring>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     pub topology: Topology,

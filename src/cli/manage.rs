@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::print_json;
 use crate::config::Settings;
+use crate::keyring::Keyring;
 use crate::service::{self, deliveries, endpoints, events, tokens, Caller, Page, PageRequest};
 use crate::store;
 
@@ -29,6 +30,17 @@ pub enum Command {
     /// Inspect and redrive the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Endpoint secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Seal every stored secret (signing secrets, previous secrets, static header
+    /// values) under the first of `secrets.keys`; prints `{"rewritten": n}`. Safe while
+    /// Herald runs; running it again rewrites nothing.
+    Reencrypt,
 }
 
 #[derive(Subcommand)]
@@ -228,6 +240,14 @@ fn header_map(flags: &[String]) -> anyhow::Result<std::collections::BTreeMap<Str
         .collect()
 }
 
+/// The configured keys, checked against the stored secrets: a command never seals a
+/// secret under a key the stored ones contradict.
+async fn keys(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<Keyring> {
+    let keys = settings.secrets.keyring()?;
+    store::endpoints::check_keys(pool, &keys).await?;
+    Ok(keys)
+}
+
 /// Pages through a list until `limit` rows (all when `None`).
 async fn collect<T, F, Fut>(limit: Option<usize>, mut page: F) -> anyhow::Result<Vec<T>>
 where
@@ -280,7 +300,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     name,
                     description,
                 };
-                show(endpoints::create(pool, caller, input).await?)
+                show(endpoints::create(pool, &keys(&settings, pool).await?, caller, input).await?)
             }
             EndpointCommand::List {
                 tenant,
@@ -330,15 +350,25 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     signature,
                     headers,
                 };
-                show(endpoints::update(pool, caller, id, changes).await?)
+                show(
+                    endpoints::update(pool, &keys(&settings, pool).await?, caller, id, changes)
+                        .await?,
+                )
             }
             EndpointCommand::Delete { id } => {
                 endpoints::delete(pool, caller, id).await?;
                 show(serde_json::json!({ "id": id, "deleted": true }))
             }
-            EndpointCommand::RotateSecret { id, grace_hours } => {
-                show(endpoints::rotate_secret(pool, caller, id, Some(grace_hours)).await?)
-            }
+            EndpointCommand::RotateSecret { id, grace_hours } => show(
+                endpoints::rotate_secret(
+                    pool,
+                    &keys(&settings, pool).await?,
+                    caller,
+                    id,
+                    Some(grace_hours),
+                )
+                .await?,
+            ),
         },
         Command::Token(command) => match command {
             TokenCommand::Create { tenant, name } => {
@@ -389,6 +419,17 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
             }
             DeliveryCommand::Show { id } => show(deliveries::get(pool, caller, id).await?),
         },
+        Command::Secrets(SecretsCommand::Reencrypt) => {
+            let keys = keys(&settings, pool).await?;
+            if keys.is_empty() {
+                anyhow::bail!("configuration key `secrets.keys`: no key to seal the secrets under");
+            }
+            let rewritten = store::endpoints::reencrypt(pool, &keys, |seen, rewritten| {
+                eprintln!("reencrypt: {seen} endpoints looked at, {rewritten} rewritten");
+            })
+            .await?;
+            show(serde_json::json!({ "rewritten": rewritten }))
+        }
         Command::Dlq(command) => match command {
             DlqCommand::List(filter) => {
                 let (mut filter, limit) = filter.into_filter();

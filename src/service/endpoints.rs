@@ -13,6 +13,7 @@ use super::{Caller, Page, PageRequest, ServiceError};
 use crate::domain::{
     parse_header, EndpointUrl, SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
 };
+use crate::keyring::Keyring;
 use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
 
 /// Highest `rate_limit` (requests per minute) an endpoint may ask for.
@@ -167,6 +168,7 @@ fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<St
 
 pub async fn create(
     pool: &PgPool,
+    keys: &Keyring,
     caller: &Caller,
     input: EndpointInput,
 ) -> Result<Created, ServiceError> {
@@ -188,6 +190,7 @@ pub async fn create(
     let secret = signing.current_text();
     let endpoint = endpoints::insert(
         pool,
+        keys,
         NewEndpoint {
             url,
             event_types,
@@ -278,6 +281,7 @@ pub async fn list(
 
 pub async fn update(
     pool: &PgPool,
+    keys: &Keyring,
     caller: &Caller,
     id: Uuid,
     changes: EndpointChanges,
@@ -301,7 +305,7 @@ pub async fn update(
     let new_headers = changes.headers.map(|h| headers(&mut check, h));
     check.finish()?;
     if let Some(scheme) = signature.filter(|s| *s != SignatureScheme::Legacy) {
-        let secret = endpoints::current_secret(pool, caller.scope(), id)
+        let secret = endpoints::current_secret(pool, keys, caller.scope(), id)
             .await?
             .ok_or(ServiceError::NotFound)?;
         if secret.parse::<SigningSecret>().is_err() {
@@ -316,6 +320,7 @@ pub async fn update(
     }
     let endpoint = endpoints::update(
         pool,
+        keys,
         caller.scope(),
         id,
         EndpointPatch {
@@ -352,6 +357,7 @@ pub struct Rotated {
 
 pub async fn rotate_secret(
     pool: &PgPool,
+    keys: &Keyring,
     caller: &Caller,
     id: Uuid,
     grace_hours: Option<i64>,
@@ -366,6 +372,7 @@ pub async fn rotate_secret(
     let secret = SigningSecret::generate();
     if !endpoints::rotate_secret(
         pool,
+        keys,
         caller.scope(),
         id,
         &secret,

@@ -471,6 +471,7 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
     let receiver = Receiver::start().await;
     herald::store::endpoints::insert(
         &env.pool,
+        &env.keys(),
         herald::store::endpoints::NewEndpoint {
             url: receiver.url("/limited").parse().unwrap(),
             event_types: vec!["#".parse().unwrap()],

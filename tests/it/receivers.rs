@@ -458,3 +458,245 @@ async fn static_headers_are_sent_with_every_request_and_never_shown_again() {
     app.stop().await;
     env.cleanup().await;
 }
+
+/// Every stored row of `herald.endpoints`, as text: what a backup of it holds.
+async fn endpoint_rows(env: &TestEnv) -> String {
+    let rows: Vec<String> =
+        sqlx::query_scalar("SELECT row_to_json(e)::text FROM herald.endpoints e")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    rows.join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_stored_sealed_and_deliveries_still_verify() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let app = env.start_ready().await;
+    let api = Api::new(&app);
+    let whsec = herald::domain::SigningSecret::generate().expose();
+    let old_secret = "the-old-service-secret-42";
+    let standard = api
+        .ok(
+            Method::POST,
+            "/endpoints",
+            Some(
+                json!({"url": receiver.url("/standard"), "event_types": ["sales.#"],
+                        "secret": whsec, "headers": {"X-Api-Key": "k3y-at-rest"}}),
+            ),
+        )
+        .await;
+    api.ok(
+        Method::POST,
+        "/endpoints",
+        Some(
+            json!({"url": receiver.url("/legacy"), "event_types": ["sales.#"],
+                    "signature": "legacy", "secret": old_secret}),
+        ),
+    )
+    .await;
+    let rotated = api
+        .ok(
+            Method::POST,
+            &format!(
+                "/endpoints/{}/rotate-secret",
+                standard["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    let new_secret = rotated["secret"].as_str().unwrap().to_string();
+
+    let rows = endpoint_rows(&env).await;
+    for secret in [
+        &whsec["whsec_".len()..],
+        &new_secret["whsec_".len()..],
+        old_secret,
+        "k3y-at-rest",
+    ] {
+        assert!(
+            !rows.contains(secret),
+            "a secret in clear in the database: {rows}"
+        );
+    }
+    let sealed: Vec<(String, Option<String>, Value)> =
+        sqlx::query_as("SELECT secret, previous_secret, headers FROM herald.endpoints")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap();
+    for (secret, previous, headers) in &sealed {
+        assert!(secret.starts_with("enc:v1:test-1:"), "{secret}");
+        assert!(previous
+            .as_deref()
+            .is_none_or(|p| p.starts_with("enc:v1:test-1:")));
+        for value in headers.as_object().unwrap().values() {
+            assert!(
+                value.as_str().unwrap().starts_with("enc:v1:test-1:"),
+                "{value}"
+            );
+        }
+    }
+    assert!(
+        sealed
+            .iter()
+            .any(|(_, p, h)| p.is_some() && !h.as_object().unwrap().is_empty()),
+        "the rotated endpoint keeps a sealed previous secret and header"
+    );
+
+    eventually("both cached", Duration::from_secs(10), || async {
+        app.subscriptions().snapshot().len() == 2
+    })
+    .await;
+    env.publish("sales.order.created", Some("evt-sealed"), None, b"{}")
+        .await;
+    eventually("two deliveries", Duration::from_secs(15), || async {
+        receiver.count() == 2
+    })
+    .await;
+    let request = &receiver.received_at("/standard")[0];
+    assert!(reference_accepts(&new_secret, request));
+    assert!(
+        reference_accepts(&whsec, request),
+        "the previous secret signs alongside"
+    );
+    assert_eq!(request.header("x-api-key"), "k3y-at-rest");
+    assert!(old_receiver_accepts(
+        old_secret,
+        &receiver.received_at("/legacy")[0]
+    ));
+
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_rotation_reencrypts_every_secret_and_a_wrong_or_missing_key_refuses_to_start() {
+    use base64::Engine;
+    let b64 = |bytes: [u8; 32]| base64::engine::general_purpose::STANDARD.encode(bytes);
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+
+    // A row from before encryption, in plain text, and one sealed under test-1.
+    let plain_secret = herald::domain::SigningSecret::generate().expose();
+    sqlx::query(
+        "INSERT INTO herald.endpoints (id, url, event_types, secret, headers)
+         VALUES ($1, $2, ARRAY['sales.#'], $3, '{\"x-api-key\": \"plain-value\"}')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(receiver.url("/plain"))
+    .bind(&plain_secret)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let (ok, added, err) = crate::admin_api::herald(
+        &env,
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            &receiver.url("/sealed"),
+            "--event-type",
+            "sales.#",
+            "--header",
+            "X-Api-Key: sealed-value",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(added["header_names"], json!(["x-api-key"]));
+    let sealed_secret = added["secret"].as_str().unwrap().to_string();
+
+    // A new first key: reencrypt seals everything under it, once.
+    let new_key = format!("test-2:{}", b64([42; 32]));
+    let rotation = format!("{new_key},{}", crate::common::TEST_KEYS);
+    let reencrypt = |keys: &str| {
+        let out = env
+            .herald_command()
+            .env("HERALD__SECRETS__KEYS", keys)
+            .args(["secrets", "reencrypt"])
+            .output()
+            .unwrap();
+        let stdout: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        (
+            out.status.success(),
+            stdout,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, result, err) = reencrypt(&rotation);
+    assert!(ok, "{err}");
+    assert_eq!(result, json!({"rewritten": 2}));
+    assert!(err.contains("rewritten"), "progress on stderr: {err}");
+    let (ok, again, _) = reencrypt(&rotation);
+    assert!(ok);
+    assert_eq!(
+        again,
+        json!({"rewritten": 0}),
+        "running it again rewrites nothing"
+    );
+    let rows = endpoint_rows(&env).await;
+    for secret in [
+        &plain_secret["whsec_".len()..],
+        &sealed_secret["whsec_".len()..],
+        "plain-value",
+        "sealed-value",
+    ] {
+        assert!(!rows.contains(secret), "{rows}");
+    }
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM herald.endpoints WHERE secret LIKE 'enc:v1:test-2:%'
+               AND headers->>'x-api-key' LIKE 'enc:v1:test-2:%'"
+        )
+        .await,
+        2
+    );
+
+    // A wrong key of the same id, a key id the rows are not under, no key at all.
+    for (keys, says) in [
+        (format!("test-2:{}", b64([7; 32])), "key `test-2`"),
+        (crate::common::TEST_KEYS.to_string(), "`test-2`"),
+        (String::new(), "not set"),
+    ] {
+        let mut settings = env.settings.clone();
+        settings.secrets.keys = herald::domain::Secret::new(keys.clone());
+        let error = match herald::App::build(settings, herald::Role::All).await {
+            Ok(app) => {
+                app.stop().await;
+                panic!("started with secrets.keys = {keys:?}");
+            }
+            Err(error) => format!("{error:#}"),
+        };
+        assert!(
+            error.contains("secrets.keys") && error.contains(says),
+            "{error}"
+        );
+    }
+
+    // The old key gone, the new one alone: every endpoint still delivers, verified.
+    let mut settings = env.settings.clone();
+    settings.secrets.keys = herald::domain::Secret::new(new_key);
+    let app = herald::App::build(settings, herald::Role::All)
+        .await
+        .unwrap();
+    crate::common::wait_ready(&app).await;
+    eventually("both cached", Duration::from_secs(10), || async {
+        app.subscriptions().snapshot().len() == 2
+    })
+    .await;
+    env.publish("sales.order.created", Some("evt-rotated"), None, b"{}")
+        .await;
+    eventually("two deliveries", Duration::from_secs(15), || async {
+        receiver.count() == 2
+    })
+    .await;
+    let plain = &receiver.received_at("/plain")[0];
+    assert!(reference_accepts(&plain_secret, plain));
+    assert_eq!(plain.header("x-api-key"), "plain-value");
+    let sealed = &receiver.received_at("/sealed")[0];
+    assert!(reference_accepts(&sealed_secret, sealed));
+    assert_eq!(sealed.header("x-api-key"), "sealed-value");
+
+    app.stop().await;
+    env.cleanup().await;
+}

@@ -45,7 +45,7 @@ pub async fn create(
         name: body.name,
         description: body.description,
     };
-    let created = service::create(&state.pool, &caller, input).await?;
+    let created = service::create(&state.pool, &state.keys, &caller, input).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
@@ -126,7 +126,7 @@ pub async fn update(
         headers: body.headers,
     };
     Ok(axum::Json(
-        service::update(&state.pool, &caller, id, changes).await?,
+        service::update(&state.pool, &state.keys, &caller, id, changes).await?,
     ))
 }
 
@@ -154,6 +154,6 @@ pub async fn rotate_secret(
 ) -> Result<impl IntoResponse, Problem> {
     let grace = body.unwrap_or_default().grace_hours;
     Ok(axum::Json(
-        service::rotate_secret(&state.pool, &caller, id, grace).await?,
+        service::rotate_secret(&state.pool, &state.keys, &caller, id, grace).await?,
     ))
 }

@@ -39,6 +39,9 @@ fn with_database(url: &str, name: &str) -> String {
     format!("{base}/{name}")
 }
 
+/// `secrets.keys` of every test: one key, as production has.
+pub const TEST_KEYS: &str = "test-1:agYgyjCDqS+Bq5/Y9/ubUjZH/oUShVcrEmKP5hzQXoU=";
+
 /// One isolated Herald world: database, prefix, exchange, settings.
 pub struct TestEnv {
     pub settings: Settings,
@@ -95,6 +98,7 @@ impl TestEnv {
         settings.delivery.timeout = Duration::from_secs(10);
         settings.delivery.shutdown_grace = Duration::from_secs(5);
         settings.delivery.concurrency = 64;
+        settings.secrets.keys = Secret::new(TEST_KEYS);
         adjust(&mut settings);
         settings.validate().expect("test settings are valid");
 
@@ -173,6 +177,7 @@ impl TestEnv {
         let secret = signing.current_text();
         let endpoint = endpoints::insert(
             &self.pool,
+            &self.keys(),
             endpoints::NewEndpoint {
                 url: url.parse().unwrap(),
                 event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
@@ -187,6 +192,14 @@ impl TestEnv {
         .await
         .expect("insert endpoint");
         TestEndpoint { endpoint, secret }
+    }
+
+    /// The keyring of this environment's `secrets.keys`.
+    pub fn keys(&self) -> herald::keyring::Keyring {
+        self.settings
+            .secrets
+            .keyring()
+            .expect("test keys are valid")
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -282,6 +295,7 @@ impl TestEnv {
             .env("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
             .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
             .env("HERALD__DELIVERY__JITTER", "0")
+            .env("HERALD__SECRETS__KEYS", s.secrets.keys.expose())
             .env("HERALD__TELEMETRY__LOG_LEVEL", "warn");
         command
     }
