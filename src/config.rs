@@ -193,6 +193,9 @@ pub struct DeliverySettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub allow_private_networks: bool,
+    /// Endpoint URLs must be https: an http one is refused at creation and change.
+    /// The development configuration and the tests turn it off.
+    pub require_https: bool,
     /// An egress proxy every webhook goes through (`http://proxy:3128`); empty: none.
     /// Herald ignores `HTTP(S)_PROXY` in its environment: with a proxy, only the
     /// proxy's address passes the SSRF guard, so the proxy must refuse private
@@ -240,6 +243,7 @@ impl Default for DeliverySettings {
                 .collect(),
             timeout: Duration::from_secs(10),
             allow_private_networks: false,
+            require_https: true,
             egress_proxy: Secret::new(""),
             concurrency: 256,
             max_in_flight_per_endpoint: 16,
@@ -503,6 +507,12 @@ mod tests {
         .unwrap();
         assert_eq!(settings.ingest.prefetch, 120);
         assert!(settings.delivery.allow_private_networks);
+        assert!(
+            Settings::default().delivery.require_https,
+            "https only by default"
+        );
+        let http = from_environment(&[("HERALD__DELIVERY__REQUIRE_HTTPS", "false")]).unwrap();
+        assert!(!http.delivery.require_https);
         assert_eq!(settings.ingest.exchanges, ["a.events", "b.events"]);
         let err = from_environment(&[("HERALD__INGEST__PREFETCH", "many")]).unwrap_err();
         let err = format!("{:#}", anyhow::Error::from(err));

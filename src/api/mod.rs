@@ -40,6 +40,13 @@ pub struct ApiState {
     pub topology: Topology,
 }
 
+impl ApiState {
+    /// What endpoint URLs must be.
+    pub fn url_policy(&self) -> crate::service::endpoints::UrlPolicy {
+        crate::service::endpoints::UrlPolicy::from_settings(&self.settings.delivery)
+    }
+}
+
 pub fn router(state: Arc<ApiState>, admin_api: bool) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(healthz))

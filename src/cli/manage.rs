@@ -273,6 +273,7 @@ fn show(value: impl Serialize) -> anyhow::Result<()> {
 
 pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
     let pool = store::pool(&settings.database)?;
+    let policy = endpoints::UrlPolicy::from_settings(&settings.delivery);
     let admin = Caller::Admin;
     let caller = &admin;
     let pool = &pool;
@@ -300,7 +301,10 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     name,
                     description,
                 };
-                show(endpoints::create(pool, &keys(&settings, pool).await?, caller, input).await?)
+                show(
+                    endpoints::create(pool, &keys(&settings, pool).await?, policy, caller, input)
+                        .await?,
+                )
             }
             EndpointCommand::List {
                 tenant,
@@ -351,8 +355,15 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     headers,
                 };
                 show(
-                    endpoints::update(pool, &keys(&settings, pool).await?, caller, id, changes)
-                        .await?,
+                    endpoints::update(
+                        pool,
+                        &keys(&settings, pool).await?,
+                        policy,
+                        caller,
+                        id,
+                        changes,
+                    )
+                    .await?,
                 )
             }
             EndpointCommand::Delete { id } => {

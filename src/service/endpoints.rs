@@ -22,6 +22,33 @@ pub const MAX_RATE_LIMIT: i64 = 1_000_000;
 pub const MAX_GRACE_HOURS: i64 = 24 * 30;
 const MAX_PATTERNS: usize = 100;
 
+/// What endpoint URLs must be, from the configuration (`delivery.require_https`).
+#[derive(Debug, Clone, Copy)]
+pub struct UrlPolicy {
+    pub require_https: bool,
+}
+
+impl UrlPolicy {
+    pub fn from_settings(settings: &crate::config::DeliverySettings) -> Self {
+        Self {
+            require_https: settings.require_https,
+        }
+    }
+}
+
+/// The endpoint URL, checked against the policy.
+fn url(check: &mut Check, policy: UrlPolicy, text: &str) -> Option<EndpointUrl> {
+    let url = check.field("url", text.parse::<EndpointUrl>())?;
+    if policy.require_https && !url.is_https() {
+        check.fail(
+            "url",
+            "must be an https:// URL (delivery.require_https is on)",
+        );
+        return None;
+    }
+    Some(url)
+}
+
 /// A new endpoint as the caller wrote it.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointInput {
@@ -169,11 +196,12 @@ fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<St
 pub async fn create(
     pool: &PgPool,
     keys: &Keyring,
+    policy: UrlPolicy,
     caller: &Caller,
     input: EndpointInput,
 ) -> Result<Created, ServiceError> {
     let mut check = Check::default();
-    let url = check.field("url", input.url.parse::<EndpointUrl>());
+    let url = url(&mut check, policy, &input.url);
     let event_types = patterns(&mut check, &input.event_types);
     let tenant_id = owner(&mut check, caller, input.tenant_id);
     let signing = signing(&mut check, input.signature, input.secret);
@@ -282,14 +310,13 @@ pub async fn list(
 pub async fn update(
     pool: &PgPool,
     keys: &Keyring,
+    policy: UrlPolicy,
     caller: &Caller,
     id: Uuid,
     changes: EndpointChanges,
 ) -> Result<EndpointView, ServiceError> {
     let mut check = Check::default();
-    let url = changes
-        .url
-        .and_then(|u| check.field("url", u.parse::<EndpointUrl>()));
+    let url = changes.url.and_then(|u| url(&mut check, policy, &u));
     let event_types = match &changes.event_types {
         Some(list) => patterns(&mut check, list),
         None => None,

@@ -700,3 +700,58 @@ async fn a_key_rotation_reencrypts_every_secret_and_a_wrong_or_missing_key_refus
     app.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_require_https_an_http_url_is_refused_at_creation_and_change() {
+    let env = TestEnv::with(|s| s.delivery.require_https = true).await;
+    let app = env.start(herald::Role::Api).await;
+    crate::common::wait_ready(&app).await;
+    let api = Api::new(&app);
+    let message = api
+        .refused(
+            Method::POST,
+            "/endpoints",
+            json!({"url": "http://erp.example.com/hooks", "event_types": ["a"]}),
+            "url",
+        )
+        .await;
+    assert!(
+        message.contains("https") && message.contains("delivery.require_https"),
+        "{message}"
+    );
+    let created = api
+        .ok(
+            Method::POST,
+            "/endpoints",
+            Some(json!({"url": "https://erp.example.com/hooks", "event_types": ["a"]})),
+        )
+        .await;
+    let id = created["id"].as_str().unwrap();
+    api.refused(
+        Method::PATCH,
+        &format!("/endpoints/{id}"),
+        json!({"url": "http://erp.example.com/other"}),
+        "url",
+    )
+    .await;
+    let out = env
+        .herald_command()
+        .env("HERALD__DELIVERY__REQUIRE_HTTPS", "true")
+        .args([
+            "endpoint",
+            "add",
+            "--url",
+            "http://erp.example.com/cli",
+            "--event-type",
+            "a",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("url") && err.contains("https"),
+        "{err}"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}

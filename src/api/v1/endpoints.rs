@@ -45,7 +45,8 @@ pub async fn create(
         name: body.name,
         description: body.description,
     };
-    let created = service::create(&state.pool, &state.keys, &caller, input).await?;
+    let created =
+        service::create(&state.pool, &state.keys, state.url_policy(), &caller, input).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
@@ -126,7 +127,15 @@ pub async fn update(
         headers: body.headers,
     };
     Ok(axum::Json(
-        service::update(&state.pool, &state.keys, &caller, id, changes).await?,
+        service::update(
+            &state.pool,
+            &state.keys,
+            state.url_policy(),
+            &caller,
+            id,
+            changes,
+        )
+        .await?,
     ))
 }
 

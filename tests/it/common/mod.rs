@@ -92,6 +92,7 @@ impl TestEnv {
         settings.topology.prefix = prefix;
         settings.ingest.exchanges = vec![exchange.clone()];
         settings.delivery.allow_private_networks = true;
+        settings.delivery.require_https = false;
         settings.delivery.retry_schedule =
             vec![Duration::from_millis(50), Duration::from_millis(100)];
         settings.delivery.jitter = 0.0;
@@ -293,6 +294,7 @@ impl TestEnv {
             .env("HERALD__INGEST__EXCHANGES", &self.exchange)
             .env("HERALD__API__LISTEN", "127.0.0.1:0")
             .env("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+            .env("HERALD__DELIVERY__REQUIRE_HTTPS", "false")
             .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
             .env("HERALD__DELIVERY__JITTER", "0")
             .env("HERALD__SECRETS__KEYS", s.secrets.keys.expose())
