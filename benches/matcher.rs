@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use herald::domain::{SigningSecret, TopicPattern, TopicTrie};
+use herald::domain::{Signing, SigningSecret, TopicPattern, TopicTrie};
 use herald::store::endpoints::ActiveEndpoint;
 use herald::subscriptions::Snapshot;
 use uuid::Uuid;
@@ -34,7 +34,8 @@ fn endpoints(count: usize, tenants: usize) -> Vec<ActiveEndpoint> {
             event_types: Box::new([PATTERNS[(i / tenants) % PATTERNS.len()]
                 .parse()
                 .expect("literal pattern")]),
-            secrets: Box::new([secret.clone()]),
+            signing: Signing::Standard(Box::new([secret.clone()])),
+            headers: Default::default(),
             rate_limit: None,
         })
         .collect()

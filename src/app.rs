@@ -24,9 +24,11 @@ use crate::delivery::recorder::Recorder;
 use crate::delivery::retry::RetryPolicy;
 use crate::delivery::throttle::Throttle;
 use crate::ingest::{self, Ingestor};
+use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::readiness::{Readiness, Role};
 use crate::store;
+use crate::store::endpoints::KeyProblem;
 use crate::subscriptions::Subscriptions;
 
 pub struct App {
@@ -44,7 +46,9 @@ impl App {
         let metrics = Arc::new(Metrics::new(settings.api.per_endpoint_metrics));
         let retry = RetryPolicy::from_settings(&settings.delivery);
         let topology = crate::delivery::topology(&settings);
-        let subscriptions = Subscriptions::new(pool.clone());
+        let keys = Arc::new(settings.secrets.keyring()?);
+        check_keys(&pool, &keys).await?;
+        let subscriptions = Subscriptions::new(pool.clone(), keys.clone());
         let shutdown = CancellationToken::new();
         let readiness = Readiness::new(role, shutdown.clone());
         let workers = TaskTracker::new();
@@ -135,6 +139,7 @@ impl App {
         let state = Arc::new(ApiState {
             settings: settings.clone(),
             pool: pool.clone(),
+            keys,
             metrics,
             readiness: readiness.clone(),
             topology,
@@ -199,6 +204,33 @@ impl App {
     pub async fn stop(self) {
         self.shutdown.cancel();
         self.stopped().await;
+    }
+}
+
+/// Refuses to start when the stored secrets are sealed under a key `secrets.keys` does
+/// not hold, or under a key of that id with other bytes: their endpoints would
+/// silently receive nothing. A database that cannot be asked now is not a reason to
+/// refuse (the subscription cache waits for it, and logs every row it cannot open).
+async fn check_keys(pool: &sqlx::PgPool, keys: &Keyring) -> anyhow::Result<()> {
+    if keys.is_empty() {
+        tracing::warn!(
+            "secrets.allow_plaintext: endpoint secrets are stored in plain text; set secrets.keys"
+        );
+    }
+    match store::endpoints::check_keys(pool, keys).await {
+        Ok(check) if check.plaintext > 0 && !keys.is_empty() => {
+            tracing::warn!(
+                endpoints = check.plaintext,
+                "endpoint secrets stored in plain text; run `herald secrets reencrypt`"
+            );
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(KeyProblem::Database(error)) => {
+            tracing::warn!(%error, "cannot check the stored secrets against secrets.keys now");
+            Ok(())
+        }
+        Err(problem) => Err(problem.into()),
     }
 }
 

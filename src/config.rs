@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::domain::{Secret, TopicPattern};
+use crate::keyring::Keyring;
 
 /// Why settings could not be loaded; always names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,43 @@ pub struct Settings {
     pub delivery: DeliverySettings,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub secrets: SecretsSettings,
+}
+
+/// The keys endpoint secrets are stored under (src/keyring.rs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretsSettings {
+    /// `key-id:base64-of-32-bytes`, comma-separated (or a TOML array): the first seals,
+    /// every one opens.
+    #[serde(deserialize_with = "secret_list")]
+    pub keys: Secret,
+    /// Without keys, store secrets in plain text instead of refusing to start: for a
+    /// throwaway setup only. Ignored when keys are set.
+    pub allow_plaintext: bool,
+}
+
+impl SecretsSettings {
+    /// The keyring to seal and open stored secrets with. No key is an error naming
+    /// `secrets.keys`, unless `secrets.allow_plaintext`.
+    pub fn keyring(&self) -> Result<Keyring, ConfigError> {
+        let keys = Keyring::parse(self.keys.expose()).map_err(|problem| ConfigError::Invalid {
+            key: "secrets.keys",
+            problem,
+        })?;
+        if keys.is_empty() && !self.allow_plaintext {
+            return Err(ConfigError::Invalid {
+                key: "secrets.keys",
+                problem: "not set: Herald stores endpoint secrets encrypted under it. Set \
+                          `key-id:base64-of-32-bytes` (e.g. `k1:` followed by the output of \
+                          `head -c 32 /dev/urandom | base64`), or `secrets.allow_plaintext = \
+                          true` for a throwaway setup"
+                    .into(),
+            });
+        }
+        Ok(keys)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -157,6 +195,9 @@ pub struct DeliverySettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub allow_private_networks: bool,
+    /// Endpoint URLs must be https: an http one is refused at creation and change.
+    /// The development configuration and the tests turn it off.
+    pub require_https: bool,
     /// An egress proxy every webhook goes through (`http://proxy:3128`); empty: none.
     /// Herald ignores `HTTP(S)_PROXY` in its environment: with a proxy, only the
     /// proxy's address passes the SSRF guard, so the proxy must refuse private
@@ -204,6 +245,7 @@ impl Default for DeliverySettings {
                 .collect(),
             timeout: Duration::from_secs(10),
             allow_private_networks: false,
+            require_https: true,
             egress_proxy: Secret::new(""),
             concurrency: 256,
             max_in_flight_per_endpoint: 16,
@@ -321,6 +363,12 @@ impl Settings {
         if !(0.0..=1.0).contains(&self.delivery.jitter) {
             return invalid("delivery.jitter", "must be between 0 and 1");
         }
+        if let Err(problem) = Keyring::parse(self.secrets.keys.expose()) {
+            return Err(ConfigError::Invalid {
+                key: "secrets.keys",
+                problem,
+            });
+        }
         if let Err(problem) = check_node_urls(self.amqp.url.expose()) {
             return invalid("amqp.url", &problem);
         }
@@ -397,6 +445,11 @@ impl ListInput {
             ListInput::List(list) => list.into_iter().map(|s| s.trim().to_string()).collect(),
         }
     }
+}
+
+/// A list of secrets (comma-separated or an array), kept as one comma-separated secret.
+fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
+    Ok(Secret::new(ListInput::deserialize(d)?.items().join(",")))
 }
 
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -496,6 +549,12 @@ mod tests {
         .unwrap();
         assert_eq!(settings.ingest.prefetch, 120);
         assert!(settings.delivery.allow_private_networks);
+        assert!(
+            Settings::default().delivery.require_https,
+            "https only by default"
+        );
+        let http = from_environment(&[("HERALD__DELIVERY__REQUIRE_HTTPS", "false")]).unwrap();
+        assert!(!http.delivery.require_https);
         assert_eq!(settings.ingest.exchanges, ["a.events", "b.events"]);
         let err = from_environment(&[("HERALD__INGEST__PREFETCH", "many")]).unwrap_err();
         let err = format!("{:#}", anyhow::Error::from(err));

@@ -377,6 +377,30 @@ impl Event {
     }
 }
 
+/// The event type of a webhook body Herald made ([`Event::webhook_body`]), read from
+/// its start (`{"id":"…","type":"…"`) without parsing the rest: the `X-Event` header of
+/// legacy signatures costs a scan of the id, not of the data. `None` for any other body.
+pub fn webhook_event_type(body: &[u8]) -> Option<&str> {
+    let rest = body.strip_prefix(br#"{"id":""#)?;
+    // The id is a JSON string: it ends at the first quote not escaped.
+    let mut i = 0;
+    while i < rest.len() {
+        match rest[i] {
+            b'\\' => i += 2,
+            b'"' => break,
+            _ => i += 1,
+        }
+    }
+    let rest = rest.get(i..)?.strip_prefix(br#"","type":""#)?;
+    let end = rest.iter().position(|&b| b == b'"')?;
+    let kind = &rest[..end];
+    // Event types are letters, digits, `_`, `-` and dots: never escaped.
+    if kind.is_empty() || kind.contains(&b'\\') {
+        return None;
+    }
+    std::str::from_utf8(kind).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,5 +560,29 @@ mod tests {
             std::str::from_utf8(&body).unwrap(),
             r#"{"id":"evt-7","type":"sales.order.created","timestamp":"2026-11-23T12:00:00.000Z","data":{"b": 1, "a": [true]}}"#
         );
+    }
+
+    #[test]
+    fn the_event_type_is_read_from_the_start_of_a_webhook_body() {
+        for id in ["evt-7", r#"quote " and \\ backslash"#, "ünï"] {
+            let mut msg = plain(br#"{"a":"\"type\":\"x.y\""}"#, "sales.order.created");
+            msg.message_id = Some(id);
+            let body = parse(&msg, 1024, now()).unwrap().webhook_body();
+            assert_eq!(
+                webhook_event_type(&body),
+                Some("sales.order.created"),
+                "{id}"
+            );
+        }
+        for other in [
+            &b""[..],
+            b"{}",
+            br#"{"type":"a.b","id":"1"}"#,
+            br#"{"id":"1","type":""}"#,
+            br#"{"id":"1\","type":"a.b"}"#,
+            br#"{"id":"1","type":"a.b"#,
+        ] {
+            assert_eq!(webhook_event_type(other), None, "{other:?}");
+        }
     }
 }

@@ -22,6 +22,7 @@ pub mod dlq;
 pub mod domain;
 pub mod envelope;
 pub mod ingest;
+pub mod keyring;
 pub mod metrics;
 pub mod monitor;
 pub mod readiness;

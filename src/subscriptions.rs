@@ -15,6 +15,7 @@ use uuid::Uuid;
 
 use crate::backoff::Backoff;
 use crate::domain::TopicTrie;
+use crate::keyring::Keyring;
 use crate::store::endpoints::{self, ActiveEndpoint};
 
 const CHANNEL: &str = "herald_endpoints";
@@ -93,6 +94,9 @@ impl Snapshot {
 /// The shared cache; cheap to read from any task.
 pub struct Subscriptions {
     pool: PgPool,
+    /// Opens the stored secrets of the endpoints loaded: once per load, never per
+    /// delivery.
+    keys: Arc<Keyring>,
     current: RwLock<Arc<Snapshot>>,
     /// Taken by every load, so two never run at once (at start the ingest role and the
     /// change listener both ask for one); holds when the last full load started.
@@ -108,9 +112,10 @@ pub enum Lookup {
 
 impl Subscriptions {
     /// An empty cache; `reload` fills it.
-    pub fn new(pool: PgPool) -> Arc<Self> {
+    pub fn new(pool: PgPool, keys: Arc<Keyring>) -> Arc<Self> {
         Arc::new(Self {
             pool,
+            keys,
             current: RwLock::new(Arc::new(Snapshot::default())),
             loads: tokio::sync::Mutex::new(None),
         })
@@ -133,7 +138,7 @@ impl Subscriptions {
         let started = Instant::now();
         let current = self.snapshot();
         let mut list = Vec::with_capacity(current.len());
-        endpoints::for_each_active(&self.pool, |endpoint| {
+        endpoints::for_each_active(&self.pool, &self.keys, |endpoint| {
             list.push(match current.get(&endpoint.id) {
                 Some(known) if **known == endpoint => known.clone(),
                 _ => Arc::new(endpoint),
@@ -155,7 +160,7 @@ impl Subscriptions {
     pub async fn refresh(&self, ids: &HashSet<Uuid>) -> Result<(), sqlx::Error> {
         let _load = self.loads.lock().await;
         let wanted: Vec<Uuid> = ids.iter().copied().collect();
-        let fresh = endpoints::get_active(&self.pool, &wanted).await?;
+        let fresh = endpoints::get_active(&self.pool, &self.keys, &wanted).await?;
         let current = self.snapshot();
         let mut list: Vec<Arc<ActiveEndpoint>> = current
             .endpoints
@@ -201,11 +206,16 @@ impl Subscriptions {
         if let Some(endpoint) = self.snapshot().get(&id) {
             return Ok(Lookup::Active(endpoint.clone()));
         }
+        if let Some(active) = endpoints::get_active(&self.pool, &self.keys, &[id])
+            .await?
+            .pop()
+        {
+            return Ok(Lookup::Active(Arc::new(active)));
+        }
+        // Not active, or its row cannot be used (logged): say which.
         Ok(match endpoints::get(&self.pool, None, id).await? {
-            None => Lookup::Deleted,
-            Some(e) if e.deleted => Lookup::Deleted,
-            Some(e) if !e.enabled => Lookup::Disabled(e.disabled_reason),
-            Some(e) => Lookup::Active(Arc::new(e.into())),
+            Some(e) if !e.deleted && !e.enabled => Lookup::Disabled(e.disabled_reason),
+            _ => Lookup::Deleted,
         })
     }
 
@@ -282,7 +292,7 @@ impl Subscriptions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::SigningSecret;
+    use crate::domain::{SignatureScheme, Signing};
 
     fn endpoint(patterns: &[&str], tenant: Option<&str>) -> ActiveEndpoint {
         ActiveEndpoint {
@@ -290,7 +300,8 @@ mod tests {
             url: "https://example.com/hook".parse().unwrap(),
             tenant_id: tenant.map(Into::into),
             event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
-            secrets: Box::new([SigningSecret::generate()]),
+            signing: Signing::generate(SignatureScheme::Standard),
+            headers: Default::default(),
             rate_limit: None,
         }
     }

@@ -23,6 +23,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::keyring::Keyring;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::store;
@@ -34,9 +35,18 @@ pub use v1::{openapi, openapi_json, routes, Route};
 pub struct ApiState {
     pub settings: Arc<Settings>,
     pub pool: PgPool,
+    /// What endpoint secrets are stored under.
+    pub keys: Arc<Keyring>,
     pub metrics: Arc<Metrics>,
     pub readiness: Readiness,
     pub topology: Topology,
+}
+
+impl ApiState {
+    /// What endpoint URLs must be.
+    pub fn url_policy(&self) -> crate::service::endpoints::UrlPolicy {
+        crate::service::endpoints::UrlPolicy::from_settings(&self.settings.delivery)
+    }
 }
 
 pub fn router(state: Arc<ApiState>, admin_api: bool) -> Router {

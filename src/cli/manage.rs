@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use super::print_json;
 use super::remote::Call;
 use crate::config::Settings;
+use crate::keyring::Keyring;
 use crate::service::{
     self, deliveries, endpoints, events, replay, resend, tokens, Caller, Page, PageRequest,
 };
@@ -35,6 +36,17 @@ pub enum Command {
     /// Inspect and redrive the dead-letter queue.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// Endpoint secrets at rest.
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+#[derive(Subcommand)]
+pub enum SecretsCommand {
+    /// Seal every stored secret (signing secrets, previous secrets, static header
+    /// values) under the first of `secrets.keys`; prints `{"rewritten": n}`. Safe while
+    /// Herald runs; running it again rewrites nothing.
+    Reencrypt,
 }
 
 #[derive(Subcommand)]
@@ -48,9 +60,16 @@ pub enum EndpointCommand {
         event_types: Vec<String>,
         #[arg(long)]
         tenant: Option<String>,
-        /// `whsec_…`; generated when absent.
+        /// `whsec_…`, or with `--signature legacy` the old service's secret text
+        /// (8–256 printable ASCII characters); a `whsec_` one is generated when absent.
         #[arg(long)]
         secret: Option<String>,
+        /// `standard` (default), `legacy` (X-Signature / X-Event) or `both`.
+        #[arg(long)]
+        signature: Option<String>,
+        /// A static header sent with every request, `Name: value`; repeatable.
+        #[arg(long = "header", value_name = "NAME: VALUE")]
+        headers: Vec<String>,
         /// Requests per minute.
         #[arg(long)]
         rate_limit: Option<i64>,
@@ -89,6 +108,19 @@ pub enum EndpointCommand {
         name: Option<String>,
         #[arg(long)]
         description: Option<String>,
+        /// `standard`, `legacy` or `both`.
+        #[arg(long)]
+        signature: Option<String>,
+        /// Replaces every static header, `Name: value`; repeatable.
+        #[arg(
+            long = "header",
+            value_name = "NAME: VALUE",
+            conflicts_with = "no_headers"
+        )]
+        headers: Vec<String>,
+        /// Removes every static header.
+        #[arg(long)]
+        no_headers: bool,
     },
     /// Stop delivering to an endpoint; its records stay.
     Delete { id: Uuid },
@@ -207,6 +239,27 @@ pub enum DlqCommand {
     },
 }
 
+/// `--header 'Name: value'` flags as a map.
+fn header_map(flags: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    flags
+        .iter()
+        .map(|flag| {
+            let (name, value) = flag
+                .split_once(':')
+                .ok_or_else(|| anyhow::anyhow!("--header takes `Name: value`, got `{flag}`"))?;
+            Ok((name.trim().to_string(), value.trim().to_string()))
+        })
+        .collect()
+}
+
+/// The configured keys, checked against the stored secrets: a command never seals a
+/// secret under a key the stored ones contradict.
+async fn keys(settings: &Settings, pool: &sqlx::PgPool) -> anyhow::Result<Keyring> {
+    let keys = settings.secrets.keyring()?;
+    store::endpoints::check_keys(pool, &keys).await?;
+    Ok(keys)
+}
+
 /// Pages through a list until `limit` rows (all when `None`).
 async fn collect<T, F, Fut>(limit: Option<usize>, mut page: F) -> anyhow::Result<Vec<T>>
 where
@@ -232,6 +285,7 @@ fn show(value: impl Serialize) -> anyhow::Result<()> {
 
 pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
     let pool = store::pool(&settings.database)?;
+    let policy = endpoints::UrlPolicy::from_settings(&settings.delivery);
     let admin = Caller::Admin;
     let caller = &admin;
     let pool = &pool;
@@ -242,6 +296,8 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 event_types,
                 tenant,
                 secret,
+                signature,
+                headers,
                 rate_limit,
                 name,
                 description,
@@ -251,11 +307,16 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     event_types,
                     tenant_id: tenant,
                     secret,
+                    signature,
+                    headers: Some(header_map(&headers)?),
                     rate_limit,
                     name,
                     description,
                 };
-                show(endpoints::create(pool, caller, input).await?)
+                show(
+                    endpoints::create(pool, &keys(&settings, pool).await?, policy, caller, input)
+                        .await?,
+                )
             }
             EndpointCommand::List {
                 tenant,
@@ -284,7 +345,17 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 rate_limit,
                 name,
                 description,
+                signature,
+                headers,
+                no_headers,
             } => {
+                let headers = if no_headers {
+                    Some(Default::default())
+                } else {
+                    (!headers.is_empty())
+                        .then(|| header_map(&headers))
+                        .transpose()?
+                };
                 let changes = endpoints::EndpointChanges {
                     url,
                     event_types: (!event_types.is_empty()).then_some(event_types),
@@ -292,15 +363,29 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     rate_limit: rate_limit.map(Some),
                     name: name.map(Some),
                     description: description.map(Some),
+                    signature,
+                    headers,
                 };
-                show(endpoints::update(pool, caller, id, changes).await?)
+                show(
+                    endpoints::update(
+                        pool,
+                        &keys(&settings, pool).await?,
+                        policy,
+                        caller,
+                        id,
+                        changes,
+                    )
+                    .await?,
+                )
             }
             EndpointCommand::Delete { id } => {
                 endpoints::delete(pool, caller, id).await?;
                 show(serde_json::json!({ "id": id, "deleted": true }))
             }
             EndpointCommand::Test { id } => {
-                let outcome = resend::test(&settings, pool, caller, id).await?;
+                let outcome =
+                    resend::test(&settings, pool, &keys(&settings, pool).await?, caller, id)
+                        .await?;
                 show(&outcome)?;
                 anyhow::ensure!(
                     outcome.success,
@@ -308,9 +393,16 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
-            EndpointCommand::RotateSecret { id, grace_hours } => {
-                show(endpoints::rotate_secret(pool, caller, id, Some(grace_hours)).await?)
-            }
+            EndpointCommand::RotateSecret { id, grace_hours } => show(
+                endpoints::rotate_secret(
+                    pool,
+                    &keys(&settings, pool).await?,
+                    caller,
+                    id,
+                    Some(grace_hours),
+                )
+                .await?,
+            ),
         },
         Command::Token(command) => match command {
             TokenCommand::Create { tenant, name } => {
@@ -364,6 +456,17 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 show(resend::retry(&settings, pool, caller, id).await?)
             }
         },
+        Command::Secrets(SecretsCommand::Reencrypt) => {
+            let keys = keys(&settings, pool).await?;
+            if keys.is_empty() {
+                anyhow::bail!("configuration key `secrets.keys`: no key to seal the secrets under");
+            }
+            let rewritten = store::endpoints::reencrypt(pool, &keys, |seen, rewritten| {
+                eprintln!("reencrypt: {seen} endpoints looked at, {rewritten} rewritten");
+            })
+            .await?;
+            show(serde_json::json!({ "rewritten": rewritten }))
+        }
         Command::Dlq(command) => match command {
             DlqCommand::List(filter) => {
                 let (mut filter, limit) = filter.into_filter();
@@ -426,19 +529,22 @@ pub async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> 
 }
 
 /// The API call that does what `command` does locally (`--api`).
-pub fn remote_call(command: &Command) -> Call {
-    match command {
+pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
+    Ok(match command {
         Command::Endpoint(command) => match command {
             EndpointCommand::Add {
                 url,
                 event_types,
                 tenant,
                 secret,
+                signature,
+                headers,
                 rate_limit,
                 name,
                 description,
             } => Call::new(Method::POST, "/endpoints").body(json!({
                 "url": url, "event_types": event_types, "tenant_id": tenant, "secret": secret,
+                "signature": signature, "headers": header_map(headers)?,
                 "rate_limit": rate_limit, "name": name, "description": description,
             })),
             EndpointCommand::List {
@@ -460,6 +566,9 @@ pub fn remote_call(command: &Command) -> Call {
                 rate_limit,
                 name,
                 description,
+                signature,
+                headers,
+                no_headers,
             } => {
                 let mut body = serde_json::Map::new();
                 let mut put = |key: &str, value: Value| {
@@ -475,6 +584,10 @@ pub fn remote_call(command: &Command) -> Call {
                 put("rate_limit", json!(rate_limit));
                 put("name", json!(name));
                 put("description", json!(description));
+                put("signature", json!(signature));
+                if *no_headers || !headers.is_empty() {
+                    put("headers", json!(header_map(headers)?));
+                }
                 Call::new(Method::PATCH, format!("/endpoints/{id}")).body(Value::Object(body))
             }
             EndpointCommand::Delete { id } => Call::new(Method::DELETE, format!("/endpoints/{id}")),
@@ -518,12 +631,15 @@ pub fn remote_call(command: &Command) -> Call {
                 Call::new(Method::POST, format!("/deliveries/{id}/retry"))
             }
         },
+        Command::Secrets(_) => {
+            anyhow::bail!("secrets reencrypt works on the database directly, not through --api")
+        }
         Command::Dlq(command) => match command {
             DlqCommand::List(filter) => filter.call("/dlq"),
             DlqCommand::Redrive { all, delivery } => Call::new(Method::POST, "/dlq/redrive")
                 .body(json!({ "all": all, "delivery_ids": delivery })),
         },
-    }
+    })
 }
 
 /// `herald replay` through the API: starts the job and prints its answer (poll

@@ -102,7 +102,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .as_deref()
             .context("--api needs --token (or HERALD_TOKEN)")?;
         let call = match &cli.command {
-            Command::Manage(command) => manage::remote_call(command),
+            Command::Manage(command) => manage::remote_call(command)?,
             Command::Replay(args) => manage::remote_replay(args),
             _ => anyhow::bail!("--api works with the managing commands only"),
         };

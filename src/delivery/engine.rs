@@ -28,8 +28,10 @@ use super::task::DeliveryTask;
 use super::throttle::{busy_delay, defer_tier, Admission, Slot, Throttle};
 use crate::broker::{Outgoing, PublishError, Publisher};
 use crate::config::Settings;
+use crate::domain::SignatureScheme;
+use crate::envelope;
 use crate::metrics::Metrics;
-use crate::signing::signature_header;
+use crate::signing;
 use crate::store::deliveries::{AttemptRecord, Outcome, Status};
 use crate::store::endpoints::{self, ActiveEndpoint};
 use crate::subscriptions::{Lookup, Subscriptions};
@@ -472,24 +474,40 @@ fn attempt_record(
     (status_code, error_text, record)
 }
 
-/// Standard Webhooks headers plus Herald's own, signed at this moment.
+/// The endpoint's signature headers plus Herald's own, signed at this moment.
 pub(crate) fn request_headers(
     endpoint: &ActiveEndpoint,
     task: &DeliveryTask,
     traceparent: &str,
 ) -> HeaderMap {
-    let timestamp = Utc::now().timestamp();
-    let signature = signature_header(&endpoint.secrets, &task.event_id, timestamp, &task.body);
-    let mut headers = HeaderMap::with_capacity(6);
+    let mut headers = HeaderMap::with_capacity(8 + endpoint.headers.len());
+    // The owner's static headers: their names never clash with Herald's (reserved).
+    // Cloning a name or a value shares its bytes; nothing is copied.
+    for (name, value) in endpoint.headers.iter() {
+        headers.insert(name.clone(), value.clone());
+    }
+    // Legacy signatures name the event type, which the body Herald made starts with;
+    // only they pay for reading it.
+    let event_type = match endpoint.signing.scheme() {
+        SignatureScheme::Standard => "",
+        _ => envelope::webhook_event_type(&task.body).unwrap_or_default(),
+    };
+    signing::signature_headers(
+        &endpoint.signing,
+        &task.event_id,
+        event_type,
+        Utc::now().timestamp(),
+        &task.body,
+        |name, value| {
+            let (name, value) = header(name, value);
+            headers.insert(name, value);
+        },
+    );
     for (name, value) in [
-        header("webhook-id", &task.event_id),
-        header("webhook-timestamp", &timestamp.to_string()),
-        header("webhook-signature", &signature),
         header("x-herald-attempt", &task.attempt.to_string()),
+        header("traceparent", traceparent),
     ] {
         headers.insert(name, value);
     }
-    let (name, value) = header("traceparent", traceparent);
-    headers.insert(name, value);
     headers
 }

@@ -1,14 +1,18 @@
 //! Domain types that cannot be invalid: parsed once at the edge, trusted inside.
 
 mod event_type;
+mod headers;
 mod pattern;
 mod secret;
+mod signature;
 mod signing_secret;
 mod url;
 
 pub use event_type::EventType;
+pub use headers::{parse_header, StaticHeaders};
 pub use pattern::{TopicPattern, TopicTrie};
 pub use secret::Secret;
+pub use signature::{LegacySecret, SignatureScheme, Signing};
 pub use signing_secret::SigningSecret;
 pub use url::EndpointUrl;
 

@@ -39,6 +39,18 @@ impl SigningSecret {
     pub fn expose(&self) -> String {
         format!("{PREFIX}{}", STANDARD.encode(&self.key))
     }
+
+    /// Calls `f` with the `whsec_…` text made on the stack, not allocated: the key of
+    /// the legacy signature of a `both` endpoint, made at every attempt.
+    pub fn with_text<R>(&self, f: impl FnOnce(&[u8]) -> R) -> R {
+        // 6 + base64 of 64 bytes (88).
+        let mut text = [0u8; PREFIX.len() + MAX_BYTES.div_ceil(3) * 4];
+        text[..PREFIX.len()].copy_from_slice(PREFIX.as_bytes());
+        let written = STANDARD
+            .encode_slice(&self.key, &mut text[PREFIX.len()..])
+            .expect("the buffer holds the largest key");
+        f(&text[..PREFIX.len() + written])
+    }
 }
 
 impl FromStr for SigningSecret {
@@ -77,6 +89,7 @@ mod tests {
         let b = SigningSecret::generate();
         assert_ne!(a, b);
         let parsed: SigningSecret = a.expose().parse().unwrap();
+        a.with_text(|text| assert_eq!(text, a.expose().as_bytes()));
         assert_eq!(parsed.key(), a.key());
         assert_eq!(parsed.key().len(), 32);
     }
@@ -90,11 +103,20 @@ mod tests {
         ] {
             let secret: SigningSecret = text.parse().unwrap();
             assert_eq!(secret.expose(), text);
+            secret.with_text(|made| assert_eq!(made, text.as_bytes()));
         }
         // Non-canonical base64 (trailing bits set) is refused, not silently re-encoded.
         assert!("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwAB=="
             .parse::<SigningSecret>()
             .is_err());
+    }
+
+    #[test]
+    fn the_largest_secret_fits_the_text_buffer() {
+        let largest: SigningSecret = format!("whsec_{}", STANDARD.encode([7u8; MAX_BYTES]))
+            .parse()
+            .unwrap();
+        largest.with_text(|text| assert_eq!(text, largest.expose().as_bytes()));
     }
 
     #[test]

@@ -17,6 +17,11 @@ impl EndpointUrl {
         reqwest::Url::parse(&self.0).map_err(|e| InvalidValue(format!("url `{}`: {e}", self.0)))
     }
 
+    /// Is it an `https://` URL? (Parsing lowercases the scheme.)
+    pub fn is_https(&self) -> bool {
+        self.as_str().starts_with("https://")
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,6 +1,8 @@
 //! Endpoints: create, read, list, change, delete, rotate the secret — for the API and
 //! the CLI alike.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::PgPool;
@@ -8,7 +10,10 @@ use uuid::Uuid;
 
 use super::validate::Check;
 use super::{Caller, Page, PageRequest, ServiceError};
-use crate::domain::{EndpointUrl, SigningSecret, TopicPattern};
+use crate::domain::{
+    parse_header, EndpointUrl, SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
+};
+use crate::keyring::Keyring;
 use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
 
 /// Highest `rate_limit` (requests per minute) an endpoint may ask for.
@@ -17,13 +22,46 @@ pub const MAX_RATE_LIMIT: i64 = 1_000_000;
 pub const MAX_GRACE_HOURS: i64 = 24 * 30;
 const MAX_PATTERNS: usize = 100;
 
+/// What endpoint URLs must be, from the configuration (`delivery.require_https`).
+#[derive(Debug, Clone, Copy)]
+pub struct UrlPolicy {
+    pub require_https: bool,
+}
+
+impl UrlPolicy {
+    pub fn from_settings(settings: &crate::config::DeliverySettings) -> Self {
+        Self {
+            require_https: settings.require_https,
+        }
+    }
+}
+
+/// The endpoint URL, checked against the policy.
+fn url(check: &mut Check, policy: UrlPolicy, text: &str) -> Option<EndpointUrl> {
+    let url = check.field("url", text.parse::<EndpointUrl>())?;
+    if policy.require_https && !url.is_https() {
+        check.fail(
+            "url",
+            "must be an https:// URL (delivery.require_https is on)",
+        );
+        return None;
+    }
+    Some(url)
+}
+
 /// A new endpoint as the caller wrote it.
 #[derive(Debug, Clone, Default)]
 pub struct EndpointInput {
     pub url: String,
     pub event_types: Vec<String>,
     pub tenant_id: Option<String>,
+    /// `whsec_…`, or for `signature: legacy` the old service's secret text; generated
+    /// (`whsec_`) when absent.
     pub secret: Option<String>,
+    /// `standard` (default), `legacy` or `both`.
+    pub signature: Option<String>,
+    /// Static headers sent with every request, name → value.
+    pub headers: Option<BTreeMap<String, String>>,
     pub rate_limit: Option<i64>,
     pub name: Option<String>,
     pub description: Option<String>,
@@ -38,6 +76,9 @@ pub struct EndpointChanges {
     pub rate_limit: Option<Option<i64>>,
     pub name: Option<Option<String>>,
     pub description: Option<Option<String>>,
+    pub signature: Option<String>,
+    /// Replaces every static header (`{}` removes them all).
+    pub headers: Option<BTreeMap<String, String>>,
 }
 
 /// A created endpoint, with its secret: the only time the secret is shown.
@@ -111,6 +152,38 @@ fn rate_limit(check: &mut Check, value: Option<i64>) -> Option<i32> {
     }
 }
 
+/// The scheme asked for (`standard` when none) with the secret given, checked to suit
+/// it, or a generated one.
+fn signing(check: &mut Check, scheme: Option<String>, secret: Option<String>) -> Option<Signing> {
+    let scheme = match scheme {
+        Some(text) => check.field("signature", text.parse::<SignatureScheme>())?,
+        None => SignatureScheme::Standard,
+    };
+    match secret {
+        Some(text) => check.field("secret", Signing::new(scheme, &text, None)),
+        None => Some(Signing::generate(scheme)),
+    }
+}
+
+/// Static headers, each checked under `headers.<name>`, then the set as a whole.
+fn headers(check: &mut Check, given: BTreeMap<String, String>) -> Option<StaticHeaders> {
+    let mut parsed = Vec::with_capacity(given.len());
+    let mut valid = true;
+    for (name, value) in &given {
+        match parse_header(name, value) {
+            Ok(header) => parsed.push(header),
+            Err(invalid) => {
+                check.fail(&format!("headers.{name}"), invalid.0);
+                valid = false;
+            }
+        }
+    }
+    if !valid {
+        return None;
+    }
+    check.field("headers", StaticHeaders::new(parsed))
+}
+
 /// The endpoint's tenant: a tenant token's own, never another (which is refused).
 fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<String> {
     let asked = check.tenant("tenant_id", asked.filter(|t| !t.is_empty()));
@@ -130,30 +203,36 @@ fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<St
 
 pub async fn create(
     pool: &PgPool,
+    keys: &Keyring,
+    policy: UrlPolicy,
     caller: &Caller,
     input: EndpointInput,
 ) -> Result<Created, ServiceError> {
     let mut check = Check::default();
-    let url = check.field("url", input.url.parse::<EndpointUrl>());
+    let url = url(&mut check, policy, &input.url);
     let event_types = patterns(&mut check, &input.event_types);
     let tenant_id = owner(&mut check, caller, input.tenant_id);
-    let secret = input
-        .secret
-        .and_then(|s| check.field("secret", s.parse::<SigningSecret>()));
+    let signing = signing(&mut check, input.signature, input.secret);
+    let headers = headers(&mut check, input.headers.unwrap_or_default());
     let rate_limit = rate_limit(&mut check, input.rate_limit);
     let name = check.text("name", input.name, 200);
     let description = check.text("description", input.description, 2_000);
     check.finish()?;
-    let (Some(url), Some(event_types)) = (url, event_types) else {
+    let (Some(url), Some(event_types), Some(signing), Some(headers)) =
+        (url, event_types, signing, headers)
+    else {
         unreachable!("a missing field failed the check");
     };
+    let secret = signing.current_text();
     let endpoint = endpoints::insert(
         pool,
+        keys,
         NewEndpoint {
             url,
             event_types,
             tenant_id,
-            secret,
+            signing,
+            headers,
             rate_limit,
             name,
             description,
@@ -162,7 +241,7 @@ pub async fn create(
     .await?;
     Ok(Created {
         endpoint: EndpointView::from(&endpoint),
-        secret: endpoint.secrets[0].expose(),
+        secret,
     })
 }
 
@@ -238,14 +317,14 @@ pub async fn list(
 
 pub async fn update(
     pool: &PgPool,
+    keys: &Keyring,
+    policy: UrlPolicy,
     caller: &Caller,
     id: Uuid,
     changes: EndpointChanges,
 ) -> Result<EndpointView, ServiceError> {
     let mut check = Check::default();
-    let url = changes
-        .url
-        .and_then(|u| check.field("url", u.parse::<EndpointUrl>()));
+    let url = changes.url.and_then(|u| url(&mut check, policy, &u));
     let event_types = match &changes.event_types {
         Some(list) => patterns(&mut check, list),
         None => None,
@@ -255,9 +334,28 @@ pub async fn update(
     let description = changes
         .description
         .map(|d| check.text("description", d, 2_000));
+    let signature = changes
+        .signature
+        .and_then(|s| check.field("signature", s.parse::<SignatureScheme>()));
+    let new_headers = changes.headers.map(|h| headers(&mut check, h));
     check.finish()?;
+    if let Some(scheme) = signature.filter(|s| *s != SignatureScheme::Legacy) {
+        let secret = endpoints::current_secret(pool, keys, caller.scope(), id)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+        if secret.parse::<SigningSecret>().is_err() {
+            return Err(ServiceError::invalid(
+                "signature",
+                format!(
+                    "`{scheme}` signs with a whsec_ secret and this endpoint's is another \
+                     (a legacy one): rotate the secret first (rotate-secret), then change the scheme"
+                ),
+            ));
+        }
+    }
     let endpoint = endpoints::update(
         pool,
+        keys,
         caller.scope(),
         id,
         EndpointPatch {
@@ -267,6 +365,8 @@ pub async fn update(
             rate_limit: rate,
             name,
             description,
+            signature,
+            headers: new_headers.flatten(),
         },
     )
     .await?
@@ -293,6 +393,7 @@ pub struct Rotated {
 
 pub async fn rotate_secret(
     pool: &PgPool,
+    keys: &Keyring,
     caller: &Caller,
     id: Uuid,
     grace_hours: Option<i64>,
@@ -307,6 +408,7 @@ pub async fn rotate_secret(
     let secret = SigningSecret::generate();
     if !endpoints::rotate_secret(
         pool,
+        keys,
         caller.scope(),
         id,
         &secret,

@@ -19,7 +19,8 @@ use crate::config::Settings;
 use crate::delivery::client::{Response, WebhookClient};
 use crate::delivery::engine::request_headers;
 use crate::delivery::task::DeliveryTask;
-use crate::store::endpoints::{self, ActiveEndpoint};
+use crate::keyring::Keyring;
+use crate::store::endpoints;
 use crate::store::{deliveries, events};
 
 /// The answer of a test send: what the receiver did with it.
@@ -45,12 +46,12 @@ pub struct TestOutcome {
 pub async fn test(
     settings: &Settings,
     pool: &PgPool,
+    keys: &Keyring,
     caller: &Caller,
     id: Uuid,
 ) -> Result<TestOutcome, ServiceError> {
-    let endpoint = endpoints::get(pool, caller.scope(), id)
+    let endpoint = endpoints::get_sendable(pool, keys, caller.scope(), id)
         .await?
-        .filter(|e| !e.deleted)
         .ok_or(ServiceError::NotFound)?;
     let event_id = format!("test_{}", Uuid::now_v7().simple());
     let body = serde_json::to_vec(&serde_json::json!({
@@ -61,7 +62,6 @@ pub async fn test(
         "data": { "message": "a test event sent by Herald", "endpoint_id": id },
     }))
     .expect("JSON values serialise");
-    let endpoint = ActiveEndpoint::from(endpoint);
     let task = DeliveryTask {
         delivery_id: Uuid::nil(),
         event_id: event_id.clone(),

@@ -1,22 +1,31 @@
 //! `herald.endpoints`: subscribers, their patterns, secrets and state.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use serde::Serialize;
+use sqlx::types::Json;
 use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
-use crate::domain::{EndpointUrl, InvalidValue, SigningSecret, TopicPattern};
+use crate::domain::{
+    parse_header, EndpointUrl, InvalidValue, SignatureScheme, Signing, SigningSecret,
+    StaticHeaders, TopicPattern,
+};
+use crate::keyring::{Keyring, OpenError};
 
-/// An endpoint as Herald uses it; built from a row, so every field is valid.
+/// An endpoint as the API and the CLI show it; built from a row, so every field is
+/// valid. Its secrets are not read: only [`ActiveEndpoint`]s, which deliver, hold them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub id: Uuid,
     pub url: EndpointUrl,
     pub tenant_id: Option<String>,
     pub event_types: Vec<TopicPattern>,
-    /// Current secret first, then a rotated-out one still in its grace period.
-    pub secrets: Vec<SigningSecret>,
+    pub signature: SignatureScheme,
+    /// Names of the static headers (lowercase); their values are never read here.
+    pub header_names: Vec<String>,
     pub enabled: bool,
     pub disabled_reason: Option<String>,
     pub deleted: bool,
@@ -37,22 +46,12 @@ pub struct ActiveEndpoint {
     pub url: EndpointUrl,
     pub tenant_id: Option<Box<str>>,
     pub event_types: Box<[TopicPattern]>,
-    /// Current secret first, then a rotated-out one still in its grace period.
-    pub secrets: Box<[SigningSecret]>,
+    /// The signature scheme with its secrets: the current one, and for the standard
+    /// signatures a rotated-out one still in its grace period.
+    pub signing: Signing,
+    /// Sent with every request.
+    pub headers: StaticHeaders,
     pub rate_limit: Option<i32>,
-}
-
-impl From<Endpoint> for ActiveEndpoint {
-    fn from(e: Endpoint) -> Self {
-        Self {
-            id: e.id,
-            url: e.url,
-            tenant_id: e.tenant_id.map(String::into_boxed_str),
-            event_types: e.event_types.into(),
-            secrets: e.secrets.into(),
-            rate_limit: e.rate_limit,
-        }
-    }
 }
 
 /// What the CLI and API show of an endpoint: never its secret.
@@ -66,6 +65,10 @@ pub struct EndpointView {
     #[schema(required = true)]
     pub tenant_id: Option<String>,
     pub event_types: Vec<String>,
+    /// `standard`, `legacy` or `both` (contract §6).
+    pub signature: &'static str,
+    /// The static headers' names; their values are write-only.
+    pub header_names: Vec<String>,
     /// `enabled` or `disabled` (contract §5).
     #[schema(schema_with = state_schema)]
     pub state: &'static str,
@@ -95,6 +98,8 @@ impl From<&Endpoint> for EndpointView {
             url: e.url.to_string(),
             tenant_id: e.tenant_id.clone(),
             event_types: e.event_types.iter().map(|p| p.to_string()).collect(),
+            signature: e.signature.as_str(),
+            header_names: e.header_names.clone(),
             state: if e.enabled { "enabled" } else { "disabled" },
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.clone(),
@@ -107,11 +112,16 @@ impl From<&Endpoint> for EndpointView {
     }
 }
 
-/// Every column: what the API and the CLI show.
+/// What the API and the CLI show: every column but the secrets.
 #[derive(FromRow)]
 struct EndpointRow {
-    #[sqlx(flatten)]
-    active: ActiveRow,
+    id: Uuid,
+    url: String,
+    tenant_id: Option<String>,
+    event_types: Vec<String>,
+    signature: String,
+    headers: Json<BTreeMap<String, String>>,
+    rate_limit: Option<i32>,
     enabled: bool,
     disabled_reason: Option<String>,
     name: Option<String>,
@@ -125,17 +135,17 @@ impl TryFrom<EndpointRow> for Endpoint {
     type Error = InvalidValue;
 
     fn try_from(row: EndpointRow) -> Result<Self, Self::Error> {
-        let active = ActiveEndpoint::try_from(row.active)?;
         Ok(Endpoint {
-            id: active.id,
-            url: active.url,
-            tenant_id: active.tenant_id.map(String::from),
-            event_types: active.event_types.into(),
-            secrets: active.secrets.into(),
+            id: row.id,
+            url: EndpointUrl::try_from(row.url)?,
+            tenant_id: row.tenant_id,
+            event_types: parse_patterns(&row.event_types)?.into(),
+            signature: row.signature.parse()?,
+            header_names: row.headers.0.into_keys().collect(),
             enabled: row.enabled,
             disabled_reason: row.disabled_reason,
             deleted: row.deleted_at.is_some(),
-            rate_limit: active.rate_limit,
+            rate_limit: row.rate_limit,
             name: row.name,
             description: row.description,
             created_at: row.created_at,
@@ -144,9 +154,8 @@ impl TryFrom<EndpointRow> for Endpoint {
     }
 }
 
-const COLUMNS: &str = "id, url, tenant_id, event_types, secret, previous_secret, \
-    previous_secret_expires_at, enabled, disabled_reason, rate_limit, name, description, \
-    deleted_at, created_at, updated_at";
+const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, enabled, \
+    disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at";
 
 /// The columns of an `ActiveEndpoint`: a reload of every endpoint reads these alone.
 #[derive(FromRow)]
@@ -155,52 +164,104 @@ struct ActiveRow {
     url: String,
     tenant_id: Option<String>,
     event_types: Vec<String>,
+    signature: String,
     secret: String,
     previous_secret: Option<String>,
     previous_secret_expires_at: Option<DateTime<Utc>>,
+    headers: Json<BTreeMap<String, String>>,
     rate_limit: Option<i32>,
 }
 
-impl TryFrom<ActiveRow> for ActiveEndpoint {
-    type Error = InvalidValue;
-
-    fn try_from(row: ActiveRow) -> Result<Self, Self::Error> {
+impl ActiveRow {
+    /// The endpoint, its secrets and header values opened with `keys`.
+    fn open(self, keys: &Keyring) -> Result<ActiveEndpoint, InvalidValue> {
+        let place = secret_place(self.id);
+        let open = |stored: &str, place: &str| {
+            keys.open(stored, place)
+                .map_err(|e| InvalidValue(format!("a stored secret does not open: {e}")))
+        };
+        let current = open(&self.secret, &place)?;
+        let previous = match &self.previous_secret {
+            Some(stored) => Some(open(stored, &place)?),
+            None => None,
+        };
+        let mut headers = BTreeMap::new();
+        for (name, stored) in self.headers.0 {
+            let value = open(&stored, &header_place(self.id, &name))?;
+            headers.insert(name, value);
+        }
         Ok(ActiveEndpoint {
-            id: row.id,
-            url: EndpointUrl::try_from(row.url)?,
-            tenant_id: row.tenant_id.map(String::into_boxed_str),
-            event_types: parse_patterns(&row.event_types)?,
-            secrets: signing_secrets(
-                &row.secret,
-                row.previous_secret.as_deref(),
-                row.previous_secret_expires_at,
+            id: self.id,
+            url: EndpointUrl::try_from(self.url)?,
+            tenant_id: self.tenant_id.map(String::into_boxed_str),
+            event_types: parse_patterns(&self.event_types)?,
+            signing: signing(
+                self.signature.parse()?,
+                &current,
+                previous.as_deref(),
+                self.previous_secret_expires_at,
             )?,
-            rate_limit: row.rate_limit,
+            headers: static_headers(headers)?,
+            rate_limit: self.rate_limit,
         })
     }
 }
 
-const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, secret, previous_secret, \
-    previous_secret_expires_at, rate_limit";
+/// What a signing secret (current or previous) is sealed for: its endpoint. The
+/// previous secret is the current one moved over, so both share it.
+fn secret_place(id: Uuid) -> String {
+    format!("herald.endpoints/{id}/secret")
+}
+
+fn header_place(id: Uuid, name: &str) -> String {
+    format!("herald.endpoints/{id}/headers/{name}")
+}
+
+const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, signature, secret, \
+    previous_secret, previous_secret_expires_at, headers, rate_limit";
 const ACTIVE: &str = "enabled AND deleted_at IS NULL";
 
 fn parse_patterns(patterns: &[String]) -> Result<Box<[TopicPattern]>, InvalidValue> {
     patterns.iter().map(|p| p.parse()).collect()
 }
 
-/// The current secret, and the previous one while its grace period lasts.
-fn signing_secrets(
+/// The scheme with the current secret, and the previous one while its grace period
+/// lasts.
+fn signing(
+    scheme: SignatureScheme,
     current: &str,
     previous: Option<&str>,
     until: Option<DateTime<Utc>>,
-) -> Result<Box<[SigningSecret]>, InvalidValue> {
-    let current = current.parse()?;
-    Ok(match (previous, until) {
-        (Some(previous), Some(until)) if until > Utc::now() => {
-            Box::new([current, previous.parse()?])
-        }
-        _ => Box::new([current]),
-    })
+) -> Result<Signing, InvalidValue> {
+    let previous = previous.filter(|_| until.is_some_and(|until| until > Utc::now()));
+    Signing::new(scheme, current, previous)
+}
+
+/// Static headers as stored (name → value), checked again as at the edge.
+fn static_headers(stored: BTreeMap<String, String>) -> Result<StaticHeaders, InvalidValue> {
+    let headers = stored
+        .iter()
+        .map(|(name, value)| parse_header(name, value))
+        .collect::<Result<Vec<_>, _>>()?;
+    StaticHeaders::new(headers)
+}
+
+/// Static headers as they are stored: lowercase name → value sealed with `keys`.
+fn stored_headers(
+    keys: &Keyring,
+    id: Uuid,
+    headers: &StaticHeaders,
+) -> Json<BTreeMap<String, String>> {
+    Json(
+        headers
+            .iter()
+            .map(|(name, value)| {
+                let value = value.to_str().expect("checked to be visible ASCII");
+                let sealed = keys.seal(value, &header_place(id, name.as_str()));
+                (name.as_str().to_string(), sealed)
+            })
+            .collect(),
+    )
 }
 
 /// A new subscription, validated at the edge.
@@ -209,15 +270,17 @@ pub struct NewEndpoint {
     pub url: EndpointUrl,
     pub event_types: Vec<TopicPattern>,
     pub tenant_id: Option<String>,
-    pub secret: Option<SigningSecret>,
+    /// The scheme and the secret it signs with.
+    pub signing: Signing,
+    pub headers: StaticHeaders,
     pub rate_limit: Option<i32>,
     pub name: Option<String>,
     pub description: Option<String>,
 }
 
 /// A row that fails to parse is logged and left out rather than failing every load.
-fn parse_row<R, T: TryFrom<R, Error = InvalidValue>>(id: Uuid, row: R) -> Option<T> {
-    T::try_from(row)
+fn parse_row<T>(id: Uuid, parsed: Result<T, InvalidValue>) -> Option<T> {
+    parsed
         .inspect_err(
             |e| tracing::error!(endpoint_id = %id, error = %e, "endpoint row is invalid; skipped"),
         )
@@ -225,26 +288,33 @@ fn parse_row<R, T: TryFrom<R, Error = InvalidValue>>(id: Uuid, row: R) -> Option
 }
 
 fn parse_endpoint(row: EndpointRow) -> Option<Endpoint> {
-    parse_row(row.active.id, row)
+    parse_row(row.id, Endpoint::try_from(row))
 }
 
-/// Creates an endpoint; returns it with its secret (generated when none was given).
-pub async fn insert(pool: &PgPool, new: NewEndpoint) -> Result<Endpoint, sqlx::Error> {
-    let secret = new.secret.unwrap_or_else(SigningSecret::generate);
+/// Creates an endpoint.
+pub async fn insert(
+    pool: &PgPool,
+    keys: &Keyring,
+    new: NewEndpoint,
+) -> Result<Endpoint, sqlx::Error> {
+    let id = Uuid::now_v7();
     let patterns: Vec<String> = new.event_types.iter().map(|p| p.to_string()).collect();
     let row: EndpointRow = sqlx::query_as(&format!(
         "INSERT INTO herald.endpoints
-             (id, url, tenant_id, event_types, secret, rate_limit, name, description)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {COLUMNS}"
+             (id, url, tenant_id, event_types, secret, rate_limit, name, description,
+              signature, headers)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
     ))
-    .bind(Uuid::now_v7())
+    .bind(id)
     .bind(new.url.as_str())
     .bind(&new.tenant_id)
     .bind(&patterns)
-    .bind(secret.expose())
+    .bind(keys.seal(&new.signing.current_text(), &secret_place(id)))
     .bind(new.rate_limit)
     .bind(&new.name)
     .bind(&new.description)
+    .bind(new.signing.scheme().as_str())
+    .bind(stored_headers(keys, id, &new.headers))
     .fetch_one(pool)
     .await?;
     Endpoint::try_from(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -292,12 +362,13 @@ pub async fn list(pool: &PgPool, filter: &Filter<'_>) -> Result<Vec<Endpoint>, s
 /// every parsed endpoint at once next to the cache it replaces.
 pub async fn for_each_active(
     pool: &PgPool,
+    keys: &Keyring,
     mut each: impl FnMut(ActiveEndpoint),
 ) -> Result<(), sqlx::Error> {
     let sql = format!("SELECT {ACTIVE_COLUMNS} FROM herald.endpoints WHERE {ACTIVE}");
     let mut rows = sqlx::query_as::<_, ActiveRow>(&sql).fetch(pool);
     while let Some(row) = rows.try_next().await? {
-        if let Some(endpoint) = parse_row(row.id, row) {
+        if let Some(endpoint) = parse_row(row.id, row.open(keys)) {
             each(endpoint);
         }
     }
@@ -305,14 +376,21 @@ pub async fn for_each_active(
 }
 
 /// Every endpoint that receives events, at once.
-pub async fn load_active(pool: &PgPool) -> Result<Vec<ActiveEndpoint>, sqlx::Error> {
+pub async fn load_active(
+    pool: &PgPool,
+    keys: &Keyring,
+) -> Result<Vec<ActiveEndpoint>, sqlx::Error> {
     let mut list = Vec::new();
-    for_each_active(pool, |endpoint| list.push(endpoint)).await?;
+    for_each_active(pool, keys, |endpoint| list.push(endpoint)).await?;
     Ok(list)
 }
 
 /// Those of `ids` that receive events, in one query.
-pub async fn get_active(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ActiveEndpoint>, sqlx::Error> {
+pub async fn get_active(
+    pool: &PgPool,
+    keys: &Keyring,
+    ids: &[Uuid],
+) -> Result<Vec<ActiveEndpoint>, sqlx::Error> {
     let rows: Vec<ActiveRow> = sqlx::query_as(&format!(
         "SELECT {ACTIVE_COLUMNS} FROM herald.endpoints WHERE id = ANY($1) AND {ACTIVE}"
     ))
@@ -321,8 +399,27 @@ pub async fn get_active(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ActiveEndpoin
     .await?;
     Ok(rows
         .into_iter()
-        .filter_map(|row| parse_row(row.id, row))
+        .filter_map(|row| parse_row(row.id, row.open(keys)))
         .collect())
+}
+
+/// One endpoint not deleted, enabled or not, ready to send to (a test send); `scope`
+/// confines it to one tenant's.
+pub async fn get_sendable(
+    pool: &PgPool,
+    keys: &Keyring,
+    scope: Option<&str>,
+    id: Uuid,
+) -> Result<Option<ActiveEndpoint>, sqlx::Error> {
+    let row: Option<ActiveRow> = sqlx::query_as(&format!(
+        "SELECT {ACTIVE_COLUMNS} FROM herald.endpoints
+         WHERE id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)"
+    ))
+    .bind(id)
+    .bind(scope)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.and_then(|row| parse_row(row.id, row.open(keys))))
 }
 
 /// One endpoint, deleted or not; `scope` confines it to one tenant's.
@@ -339,6 +436,28 @@ pub async fn get(
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))
+}
+
+/// The current secret's text of an endpoint not deleted; `scope` confines it to one
+/// tenant's. Read to check that a change of signature scheme suits the secret.
+pub async fn current_secret(
+    pool: &PgPool,
+    keys: &Keyring,
+    scope: Option<&str>,
+    id: Uuid,
+) -> Result<Option<String>, sqlx::Error> {
+    let stored: Option<String> = sqlx::query_scalar(
+        "SELECT secret FROM herald.endpoints
+         WHERE id = $1 AND deleted_at IS NULL AND ($2::text IS NULL OR tenant_id = $2)",
+    )
+    .bind(id)
+    .bind(scope)
+    .fetch_optional(pool)
+    .await?;
+    stored
+        .map(|stored| keys.open(&stored, &secret_place(id)))
+        .transpose()
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// Enables or disables an endpoint; `reason` is kept while disabled.
@@ -369,10 +488,14 @@ pub struct EndpointPatch {
     pub rate_limit: Option<Option<i32>>,
     pub name: Option<Option<String>>,
     pub description: Option<Option<String>>,
+    pub signature: Option<SignatureScheme>,
+    /// Replaces every static header.
+    pub headers: Option<StaticHeaders>,
 }
 
 pub async fn update(
     pool: &PgPool,
+    keys: &Keyring,
     scope: Option<&str>,
     id: Uuid,
     patch: EndpointPatch,
@@ -389,6 +512,8 @@ pub async fn update(
             rate_limit = CASE WHEN $5 THEN $6 ELSE rate_limit END,
             description = CASE WHEN $7 THEN $8 ELSE description END,
             name = CASE WHEN $9 THEN $10 ELSE name END,
+            signature = COALESCE($12, signature),
+            headers = COALESCE($13, headers),
             updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND ($11::text IS NULL OR tenant_id = $11)
          RETURNING {COLUMNS}"
@@ -404,6 +529,8 @@ pub async fn update(
     .bind(patch.name.is_some())
     .bind(patch.name.flatten())
     .bind(scope)
+    .bind(patch.signature.map(SignatureScheme::as_str))
+    .bind(patch.headers.as_ref().map(|h| stored_headers(keys, id, h)))
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))
@@ -412,6 +539,7 @@ pub async fn update(
 /// Starts signing with a new secret; the old one keeps signing alongside until `grace` ends.
 pub async fn rotate_secret(
     pool: &PgPool,
+    keys: &Keyring,
     scope: Option<&str>,
     id: Uuid,
     secret: &SigningSecret,
@@ -423,7 +551,7 @@ pub async fn rotate_secret(
          WHERE id = $1 AND deleted_at IS NULL AND ($4::text IS NULL OR tenant_id = $4)",
     )
     .bind(id)
-    .bind(secret.expose())
+    .bind(keys.seal(&secret.expose(), &secret_place(id)))
     .bind(grace)
     .bind(scope)
     .execute(pool)
@@ -442,4 +570,174 @@ pub async fn delete(pool: &PgPool, scope: Option<&str>, id: Uuid) -> Result<bool
     .execute(pool)
     .await?;
     Ok(done.rows_affected() == 1)
+}
+
+/// What the stored secrets say about the configured keys, checked at start.
+#[derive(Debug, Default)]
+pub struct KeyCheck {
+    /// Endpoints whose secret is still in plain text (`herald secrets reencrypt`).
+    pub plaintext: i64,
+}
+
+/// Why the configured keys cannot serve the stored secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyProblem {
+    #[error("configuration key `secrets.keys`: stored secrets of {count} endpoint(s) {error}")]
+    Keys { count: i64, error: OpenError },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Opens one stored signing secret per key id in use, so a missing or wrong key stops
+/// the start instead of silently leaving its endpoints out of the cache.
+pub async fn check_keys(pool: &PgPool, keys: &Keyring) -> Result<KeyCheck, KeyProblem> {
+    let samples: Vec<(String, i64, Uuid, String)> = sqlx::query_as(
+        "SELECT DISTINCT ON (key_id) key_id, count(*) OVER (PARTITION BY key_id), id, value
+         FROM (SELECT id, secret AS value, split_part(secret, ':', 3) AS key_id
+                 FROM herald.endpoints WHERE secret LIKE 'enc:%'
+               UNION ALL
+               SELECT id, previous_secret, split_part(previous_secret, ':', 3)
+                 FROM herald.endpoints WHERE previous_secret LIKE 'enc:%') sealed
+         ORDER BY key_id, id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (_, count, id, value) in samples {
+        if let Err(error) = keys.open(&value, &secret_place(id)) {
+            return Err(KeyProblem::Keys { count, error });
+        }
+    }
+    let plaintext =
+        sqlx::query_scalar("SELECT count(*) FROM herald.endpoints WHERE secret NOT LIKE 'enc:%'")
+            .fetch_one(pool)
+            .await?;
+    Ok(KeyCheck { plaintext })
+}
+
+/// The secret columns of one row, as stored.
+#[derive(FromRow)]
+struct SealedRow {
+    id: Uuid,
+    secret: String,
+    previous_secret: Option<String>,
+    headers: Json<BTreeMap<String, String>>,
+}
+
+impl SealedRow {
+    fn is_current(&self, keys: &Keyring) -> bool {
+        keys.is_current(&self.secret)
+            && self
+                .previous_secret
+                .as_deref()
+                .is_none_or(|p| keys.is_current(p))
+            && self.headers.0.values().all(|v| keys.is_current(v))
+    }
+
+    /// Every value opened and sealed again under the first key.
+    fn resealed(&self, keys: &Keyring) -> Result<SealedRow, OpenError> {
+        let place = secret_place(self.id);
+        let reseal = |stored: &str, place: &str| -> Result<String, OpenError> {
+            if keys.is_current(stored) {
+                return Ok(stored.to_string());
+            }
+            Ok(keys.seal(&keys.open(stored, place)?, place))
+        };
+        let mut headers = BTreeMap::new();
+        for (name, stored) in &self.headers.0 {
+            headers.insert(name.clone(), reseal(stored, &header_place(self.id, name))?);
+        }
+        Ok(SealedRow {
+            id: self.id,
+            secret: reseal(&self.secret, &place)?,
+            previous_secret: self
+                .previous_secret
+                .as_deref()
+                .map(|p| reseal(p, &place))
+                .transpose()?,
+            headers: Json(headers),
+        })
+    }
+}
+
+/// Rows read per step of [`reencrypt`].
+const REENCRYPT_PAGE: i64 = 500;
+
+/// Seals every stored secret (current, previous, header values; deleted endpoints
+/// too) under the first key; returns how many endpoints were rewritten. Safe while
+/// Herald runs: a row is rewritten only if it is unchanged since it was read (a row
+/// changed meanwhile is read again), and a value already under the first key is left
+/// alone, so running it again rewrites nothing and an interrupted run resumes.
+/// `progress` hears (endpoints looked at, rewritten) after each page.
+pub async fn reencrypt(
+    pool: &PgPool,
+    keys: &Keyring,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<u64, KeyProblem> {
+    let (mut seen, mut rewritten) = (0u64, 0u64);
+    let mut after = Uuid::nil();
+    loop {
+        let page: Vec<SealedRow> = sqlx::query_as(
+            "SELECT id, secret, previous_secret, headers FROM herald.endpoints
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after)
+        .bind(REENCRYPT_PAGE)
+        .fetch_all(pool)
+        .await?;
+        let Some(last) = page.last() else {
+            return Ok(rewritten);
+        };
+        after = last.id;
+        for row in page {
+            seen += 1;
+            if reencrypt_row(pool, keys, row).await? {
+                rewritten += 1;
+            }
+        }
+        progress(seen, rewritten);
+    }
+}
+
+/// One row sealed under the first key; `true` when it had to be rewritten.
+async fn reencrypt_row(
+    pool: &PgPool,
+    keys: &Keyring,
+    mut row: SealedRow,
+) -> Result<bool, KeyProblem> {
+    let mut rewrote = false;
+    while !row.is_current(keys) {
+        let fresh = row
+            .resealed(keys)
+            .map_err(|error| KeyProblem::Keys { count: 1, error })?;
+        let done = sqlx::query(
+            "UPDATE herald.endpoints SET secret = $2, previous_secret = $3, headers = $4
+             WHERE id = $1 AND secret = $5 AND previous_secret IS NOT DISTINCT FROM $6
+               AND headers = $7",
+        )
+        .bind(row.id)
+        .bind(&fresh.secret)
+        .bind(&fresh.previous_secret)
+        .bind(&fresh.headers)
+        .bind(&row.secret)
+        .bind(&row.previous_secret)
+        .bind(&row.headers)
+        .execute(pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            rewrote = true;
+            break;
+        }
+        // Changed since it was read (a rotation, an update): read it again.
+        match sqlx::query_as(
+            "SELECT id, secret, previous_secret, headers FROM herald.endpoints WHERE id = $1",
+        )
+        .bind(row.id)
+        .fetch_optional(pool)
+        .await?
+        {
+            Some(again) => row = again,
+            None => break,
+        }
+    }
+    Ok(rewrote)
 }

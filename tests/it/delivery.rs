@@ -54,7 +54,7 @@ async fn a_failing_endpoint_is_retried_through_delay_queues_until_it_succeeds() 
         "same id on every retry"
     );
     for r in &requests {
-        standardwebhooks::Webhook::new(&endpoint.secrets[0].expose())
+        standardwebhooks::Webhook::new(&endpoint.secret)
             .unwrap()
             .verify(&r.body, &r.headers)
             .expect("every attempt is freshly and validly signed");
@@ -471,11 +471,13 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
     let receiver = Receiver::start().await;
     herald::store::endpoints::insert(
         &env.pool,
+        &env.keys(),
         herald::store::endpoints::NewEndpoint {
             url: receiver.url("/limited").parse().unwrap(),
             event_types: vec!["#".parse().unwrap()],
             tenant_id: None,
-            secret: None,
+            signing: herald::domain::Signing::generate(Default::default()),
+            headers: Default::default(),
             rate_limit: Some(60), // one a second
             name: None,
             description: None,

@@ -78,7 +78,7 @@ async fn one_event_reaches_every_matching_endpoint_with_a_verifiable_signature()
             "the receiver joins the publisher's trace"
         );
         assert_ne!(parts[2], "00f067aa0ba902b7", "Herald's own hop");
-        standardwebhooks::Webhook::new(&endpoint.secrets[0].expose())
+        standardwebhooks::Webhook::new(&endpoint.secret)
             .unwrap()
             .verify(&request.body, &request.headers)
             .expect("signature verifies with the reference library");
@@ -246,7 +246,7 @@ async fn an_event_spanning_many_amqp_frames_arrives_whole_first_time_and_on_retr
         assert!(std::str::from_utf8(&request.body)
             .unwrap()
             .ends_with(&format!(r#""data":{data}}}"#)));
-        standardwebhooks::Webhook::new(&endpoint.secrets[0].expose())
+        standardwebhooks::Webhook::new(&endpoint.secret)
             .unwrap()
             .verify(&request.body, &request.headers)
             .expect("signature verifies over the whole body");

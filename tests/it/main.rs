@@ -16,6 +16,7 @@ mod lifecycle;
 mod migrations;
 mod observability;
 mod openapi;
+mod receivers;
 mod resend;
 mod subscriptions;
 mod telemetry;

@@ -205,7 +205,9 @@ async fn during_a_rotation_both_secrets_verify_and_after_it_only_the_new_one() {
             app.subscriptions()
                 .snapshot()
                 .get(&id.parse().unwrap())
-                .is_some_and(|e| e.secrets.len() == 2)
+                .is_some_and(
+                    |e| matches!(&e.signing, herald::domain::Signing::Standard(s) if s.len() == 2),
+                )
         },
     )
     .await;
@@ -236,7 +238,7 @@ async fn during_a_rotation_both_secrets_verify_and_after_it_only_the_new_one() {
             app.subscriptions()
                 .snapshot()
                 .get(&id.parse().unwrap())
-                .is_some_and(|e| e.secrets.len() == 1 && e.secrets[0].expose() != new)
+                .is_some_and(|e| matches!(&e.signing, herald::domain::Signing::Standard(s) if s.len() == 1 && s[0].expose() != new))
         },
     )
     .await;

@@ -21,7 +21,7 @@ async fn a_reload_shares_unchanged_endpoints_and_takes_changed_ones_fresh() {
         .add_endpoint("http://127.0.0.1:9/gone", &["crm.#"], None)
         .await;
 
-    let cache = Subscriptions::new(env.pool.clone());
+    let cache = Subscriptions::new(env.pool.clone(), std::sync::Arc::new(env.keys()));
     // Two loads asked for at once both answer with the full set.
     let (a, b) = tokio::join!(cache.reload(), cache.reload());
     assert_eq!((a.unwrap(), b.unwrap()), (3, 3));
@@ -68,7 +68,7 @@ async fn a_refresh_reloads_the_named_endpoints_alone() {
     let deleted = env
         .add_endpoint("http://127.0.0.1:9/deleted", &["sales.#"], None)
         .await;
-    let cache = Subscriptions::new(env.pool.clone());
+    let cache = Subscriptions::new(env.pool.clone(), std::sync::Arc::new(env.keys()));
     assert_eq!(cache.reload().await.unwrap(), 3);
     let before = cache.snapshot();
 

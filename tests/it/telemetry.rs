@@ -191,7 +191,7 @@ async fn one_event_is_one_trace_from_publisher_to_receiver_and_logs_keep_secrets
             assert!(!line["span"][field].is_null(), "{field} missing in {line}");
         }
     }
-    let secret = endpoint.secrets[0].expose();
+    let secret = endpoint.secret.clone();
     assert!(
         !output.contains(&secret["whsec_".len()..]),
         "the signing secret leaked into the logs"

@@ -1,5 +1,6 @@
 //! `/endpoints`: thin handlers over `crate::service::endpoints`.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -33,6 +34,10 @@ pub struct CreateBody {
     tenant_id: Option<String>,
     /// The signing secret (`whsec_…`); generated when left out.
     secret: Option<String>,
+    /// `standard` (default), `legacy` (`X-Signature`, `X-Event`) or `both`.
+    signature: Option<String>,
+    /// Static headers sent with every request; their values are never shown again.
+    headers: Option<BTreeMap<String, String>>,
     /// Requests per minute, 1 to 1,000,000.
     rate_limit: Option<i64>,
     name: Option<String>,
@@ -66,11 +71,14 @@ pub async fn create(
         event_types: body.event_types,
         tenant_id: body.tenant_id,
         secret: body.secret,
+        signature: body.signature,
+        headers: body.headers,
         rate_limit: body.rate_limit,
         name: body.name,
         description: body.description,
     };
-    let created = service::create(&state.pool, &caller, input).await?;
+    let created =
+        service::create(&state.pool, &state.keys, state.url_policy(), &caller, input).await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
@@ -157,6 +165,8 @@ pub struct UpdateBody {
     name: Option<Option<String>>,
     #[serde(default, with = "double_option")]
     description: Option<Option<String>>,
+    signature: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
 }
 
 /// `absent` → None, `null` → Some(None), value → Some(Some(value)).
@@ -199,9 +209,19 @@ pub async fn update(
         rate_limit: body.rate_limit,
         name: body.name,
         description: body.description,
+        signature: body.signature,
+        headers: body.headers,
     };
     Ok(axum::Json(
-        service::update(&state.pool, &caller, id, changes).await?,
+        service::update(
+            &state.pool,
+            &state.keys,
+            state.url_policy(),
+            &caller,
+            id,
+            changes,
+        )
+        .await?,
     ))
 }
 
@@ -262,7 +282,7 @@ pub async fn rotate_secret(
 ) -> Result<impl IntoResponse, Problem> {
     let grace = body.unwrap_or_default().grace_hours;
     Ok(axum::Json(
-        service::rotate_secret(&state.pool, &caller, id, grace).await?,
+        service::rotate_secret(&state.pool, &state.keys, &caller, id, grace).await?,
     ))
 }
 
@@ -284,7 +304,7 @@ pub async fn test(
     Path(id): Path<Uuid>,
 ) -> Result<impl IntoResponse, Problem> {
     Ok(axum::Json(
-        resend::test(&state.settings, &state.pool, &caller, id).await?,
+        resend::test(&state.settings, &state.pool, &state.keys, &caller, id).await?,
     ))
 }
 

@@ -35,6 +35,11 @@ impl HeraldConfig {
             ("HERALD__INGEST__EXCHANGES", self.exchange.clone()),
             ("HERALD__API__LISTEN", api.to_string()),
             ("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true".into()),
+            // Secrets sealed as in production: the cache opens them at load.
+            (
+                "HERALD__SECRETS__KEYS",
+                "bench:rBUtH373CPexI6NuwQ15B/M4UcfgKYt2giTmU0YsBvg=".into(),
+            ),
             (
                 "HERALD__DELIVERY__RETRY_SCHEDULE",
                 self.retry_schedule.clone(),

@@ -508,7 +508,11 @@ async fn many_endpoints(bench: &Bench, size: Size) -> anyhow::Result<Row> {
     let migrate_pool = bench.pool().await?;
     herald::store::migrate(&migrate_pool).await?;
     bench.insert_endpoints(&migrate_pool, &endpoints).await?;
-    let loaded = herald::store::endpoints::load_active(&migrate_pool).await?;
+    let loaded = herald::store::endpoints::load_active(
+        &migrate_pool,
+        &herald::keyring::Keyring::plaintext(),
+    )
+    .await?;
     migrate_pool.close().await;
     // What one cache of these endpoints keeps on the heap: a copy of the loaded rows
     // (cloned on this thread) and the indexes over them.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use herald::broker::{self, Outgoing, Publisher};
 use herald::config::Settings;
-use herald::domain::Secret;
+use herald::domain::{Secret, SignatureScheme, Signing};
 use herald::store::{self, endpoints};
 use herald::topology::Topology;
 use herald::{App, Role};
@@ -38,6 +38,9 @@ fn with_database(url: &str, name: &str) -> String {
     let (base, _) = url.rsplit_once('/').expect("database URL has a path");
     format!("{base}/{name}")
 }
+
+/// `secrets.keys` of every test: one key, as production has.
+pub const TEST_KEYS: &str = "test-1:agYgyjCDqS+Bq5/Y9/ubUjZH/oUShVcrEmKP5hzQXoU=";
 
 /// One isolated Herald world: database, prefix, exchange, settings.
 pub struct TestEnv {
@@ -89,12 +92,14 @@ impl TestEnv {
         settings.topology.prefix = prefix;
         settings.ingest.exchanges = vec![exchange.clone()];
         settings.delivery.allow_private_networks = true;
+        settings.delivery.require_https = false;
         settings.delivery.retry_schedule =
             vec![Duration::from_millis(50), Duration::from_millis(100)];
         settings.delivery.jitter = 0.0;
         settings.delivery.timeout = Duration::from_secs(10);
         settings.delivery.shutdown_grace = Duration::from_secs(5);
         settings.delivery.concurrency = 64;
+        settings.secrets.keys = Secret::new(TEST_KEYS);
         adjust(&mut settings);
         settings.validate().expect("test settings are valid");
 
@@ -160,21 +165,50 @@ impl TestEnv {
         url: &str,
         patterns: &[&str],
         tenant: Option<&str>,
-    ) -> endpoints::Endpoint {
-        endpoints::insert(
+    ) -> TestEndpoint {
+        self.add_endpoint_signed(
+            url,
+            patterns,
+            tenant,
+            Signing::generate(SignatureScheme::Standard),
+        )
+        .await
+    }
+
+    /// An endpoint straight into the store, signing as `signing` says.
+    pub async fn add_endpoint_signed(
+        &self,
+        url: &str,
+        patterns: &[&str],
+        tenant: Option<&str>,
+        signing: Signing,
+    ) -> TestEndpoint {
+        let secret = signing.current_text();
+        let endpoint = endpoints::insert(
             &self.pool,
+            &self.keys(),
             endpoints::NewEndpoint {
                 url: url.parse().unwrap(),
                 event_types: patterns.iter().map(|p| p.parse().unwrap()).collect(),
                 tenant_id: tenant.map(String::from),
-                secret: None,
+                signing,
+                headers: Default::default(),
                 rate_limit: None,
                 name: None,
                 description: None,
             },
         )
         .await
-        .expect("insert endpoint")
+        .expect("insert endpoint");
+        TestEndpoint { endpoint, secret }
+    }
+
+    /// The keyring of this environment's `secrets.keys`.
+    pub fn keys(&self) -> herald::keyring::Keyring {
+        self.settings
+            .secrets
+            .keyring()
+            .expect("test keys are valid")
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -268,8 +302,10 @@ impl TestEnv {
             .env("HERALD__INGEST__EXCHANGES", &self.exchange)
             .env("HERALD__API__LISTEN", "127.0.0.1:0")
             .env("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
+            .env("HERALD__DELIVERY__REQUIRE_HTTPS", "false")
             .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
             .env("HERALD__DELIVERY__JITTER", "0")
+            .env("HERALD__SECRETS__KEYS", s.secrets.keys.expose())
             .env("HERALD__TELEMETRY__LOG_LEVEL", "warn");
         command
     }
@@ -307,6 +343,20 @@ impl TestEnv {
             .execute(&mut admin)
             .await;
         }
+    }
+}
+
+/// An endpoint a test created, with its secret's text.
+pub struct TestEndpoint {
+    pub endpoint: endpoints::Endpoint,
+    pub secret: String,
+}
+
+impl std::ops::Deref for TestEndpoint {
+    type Target = endpoints::Endpoint;
+
+    fn deref(&self) -> &Self::Target {
+        &self.endpoint
     }
 }
 
