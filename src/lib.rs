@@ -9,7 +9,8 @@
 //! out) and `delivery` (sign, POST, retry); `envelope` (message → event), `domain`
 //! (validated types), `signing`, `topology` (queues), `broker` (AMQP), `store`
 //! (PostgreSQL), `subscriptions` (in-memory matching), `dlq`, `api` (HTTP), `metrics`,
-//! `telemetry`, `cli`.
+//! `telemetry`, `cli`; `testkit` (cargo feature `testkit`): the fixtures the integration
+//! tests and `herald-bench` share.
 
 pub mod api;
 pub mod app;
@@ -31,6 +32,8 @@ pub mod signing;
 pub mod store;
 pub mod subscriptions;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod topology;
 
 pub use app::App;

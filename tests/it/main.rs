@@ -1,6 +1,12 @@
 //! End-to-end tests through the real RabbitMQ and PostgreSQL started by `make services`,
 //! with real HTTP receivers on loopback. One binary, one module per area.
 
+#[cfg(not(feature = "testkit"))]
+compile_error!(
+    "the integration tests use herald::testkit: run them with `--features bench` \
+     (or `--features testkit`), as `make test` does"
+);
+
 mod common;
 
 mod admin_api;

@@ -110,12 +110,7 @@ async fn main() -> anyhow::Result<()> {
             scenarios::ALL.join(", ")
         );
     }
-    anyhow::ensure!(
-        args.database
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
-        "--database must be lowercase letters, digits and _"
-    );
+    herald::testkit::database::check_name(&args.database).context("--database")?;
     let stop = CancellationToken::new();
     let receiver = receiver::Receiver::start(args.sample_every, stop.clone()).await?;
     let bench = run::Bench::new(

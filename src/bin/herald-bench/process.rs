@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use herald::testkit::World;
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
@@ -16,11 +17,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone)]
 pub struct HeraldConfig {
     pub binary: PathBuf,
-    pub amqp_url: String,
-    pub database_url: String,
-    pub prefix: String,
-    pub exchange: String,
-    pub retry_schedule: String,
+    pub world: World,
     pub concurrency: u16,
     /// Herald's stderr (its warnings and errors) goes here.
     pub log: PathBuf,
@@ -28,29 +25,12 @@ pub struct HeraldConfig {
 
 impl HeraldConfig {
     fn env(&self, api: SocketAddr) -> Vec<(&'static str, String)> {
-        vec![
-            ("HERALD__AMQP__URL", self.amqp_url.clone()),
-            ("HERALD__DATABASE__URL", self.database_url.clone()),
-            ("HERALD__TOPOLOGY__PREFIX", self.prefix.clone()),
-            ("HERALD__INGEST__EXCHANGES", self.exchange.clone()),
-            ("HERALD__API__LISTEN", api.to_string()),
-            ("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true".into()),
-            // Secrets sealed as in production: the cache opens them at load.
-            (
-                "HERALD__SECRETS__KEYS",
-                "bench:rBUtH373CPexI6NuwQ15B/M4UcfgKYt2giTmU0YsBvg=".into(),
-            ),
-            (
-                "HERALD__DELIVERY__RETRY_SCHEDULE",
-                self.retry_schedule.clone(),
-            ),
-            ("HERALD__DELIVERY__JITTER", "0".into()),
-            (
-                "HERALD__DELIVERY__CONCURRENCY",
-                self.concurrency.to_string(),
-            ),
-            ("HERALD__TELEMETRY__LOG_LEVEL", "warn".into()),
-        ]
+        let mut env = self.world.process_env(&api.to_string());
+        env.push((
+            "HERALD__DELIVERY__CONCURRENCY",
+            self.concurrency.to_string(),
+        ));
+        env
     }
 
     fn command(&self, api: SocketAddr, args: &[&str]) -> anyhow::Result<Command> {

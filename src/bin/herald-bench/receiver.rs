@@ -18,6 +18,7 @@ use axum::routing::post;
 use axum::Router;
 use hdrhistogram::Histogram;
 use herald::domain::SigningSecret;
+use herald::testkit::receiver::{self, header};
 use tokio_util::sync::CancellationToken;
 
 use crate::now_us;
@@ -109,19 +110,10 @@ impl Receiver {
             requests: AtomicU64::new(0),
             sample_every: sample_every.max(1),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
         let app = Router::new()
             .route("/e/{index}", post(receive))
             .with_state(shared.clone());
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(error) = served {
-                eprintln!("receiver stopped: {error}");
-            }
-        });
+        let address = receiver::serve(app, stop).await?;
         Ok(Self { address, shared })
     }
 
@@ -157,13 +149,6 @@ fn sent_at(body: &[u8]) -> Option<u64> {
 /// The event number: the load generator's ids end in `-<n>`.
 fn event_number(id: &str) -> Option<u64> {
     id.rsplit('-').next()?.parse().ok()
-}
-
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> &'a str {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
 }
 
 async fn receive(

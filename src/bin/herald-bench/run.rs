@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use herald::broker::Publisher;
-use herald::config::Settings;
-use herald::domain::{Secret, SigningSecret};
+use herald::domain::SigningSecret;
+use herald::testkit::{self, World};
 use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
 use serde::Serialize;
-use sqlx::{Connection as _, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -174,14 +174,6 @@ pub struct Bench {
     runs: std::sync::atomic::AtomicU32,
 }
 
-/// `postgres://…/herald` → `postgres://…/<name>`.
-pub fn with_database(url: &str, name: &str) -> String {
-    match url.rsplit_once('/') {
-        Some((base, _)) => format!("{base}/{name}"),
-        None => format!("{url}/{name}"),
-    }
-}
-
 impl Bench {
     pub async fn new(
         amqp_url: String,
@@ -220,46 +212,16 @@ impl Bench {
     }
 
     pub fn database_url(&self) -> String {
-        with_database(&self.database_base_url, &self.database)
-    }
-
-    async fn admin(&self) -> anyhow::Result<PgConnection> {
-        PgConnection::connect(&self.database_base_url)
-            .await
-            .with_context(|| {
-                format!(
-                    "PostgreSQL unreachable at {}; run `make services`",
-                    self.database_base_url
-                )
-            })
+        testkit::with_database(&self.database_base_url, &self.database)
     }
 
     /// Drops and recreates the bench database, so runs are independent.
     pub async fn fresh_database(&self) -> anyhow::Result<()> {
-        let mut admin = self.admin().await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.database
-        ))
-        .execute(&mut admin)
-        .await?;
-        sqlx::query(&format!("CREATE DATABASE {}", self.database))
-            .execute(&mut admin)
-            .await?;
-        let _ = admin.close().await;
-        Ok(())
+        testkit::database::create(&self.database_base_url, &self.database, true).await
     }
 
     pub async fn drop_database(&self) -> anyhow::Result<()> {
-        let mut admin = self.admin().await?;
-        sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.database
-        ))
-        .execute(&mut admin)
-        .await?;
-        let _ = admin.close().await;
-        Ok(())
+        testkit::database::drop(&self.database_base_url, &self.database).await
     }
 
     pub async fn pool(&self) -> anyhow::Result<PgPool> {
@@ -269,35 +231,23 @@ impl Bench {
             .await?)
     }
 
-    fn settings(
-        &self,
-        tag: &str,
-        exchange: &str,
-        retry_schedule: &str,
-    ) -> anyhow::Result<Settings> {
-        let mut settings = Settings::default();
-        settings.amqp.url = Secret::new(self.amqp_url.clone());
-        settings.database.url = Secret::new(self.database_url());
-        settings.topology.prefix = tag.to_string();
-        settings.ingest.exchanges = vec![exchange.to_string()];
-        settings.delivery.retry_schedule = retry_schedule
-            .split(',')
-            .map(herald::config::parse_duration)
-            .collect::<Result<_, _>>()
-            .map_err(anyhow::Error::msg)?;
-        settings.delivery.jitter = 0.0;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    fn herald_config(&self, tag: &str, exchange: &str, retry_schedule: &str) -> HeraldConfig {
-        HeraldConfig {
-            binary: self.herald_binary.clone(),
+    /// Run `tag`'s world: the bench database, `tag` as the topology prefix.
+    fn world(&self, tag: &str, exchange: &str, retry_schedule: &str) -> World {
+        World {
             amqp_url: self.amqp_url.clone(),
             database_url: self.database_url(),
             prefix: tag.to_string(),
             exchange: exchange.to_string(),
             retry_schedule: retry_schedule.to_string(),
+            // Secrets sealed as in production: the cache opens them at load.
+            secrets_keys: "bench:rBUtH373CPexI6NuwQ15B/M4UcfgKYt2giTmU0YsBvg=".into(),
+        }
+    }
+
+    fn herald_config(&self, tag: &str, world: World) -> HeraldConfig {
+        HeraldConfig {
+            binary: self.herald_binary.clone(),
+            world,
             concurrency: self.concurrency,
             log: self.log_dir.join(format!("{tag}.log")),
         }
@@ -495,9 +445,11 @@ impl Bench {
     pub async fn run_herald(&self, spec: &RunSpec) -> anyhow::Result<RunOutcome> {
         let tag = self.next_tag();
         let exchange = format!("{tag}.events");
-        let settings = self.settings(&tag, &exchange, &spec.retry_schedule)?;
+        let world = self.world(&tag, &exchange, &spec.retry_schedule);
+        let settings = world.settings()?;
+        settings.validate()?;
         let topology = herald::delivery::topology(&settings);
-        let config = self.herald_config(&tag, &exchange, &spec.retry_schedule);
+        let config = self.herald_config(&tag, world);
 
         self.fresh_database().await?;
         process::migrate(&config).await?;

@@ -12,32 +12,18 @@ use herald::broker::{self, Outgoing, Publisher};
 use herald::config::Settings;
 use herald::domain::{Secret, SignatureScheme, Signing};
 use herald::store::{self, endpoints};
+use herald::testkit::{self, World};
 use herald::topology::Topology;
 use herald::{App, Role};
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
-pub fn amqp_url() -> String {
-    std::env::var("HERALD__AMQP__URL").unwrap_or_else(|_| {
-        let port = std::env::var("HERALD_AMQP_PORT").unwrap_or_else(|_| "5673".into());
-        format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
-    })
-}
+pub use herald::testkit::{amqp_url, database_base_url};
 
-/// The main local database: tests create and drop theirs through it.
-pub fn database_base_url() -> String {
-    std::env::var("HERALD__DATABASE__URL").unwrap_or_else(|_| {
-        let port = std::env::var("HERALD_PG_PORT").unwrap_or_else(|_| "5433".into());
-        format!("postgres://herald:herald@127.0.0.1:{port}/herald")
-    })
-}
-
-fn with_database(url: &str, name: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("database URL has a path");
-    format!("{base}/{name}")
-}
+/// The tests' retry schedule, in-process and in `herald_command`'s processes alike.
+const RETRY_SCHEDULE: &str = "50ms,100ms";
 
 /// `secrets.keys` of every test: one key, as production has.
 pub const TEST_KEYS: &str = "test-1:agYgyjCDqS+Bq5/Y9/ubUjZH/oUShVcrEmKP5hzQXoU=";
@@ -71,35 +57,27 @@ impl TestEnv {
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("herald_test_{}", &id[..16]);
         let base = database_base_url();
-        let mut admin = PgConnection::connect(&base).await.unwrap_or_else(|e| {
-            panic!("PostgreSQL unreachable at {base} ({e}); run `make services` (make test does)")
-        });
-        sqlx::query(&format!("CREATE DATABASE {database}"))
-            .execute(&mut admin)
+        testkit::database::create(&base, &database, false)
             .await
-            .expect("create test database");
-        let _ = admin.close().await;
+            .unwrap_or_else(|e| panic!("{e:#}"));
 
         let prefix = format!("t{}", &id[..12]);
-        let exchange = format!("{prefix}.events");
-        let mut settings = Settings::default();
-        settings.database.url = Secret::new(with_database(&base, &database));
+        let world = World {
+            amqp_url: amqp_url(),
+            database_url: testkit::with_database(&base, &database),
+            exchange: format!("{prefix}.events"),
+            prefix,
+            retry_schedule: RETRY_SCHEDULE.into(),
+            secrets_keys: TEST_KEYS.into(),
+        };
+        let mut settings = world.settings().expect("test world's settings");
         settings.database.max_connections = 8;
-        settings.amqp.url = Secret::new(amqp_url());
         settings.amqp.reconnect_max_backoff = Duration::from_millis(500);
         settings.api.listen = "127.0.0.1:0".parse().unwrap();
         settings.api.admin_token = Secret::new("test-admin-token");
-        settings.topology.prefix = prefix;
-        settings.ingest.exchanges = vec![exchange.clone()];
-        settings.delivery.allow_private_networks = true;
-        settings.delivery.require_https = false;
-        settings.delivery.retry_schedule =
-            vec![Duration::from_millis(50), Duration::from_millis(100)];
-        settings.delivery.jitter = 0.0;
         settings.delivery.timeout = Duration::from_secs(10);
         settings.delivery.shutdown_grace = Duration::from_secs(5);
         settings.delivery.concurrency = 64;
-        settings.secrets.keys = Secret::new(TEST_KEYS);
         adjust(&mut settings);
         settings.validate().expect("test settings are valid");
 
@@ -111,7 +89,7 @@ impl TestEnv {
             settings,
             pool,
             database,
-            exchange,
+            exchange: world.exchange,
             publisher: None,
         };
         env.declare_topology().await;
@@ -293,20 +271,18 @@ impl TestEnv {
     /// variables (retry schedule 50ms,100ms; loopback receivers allowed).
     pub fn herald_command(&self) -> std::process::Command {
         let s = &self.settings;
+        let world = World {
+            amqp_url: s.amqp.url.expose().to_string(),
+            database_url: s.database.url.expose().to_string(),
+            prefix: s.topology.prefix.clone(),
+            exchange: self.exchange.clone(),
+            retry_schedule: RETRY_SCHEDULE.into(),
+            secrets_keys: s.secrets.keys.expose().to_string(),
+        };
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
         command
             .env_remove("RUST_LOG")
-            .env("HERALD__AMQP__URL", s.amqp.url.expose())
-            .env("HERALD__DATABASE__URL", s.database.url.expose())
-            .env("HERALD__TOPOLOGY__PREFIX", &s.topology.prefix)
-            .env("HERALD__INGEST__EXCHANGES", &self.exchange)
-            .env("HERALD__API__LISTEN", "127.0.0.1:0")
-            .env("HERALD__DELIVERY__ALLOW_PRIVATE_NETWORKS", "true")
-            .env("HERALD__DELIVERY__REQUIRE_HTTPS", "false")
-            .env("HERALD__DELIVERY__RETRY_SCHEDULE", "50ms,100ms")
-            .env("HERALD__DELIVERY__JITTER", "0")
-            .env("HERALD__SECRETS__KEYS", s.secrets.keys.expose())
-            .env("HERALD__TELEMETRY__LOG_LEVEL", "warn");
+            .envs(world.process_env("127.0.0.1:0"));
         command
     }
 
@@ -335,14 +311,7 @@ impl TestEnv {
 
     async fn drop_database(self) {
         self.pool.close().await;
-        if let Ok(mut admin) = PgConnection::connect(&database_base_url()).await {
-            let _ = sqlx::query(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.database
-            ))
-            .execute(&mut admin)
-            .await;
-        }
+        let _ = testkit::database::drop(&database_base_url(), &self.database).await;
     }
 }
 

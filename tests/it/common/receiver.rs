@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct Received {
@@ -22,11 +23,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> String {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
+        herald::testkit::receiver::header(&self.headers, name).to_string()
     }
 }
 
@@ -97,10 +94,11 @@ impl Receiver {
             in_flight: AtomicUsize::new(0),
             peak_in_flight: AtomicUsize::new(0),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
         let app = Router::new().fallback(receive).with_state(inner.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        // Serves for the rest of the test binary's run, as the test's runtime allows.
+        let address = herald::testkit::receiver::serve(app, CancellationToken::new())
+            .await
+            .expect("a loopback port for the receiver");
         Receiver { address, inner }
     }
 
