@@ -5,28 +5,21 @@
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use reqwest::{Client, Method, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::common::receiver::{Received, Receiver};
 use crate::common::{eventually, TestEnv};
+use crate::tenants::{self, ADMIN};
 
-const ADMIN: &str = "test-admin-token";
-
-/// The admin API of one running app.
-pub struct Api {
-    base: String,
-    http: Client,
-}
+/// The admin API of one running app, always as the admin (`crate::tenants::Api`).
+pub struct Api(tenants::Api);
 
 impl Api {
     pub fn new(app: &herald::App) -> Self {
-        Self {
-            base: format!("http://{}/api/v1", app.address()),
-            http: Client::new(),
-        }
+        Self(tenants::Api::new(app))
     }
 
     pub async fn call(
@@ -35,26 +28,11 @@ impl Api {
         path: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(ADMIN);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("the API answers");
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        self.0.call(method, path, Some(ADMIN), body).await
     }
 
     pub async fn ok(&self, method: Method, path: &str, body: Option<Value>) -> Value {
-        let (status, value) = self.call(method.clone(), path, body).await;
-        assert!(status.is_success(), "{method} {path}: {status} {value}");
-        value
+        self.0.ok(method, path, ADMIN, body).await
     }
 
     /// A request the API must refuse as invalid, naming `field`; the field's message.

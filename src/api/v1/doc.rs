@@ -11,45 +11,20 @@ use std::sync::LazyLock;
 
 use utoipa::openapi::schema::{ArrayItems, Schema};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::openapi::{Ref, RefOr, Response};
-use utoipa::{Modify, OpenApi, ToResponse};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{Modify, OpenApi};
 
+use super::responses::{
+    Conflict, Forbidden, Internal, Malformed, NotFound, TooLarge, Unauthorized, Unavailable,
+    UnsupportedMediaType, Validation,
+};
 use super::{endpoints, records, tokens};
-use crate::api::problem::{self, Kind};
+use crate::api::problem;
 
 /// Where the admin API lives; the document's paths are under it.
 pub const PREFIX: &str = "/api/v1";
 /// The path of the document itself, relative to [`PREFIX`].
 pub const DOCUMENT: &str = "/openapi.json";
-
-/// A named response component for one kind of problem, referenced by handlers as
-/// `(status = 404, response = NotFound)`.
-macro_rules! problem_responses {
-    ($($name:ident => $kind:expr, $detail:literal;)*) => {
-        $(
-            pub struct $name;
-
-            impl<'r> ToResponse<'r> for $name {
-                fn response() -> (&'r str, RefOr<Response>) {
-                    (stringify!($name), $kind.openapi_response($detail).into())
-                }
-            }
-        )*
-    };
-}
-
-problem_responses! {
-    Malformed => Kind::Malformed, "the body is not valid JSON: EOF while parsing an object at line 1 column 12";
-    Unauthorized => Kind::Unauthorized, "send Authorization: Bearer <token> with a valid token";
-    Forbidden => Kind::Forbidden, "tokens and the parking queue are the admin's";
-    NotFound => Kind::NotFound, "no such resource";
-    Conflict => Kind::Conflict, "the delivery is pending and already queued";
-    TooLarge => Kind::TooLarge, "the body is larger than 1048576 bytes";
-    UnsupportedMediaType => Kind::UnsupportedMediaType, "send the body with Content-Type: application/json";
-    Validation => Kind::Validation, "url: relative URL without a base";
-    Unavailable => Kind::Unavailable, "a dependency is unavailable; try again";
-    Internal => Kind::Internal, "an internal error occurred; quote the request id to the operator";
-}
 
 #[derive(OpenApi)]
 #[openapi(

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use crate::api::extract::{Json, OptionalJson, Path, Query};
 use crate::api::problem::Problem;
-use crate::api::v1::doc::{
+use crate::api::v1::responses::{
     Conflict, Malformed, NotFound, TooLarge, UnsupportedMediaType, Validation,
 };
 use crate::api::ApiState;

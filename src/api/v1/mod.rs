@@ -5,6 +5,7 @@
 mod doc;
 mod endpoints;
 mod records;
+mod responses;
 mod tokens;
 
 use std::sync::Arc;

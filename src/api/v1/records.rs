@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::api::extract::{Json, Path, Query};
 use crate::api::problem::Problem;
-use crate::api::v1::doc::{
+use crate::api::v1::responses::{
     Conflict, Malformed, NotFound, TooLarge, Unavailable, UnsupportedMediaType, Validation,
 };
 use crate::api::ApiState;

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::api::extract::{Json, Path, Query};
 use crate::api::problem::Problem;
-use crate::api::v1::doc::{
+use crate::api::v1::responses::{
     Forbidden, Malformed, NotFound, TooLarge, UnsupportedMediaType, Validation,
 };
 use crate::api::ApiState;
