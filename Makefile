@@ -13,6 +13,10 @@ export HERALD__AMQP__URL ?= amqp://guest:guest@127.0.0.1:$(HERALD_AMQP_PORT)/%2f
 export HERALD__DATABASE__URL ?= postgres://herald:herald@127.0.0.1:$(HERALD_PG_PORT)/herald
 export HERALD_AMQP_MGMT_URL ?= http://guest:guest@127.0.0.1:$(HERALD_AMQP_MGMT_PORT)
 
+# The most the build and test suite of `make test` may take: a hang fails CI loudly, well
+# inside its 90 minutes (each end-to-end test is also bounded: tests/it/common).
+TEST_TIME_LIMIT ?= 45m
+
 HERALD := cargo run --quiet --bin herald --
 
 .PHONY: run test services services-stop cluster cluster-stop cluster-test migrate lint openapi bench bench-heap build clean-local check-deploy check-rerun
@@ -27,7 +31,7 @@ run: services
 ## (deploy/check.sh: promtool checks and unit-tests the alert rules, the Kubernetes
 ## manifests are rendered with kustomize and checked, shellcheck; installs what it needs).
 test: services
-	cargo test --features bench --lib --bins --tests -- --test-threads=4
+	timeout --kill-after=30s $(TEST_TIME_LIMIT) cargo test --features bench --lib --bins --tests -- --test-threads=4
 	deploy/local/check-rerun.sh
 	deploy/check.sh
 

@@ -141,8 +141,8 @@ pub async fn redrive(
             },
         )
         .await?;
-    let _ = channel.close(200, "redrive done").await;
-    let _ = connection.close(200, "redrive done").await;
+    broker::close_channel(&channel).await;
+    broker::close_connection(&connection).await;
     tracing::info!(
         redriven = report.redriven.len(),
         "dead-letter queue redriven"

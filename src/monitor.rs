@@ -67,7 +67,7 @@ pub async fn sample_queues(
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = connection.close(200, "shutdown").await;
+                    broker::close_connection(&connection).await;
                     return;
                 }
                 _ = tokio::time::sleep(settings.telemetry.queue_sample_interval) => {}

@@ -88,12 +88,13 @@ impl Consuming {
     /// Takes no more messages, lets the work in flight finish within `grace`, then
     /// closes the channel. Whatever is unacknowledged then goes back to the queue.
     pub async fn finish(self, grace: Duration) {
-        let _ = self
+        let tag = self.consumer.tag();
+        let cancel = self
             .channel
-            .basic_cancel(self.consumer.tag().as_str(), BasicCancelOptions::default())
-            .await;
+            .basic_cancel(tag.as_str(), BasicCancelOptions::default());
+        let _ = tokio::time::timeout(super::CLOSE_TIMEOUT, cancel).await;
         drain(&self.in_flight, grace).await;
-        let _ = self.channel.close(200, "done").await;
+        super::close_channel(&self.channel).await;
     }
 }
 
@@ -143,7 +144,7 @@ pub async fn keep_consuming<E: std::fmt::Display>(
         };
         let result = consume(&connection).await;
         down();
-        let _ = connection.close(200, "closing").await;
+        super::close_connection(&connection).await;
         match result {
             Ok(()) => return,
             Err(error) => {

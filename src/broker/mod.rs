@@ -47,6 +47,16 @@ pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 /// (tcp_syn_retries = 6) before the walk could move on to the next node.
 pub const DEFAULT_CONNECTION_TIMEOUT_MS: u64 = 5_000;
 
+/// How long opening a connection to one node may take in all: TCP, TLS and the AMQP
+/// handshake. `connection_timeout` bounds only the TCP connect; a node that accepts the
+/// socket and then stalls (overloaded, partitioned, half-closed by a proxy) would
+/// otherwise hold the walk — and a reconnecting role — forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long closing a channel or connection may take. Closing waits for the broker's
+/// close-ok; on a connection that is already broken it may never come.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens a connection, driven by the tokio runtime, to one node of `urls` — `amqp.url`:
 /// one URL, or several comma-separated URLs of one cluster's nodes
 /// ([`crate::config::node_urls`]). The nodes are tried in turn, each once, starting at a
@@ -100,7 +110,25 @@ async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
         .with_executor(tokio_executor_trait::Tokio::current())
         .with_reactor(tokio_reactor_trait::Tokio)
         .with_connection_name(name.into());
-    Connection::connect_uri(uri, properties).await
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, Connection::connect_uri(uri, properties)).await {
+        Ok(result) => result,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no AMQP handshake within {HANDSHAKE_TIMEOUT:?}"),
+        )
+        .into()),
+    }
+}
+
+/// Closes `connection`, waiting at most [`CLOSE_TIMEOUT`] for the broker: dropping it
+/// afterwards releases the socket either way.
+pub async fn close_connection(connection: &Connection) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close(200, "closing")).await;
+}
+
+/// Closes `channel`, waiting at most [`CLOSE_TIMEOUT`] for the broker.
+pub async fn close_channel(channel: &Channel) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, channel.close(200, "done")).await;
 }
 
 /// `host:port` of a node URL, for logs: never the credentials.

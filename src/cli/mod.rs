@@ -190,6 +190,6 @@ async fn publish(settings: Settings, args: PublishArgs) -> anyhow::Result<()> {
         })
         .await
         .context("publishing (is Herald's ingest queue declared? start `herald serve` once)")?;
-    let _ = connection.close(200, "published").await;
+    broker::close_connection(&connection).await;
     print_json(&json!({ "id": id, "exchange": exchange, "routing_key": args.routing_key }))
 }

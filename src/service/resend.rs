@@ -201,7 +201,7 @@ impl Dispatcher {
     }
 
     pub async fn close(self) {
-        let _ = self.connection.close(200, "published").await;
+        broker::close_connection(&self.connection).await;
     }
 }
 

@@ -28,6 +28,36 @@ const RETRY_SCHEDULE: &str = "50ms,100ms";
 /// `secrets.keys` of every test: one key, as production has.
 pub const TEST_KEYS: &str = "test-1:agYgyjCDqS+Bq5/Y9/ubUjZH/oUShVcrEmKP5hzQXoU=";
 
+/// The longest any one test may run. A test still running then is hung (every wait in
+/// these tests is bounded well below it); the watchdog ends the test binary with its
+/// name, so CI fails in minutes and says where, instead of at its own time limit.
+const TEST_LIMIT: Duration = Duration::from_secs(300);
+
+/// Ends the test process when the test that started it outlives `limit`; dropping it
+/// (the test's `TestEnv` going away, passed or panicked) stands it down.
+struct Watchdog {
+    _stand_down: std::sync::mpsc::Sender<()>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration) -> Self {
+        let test = std::thread::current()
+            .name()
+            .unwrap_or("(unnamed test)")
+            .to_string();
+        let (stand_down, wait) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+                eprintln!("test {test} still running after {limit:?}: hung; ending the test run");
+                std::process::exit(101);
+            }
+        });
+        Self {
+            _stand_down: stand_down,
+        }
+    }
+}
+
 /// One isolated Herald world: database, prefix, exchange, settings.
 pub struct TestEnv {
     pub settings: Settings,
@@ -35,6 +65,7 @@ pub struct TestEnv {
     pub database: String,
     pub exchange: String,
     publisher: Option<(lapin::Connection, Publisher)>,
+    _watchdog: Watchdog,
 }
 
 impl TestEnv {
@@ -53,6 +84,7 @@ impl TestEnv {
     }
 
     async fn build(adjust: impl FnOnce(&mut Settings), migrate: bool) -> Self {
+        let watchdog = Watchdog::start(TEST_LIMIT);
         let _ = herald::telemetry::init(&Default::default());
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("herald_test_{}", &id[..16]);
@@ -91,6 +123,7 @@ impl TestEnv {
             database,
             exchange: world.exchange,
             publisher: None,
+            _watchdog: watchdog,
         };
         env.declare_topology().await;
         env
@@ -354,7 +387,13 @@ where
 {
     let started = Instant::now();
     loop {
-        if check().await {
+        // A check that hangs (a request to a process that stopped answering) is bounded
+        // by what is left of the limit, so the wait fails with its name.
+        let left = limit.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left.max(Duration::from_millis(100)), check())
+            .await
+            .unwrap_or(false)
+        {
             return;
         }
         if started.elapsed() > limit {
