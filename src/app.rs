@@ -16,9 +16,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, ApiState};
 use crate::config::Settings;
+use crate::delivery::breaker::BreakerPolicy;
 use crate::delivery::client::WebhookClient;
 use crate::delivery::consumer as deliver_role;
 use crate::delivery::engine::Deliverer;
+use crate::delivery::health::Health;
 use crate::delivery::put_off::PutOffs;
 use crate::delivery::recorder::Recorder;
 use crate::delivery::retry::RetryPolicy;
@@ -69,6 +71,11 @@ impl App {
             workers.spawn(async move {
                 let _ = recorder_task.await;
             });
+            let health = Health::new(
+                pool.clone(),
+                BreakerPolicy::from_settings(&settings.delivery),
+            );
+            workers.spawn(health.clone().keep_fresh(shutdown.clone()));
             Some(Arc::new(Deliverer {
                 settings: settings.clone(),
                 topology: topology.clone(),
@@ -83,6 +90,7 @@ impl App {
                 requests: Semaphore::new(usize::from(settings.delivery.concurrency)),
                 attempts: Arc::new(Semaphore::new(settings.delivery.attempts_in_progress())),
                 put_offs: PutOffs::new(metrics.clone()),
+                health,
                 metrics: metrics.clone(),
                 pool: pool.clone(),
             }))
@@ -126,6 +134,14 @@ impl App {
             pool.clone(),
             metrics.clone(),
             readiness.clone(),
+            role.serves_admin_api(),
+            shutdown.clone(),
+        ));
+        // Every role publishes operational events, whichever wrote them.
+        workers.spawn(crate::ops::relay(
+            settings.clone(),
+            pool.clone(),
+            metrics.clone(),
             shutdown.clone(),
         ));
 

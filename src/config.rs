@@ -219,6 +219,17 @@ pub struct DeliverySettings {
     /// How long a stopping process lets in-flight deliveries finish.
     #[serde(deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// Failed attempts in a row (no success between, from every process) after which an
+    /// endpoint's circuit breaker opens: the endpoint is `failing`, its tasks wait in the
+    /// defer queues and one probe attempt goes out per `probe_interval`.
+    pub breaker_failures: u32,
+    /// While an endpoint is `failing`: the time between probe attempts.
+    #[serde(deserialize_with = "duration")]
+    pub probe_interval: Duration,
+    /// An endpoint failing continuously this long (its first failure with no success
+    /// since) is disabled (contract §2, default `5d`).
+    #[serde(deserialize_with = "duration")]
+    pub disable_after: Duration,
 }
 
 /// Attempts a process holds in progress per request slot. A request slot is held for
@@ -252,6 +263,9 @@ impl Default for DeliverySettings {
             jitter: 0.2,
             max_response_body_bytes: 4096,
             shutdown_grace: Duration::from_secs(30),
+            breaker_failures: 10,
+            probe_interval: Duration::from_secs(30),
+            disable_after: Duration::from_secs(5 * 24 * 3600),
         }
     }
 }
@@ -359,6 +373,15 @@ impl Settings {
         }
         if self.delivery.max_in_flight_per_endpoint == 0 {
             return invalid("delivery.max_in_flight_per_endpoint", "must be above 0");
+        }
+        if self.delivery.breaker_failures == 0 {
+            return invalid("delivery.breaker_failures", "must be above 0");
+        }
+        if self.delivery.probe_interval.is_zero() {
+            return invalid("delivery.probe_interval", "must be above 0");
+        }
+        if self.delivery.disable_after.is_zero() {
+            return invalid("delivery.disable_after", "must be above 0");
         }
         if !(0.0..=1.0).contains(&self.delivery.jitter) {
             return invalid("delivery.jitter", "must be between 0 and 1");

@@ -38,6 +38,7 @@ use crate::envelope::{self, Event, Inbound, ParkReason};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::store::events::{self, tenant_key, FanOut, Recorded};
+use crate::store::ops::PARKED;
 use crate::store::{self};
 use crate::subscriptions::Subscriptions;
 use crate::telemetry;
@@ -462,7 +463,35 @@ async fn park_refused(
     for r in refused {
         ingestor.metrics.parked.with_label_values(&[r.reason]).inc();
     }
+    report_parked(ingestor, refused).await;
     Ok(())
+}
+
+/// Records `herald.message.parked` for each parked message, in one statement; best
+/// effort (the messages are parked already). A message from Herald's own `<prefix>.ops`
+/// exchange causes none: no operational event may cause another.
+async fn report_parked(ingestor: &Ingestor, refused: &[Refused<'_>]) {
+    let ops_exchange = ingestor.topology.ops_exchange();
+    let events: Vec<serde_json::Value> = refused
+        .iter()
+        .filter(|r| r.message.exchange.as_str() != ops_exchange)
+        .map(|r| {
+            serde_json::json!({
+                "reason": r.reason,
+                "detail": r.detail,
+                "exchange": r.message.exchange.as_str(),
+                "routing_key": r.message.routing_key.as_str(),
+                "message_id": r.message.properties.message_id().as_ref().map(|m| m.as_str()),
+                "queue": ingestor.topology.invalid_queue(),
+            })
+        })
+        .collect();
+    if events.is_empty() {
+        return;
+    }
+    if let Err(error) = crate::store::ops::record_many(&ingestor.pool, PARKED, events).await {
+        tracing::warn!(%error, "operational events for parked messages not recorded");
+    }
 }
 
 /// The same event (tenant and id) twice in one batch is one event.

@@ -26,6 +26,7 @@ pub mod ingest;
 pub mod keyring;
 pub mod metrics;
 pub mod monitor;
+pub mod ops;
 pub mod readiness;
 pub mod service;
 pub mod signing;

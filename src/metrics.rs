@@ -16,7 +16,7 @@ pub struct Metrics {
     per_endpoint: bool,
     pub deliveries: IntCounterVec,
     pub delivery_duration: Histogram,
-    pub retries: IntCounter,
+    pub retries: IntCounterVec,
     pub deferred: IntCounterVec,
     pub put_off_messages: IntCounter,
     pub http_status: IntCounterVec,
@@ -29,7 +29,9 @@ pub struct Metrics {
     pub fanout_size: Histogram,
     pub in_flight: IntGauge,
     pub attempts_in_progress: IntGauge,
-    pub endpoints_disabled: IntCounter,
+    pub endpoints_disabled: IntCounterVec,
+    pub endpoints: IntGaugeVec,
+    pub ops_published: IntCounter,
     pub queue_messages: IntGaugeVec,
     pub queue_consumers: IntGaugeVec,
     pub queue_taken_enqueued_at: IntGaugeVec,
@@ -80,6 +82,22 @@ impl Reg {
     }
 }
 
+/// Every `reason` of `webhook_retries_total` (`crate::delivery::breaker::failure_reason`): the metric's series exist
+/// from the start, at zero.
+pub const RETRY_REASONS: [&str; 11] = [
+    "http_5xx",
+    "http_4xx",
+    "http_429",
+    "http_3xx",
+    "http_other",
+    "timeout",
+    "connect",
+    "dns",
+    "tls",
+    "refused_address",
+    "other",
+];
+
 const LATENCY_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
@@ -102,9 +120,12 @@ impl Metrics {
                 "Duration of one HTTP delivery attempt",
                 LATENCY_BUCKETS.to_vec(),
             ),
-            retries: r.counter(
+            retries: r.counter_vec(
                 "webhook_retries_total",
-                "Retries scheduled through delay queues",
+                "Retries scheduled through delay queues, by why the attempt failed \
+                 (http_5xx, http_4xx, http_429, http_3xx, timeout, connect, dns, tls, \
+                 refused_address, other)",
+                "reason",
             ),
             deferred: r.counter_vec(
                 "herald_deliveries_deferred_total",
@@ -162,9 +183,20 @@ impl Metrics {
                 "Attempts holding one of the process's 4 x delivery.concurrency permits: \
                  requests, outcomes being recorded, put-offs being confirmed",
             ),
-            endpoints_disabled: r.counter(
+            endpoints_disabled: r.counter_vec(
                 "herald_endpoints_disabled_total",
-                "Endpoints disabled because they answered 410 Gone",
+                "Endpoints Herald disabled: gone (answered 410 Gone) or failing \
+                 (failing continuously for delivery.disable_after)",
+                "reason",
+            ),
+            endpoints: r.gauge_vec(
+                "herald_endpoints",
+                "Endpoints by state (enabled, failing, disabled); sampled by the api role",
+                "state",
+            ),
+            ops_published: r.counter(
+                "herald_ops_events_published_total",
+                "Operational events published to <prefix>.ops",
             ),
             queue_messages: r.gauge_vec(
                 "herald_queue_messages",
@@ -212,6 +244,9 @@ impl Metrics {
         }
         for reason in ParkReason::ALL {
             m.parked.with_label_values(&[reason.as_str()]);
+        }
+        for reason in RETRY_REASONS {
+            m.retries.with_label_values(&[reason]);
         }
         m
     }

@@ -89,6 +89,11 @@ impl Topology {
         format!("{}.dlq", self.prefix)
     }
 
+    /// The topic exchange of operational events (contract §9), routing key = type.
+    pub fn ops_exchange(&self) -> String {
+        format!("{}.ops", self.prefix)
+    }
+
     pub fn invalid_queue(&self) -> String {
         format!("{}.invalid", self.prefix)
     }
@@ -124,6 +129,14 @@ impl Topology {
                 )
                 .await?;
         }
+        channel
+            .exchange_declare(
+                &self.ops_exchange(),
+                ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
         channel
             .exchange_declare(
                 &self.work_exchange(),

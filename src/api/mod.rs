@@ -103,6 +103,7 @@ pub async fn sample_gauges(
     pool: PgPool,
     metrics: Arc<Metrics>,
     readiness: Readiness,
+    endpoint_states: bool,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -126,5 +127,16 @@ pub async fn sample_gauges(
             .set(i64::from(pool.options().get_max_connections()));
         let ready = readiness.consumers_up() && !readiness.stopping() && size > 0;
         metrics.ready.set(i64::from(ready));
+        // Once per deployment's api processes, not per role: one small aggregate.
+        if endpoint_states {
+            match crate::store::health::state_counts(&pool).await {
+                Ok(counts) => {
+                    for (state, count) in counts {
+                        metrics.endpoints.with_label_values(&[state]).set(count);
+                    }
+                }
+                Err(error) => tracing::debug!(%error, "endpoint states not sampled"),
+            }
+        }
     }
 }

@@ -199,6 +199,23 @@ impl Publisher {
     /// never one publish waiting for one confirm. At most `MAX_UNCONFIRMED` are
     /// outstanding, which bounds the memory a large fan-out holds in send buffers.
     pub async fn publish_all(&self, messages: Vec<Outgoing<'_>>) -> Result<(), PublishError> {
+        self.publish_confirmed(messages, true).await
+    }
+
+    /// As [`Self::publish_all`], for messages that may route nowhere (operational events
+    /// on an exchange no queue is bound to yet): the broker confirms and drops them.
+    pub async fn publish_all_unrouted_ok(
+        &self,
+        messages: Vec<Outgoing<'_>>,
+    ) -> Result<(), PublishError> {
+        self.publish_confirmed(messages, false).await
+    }
+
+    async fn publish_confirmed(
+        &self,
+        messages: Vec<Outgoing<'_>>,
+        mandatory: bool,
+    ) -> Result<(), PublishError> {
         let mut pending = Vec::with_capacity(messages.len().min(MAX_UNCONFIRMED));
         for m in messages {
             if pending.len() == MAX_UNCONFIRMED {
@@ -210,7 +227,7 @@ impl Publisher {
                     m.exchange,
                     m.routing_key,
                     BasicPublishOptions {
-                        mandatory: true,
+                        mandatory,
                         ..Default::default()
                     },
                     m.body,

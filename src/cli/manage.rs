@@ -82,7 +82,7 @@ pub enum EndpointCommand {
     List {
         #[arg(long)]
         tenant: Option<String>,
-        /// `enabled` or `disabled`.
+        /// `enabled`, `failing` or `disabled`.
         #[arg(long)]
         state: Option<String>,
         #[arg(long)]

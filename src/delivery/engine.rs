@@ -19,8 +19,10 @@ use reqwest::header::HeaderMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use super::breaker::{failure_reason, held_delay};
 use super::client::{header, Response, WebhookClient};
 use super::decision::{decide, DeadLetterReason, Decision};
+use super::health::{Change, Health};
 use super::put_off::{PutOffError, PutOffs};
 use super::recorder::{RecordError, Recorder};
 use super::retry::RetryPolicy;
@@ -33,7 +35,8 @@ use crate::envelope;
 use crate::metrics::Metrics;
 use crate::signing;
 use crate::store::deliveries::{AttemptRecord, Outcome, Status};
-use crate::store::endpoints::{self, ActiveEndpoint};
+use crate::store::endpoints::ActiveEndpoint;
+use crate::store::ops;
 use crate::subscriptions::{Lookup, Subscriptions};
 use crate::telemetry;
 use crate::topology::Topology;
@@ -55,6 +58,8 @@ pub struct Deliverer {
     /// most: first attempts and work-queue tasks alike.
     pub attempts: Arc<Semaphore>,
     pub put_offs: PutOffs,
+    /// Every endpoint's failure streak and circuit breaker, shared by the deployment.
+    pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
 }
@@ -182,6 +187,14 @@ impl Run<'_> {
                     .await;
             }
         };
+        if self.d.health.is_open(endpoint.id) && !self.about_ops() {
+            // The endpoint is `failing`: this task is the probe, or it waits, without
+            // an attempt, until the next probe is due.
+            if let Some(wait) = self.d.health.pass(endpoint.id).await? {
+                let delay = held_delay(wait, self.task.deferrals);
+                return self.put_off(delay, None, None, "circuit_open").await;
+            }
+        }
         let slot = match self.admit(&endpoint).await {
             Ok(slot) => slot,
             Err(put_off) => return put_off,
@@ -265,6 +278,7 @@ impl Run<'_> {
     /// Records the attempt and carries the decision out.
     async fn carry_out(&self, made: Made, decision: Decision) -> Result<(), Unsettled> {
         let (d, task) = (self.d, self.task);
+        let retry_reason = failure_reason(&made.response);
         let (status_code, error_text, record) =
             attempt_record(task, made.response, made.duration_ms);
         let mut outcome = Outcome {
@@ -286,6 +300,7 @@ impl Run<'_> {
             }
             d.recorder.record(outcome).await?;
             tracing::debug!(duration_ms = made.duration_ms, "delivered");
+            self.count_success().await;
             return Ok(());
         }
         d.metrics.deliveries.with_label_values(&["failure"]).inc();
@@ -300,8 +315,9 @@ impl Run<'_> {
                 let next_task = task.next_attempt();
                 let queue = d.topology.delay_queue(delay);
                 self.follow_up(outcome, next_task.to_queue(&queue)).await?;
-                d.metrics.retries.inc();
+                d.metrics.retries.with_label_values(&[retry_reason]).inc();
                 tracing::info!(error = %error_text, retry_in = ?delay, "attempt failed; retry scheduled");
+                self.count_failure(status_code, &error_text).await;
                 Ok(())
             }
             Decision::DeadLetter(reason) => {
@@ -311,25 +327,99 @@ impl Run<'_> {
                 let failure = Failure {
                     reason,
                     last_status: status_code,
-                    error: error_text,
+                    error: error_text.clone(),
                 };
-                self.park(failure, Some(outcome)).await
+                self.park(failure, Some(outcome)).await?;
+                if !reason.disables_endpoint() {
+                    self.count_failure(status_code, &error_text).await;
+                }
+                Ok(())
             }
         }
     }
 
     /// The receiver said this endpoint is gone for good: stop sending to it.
     async fn disable_endpoint(&self) -> Result<(), Unsettled> {
-        endpoints::set_enabled(
-            &self.d.pool,
-            self.task.endpoint_id,
-            false,
-            Some("receiver answered 410 Gone"),
-        )
-        .await?;
-        self.d.metrics.endpoints_disabled.inc();
+        if self.d.health.gone(self.task.endpoint_id, 410).await? {
+            self.d
+                .metrics
+                .endpoints_disabled
+                .with_label_values(&["gone"])
+                .inc();
+        }
         tracing::warn!("endpoint answered 410 Gone; disabled");
         Ok(())
+    }
+
+    /// Deliveries of Herald's own operational events (an endpoint subscribed to
+    /// `<prefix>.ops` through ingest) neither feed the breaker nor cause operational
+    /// events: no operational event may cause another.
+    fn about_ops(&self) -> bool {
+        envelope::webhook_event_type(&self.task.body).is_some_and(|t| t.starts_with("herald."))
+    }
+
+    /// After a success: the endpoint's streak, if any, ends (its breaker closes).
+    /// Best effort: the outcome is recorded already; a miss is made up by the next.
+    async fn count_success(&self) {
+        if self.about_ops() {
+            return;
+        }
+        match self.d.health.succeeded(self.task.endpoint_id).await {
+            Ok(true) => tracing::info!("endpoint recovered; its breaker is closed"),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "endpoint health not updated"),
+        }
+    }
+
+    /// After a failure: counts it in the endpoint's streak, opening the breaker or
+    /// disabling the endpoint when the streak calls for it. Best effort, as above.
+    async fn count_failure(&self, status: Option<u16>, error: &str) {
+        if self.about_ops() {
+            return;
+        }
+        match self
+            .d
+            .health
+            .failed(self.task.endpoint_id, status, error)
+            .await
+        {
+            Ok(Change::Opened) => {
+                tracing::warn!("endpoint failing: its breaker is open; probing")
+            }
+            Ok(Change::Disabled) => {
+                self.d
+                    .metrics
+                    .endpoints_disabled
+                    .with_label_values(&["failing"])
+                    .inc();
+                tracing::warn!("endpoint failing for delivery.disable_after; disabled")
+            }
+            Ok(Change::None) => {}
+            Err(error) => tracing::warn!(%error, "endpoint health not updated"),
+        }
+    }
+
+    /// Records `herald.delivery.dead_lettered` (best effort: the delivery is parked and
+    /// recorded already).
+    async fn report_dead_letter(&self, failure: &Failure, attempts: i32) {
+        if self.about_ops() {
+            return;
+        }
+        let task = self.task;
+        let data = serde_json::json!({
+            "delivery_id": task.delivery_id,
+            "event_id": task.event_id,
+            "event_type": envelope::webhook_event_type(&task.body),
+            "reason": failure.reason.as_str(),
+            "last_status": failure.last_status,
+            "last_error": failure.error,
+            "attempts": attempts,
+        });
+        let written =
+            ops::about_endpoint(&self.d.pool, ops::DEAD_LETTERED, task.endpoint_id, data).await;
+        if let Err(error) = written {
+            tracing::warn!(%error, "operational event not recorded");
+        }
     }
 
     /// Puts the task off through a defer queue: no attempt, nothing recorded.
@@ -384,7 +474,7 @@ impl Run<'_> {
         let Failure {
             reason,
             last_status,
-            error,
+            ref error,
         } = failure;
         let mut outcome = outcome.unwrap_or_else(|| Outcome {
             delivery_id: task.delivery_id,
@@ -407,9 +497,10 @@ impl Run<'_> {
             properties: task.properties_with(task.dead_letter_headers(
                 reason.as_str(),
                 last_status,
-                Some(&error),
+                Some(error),
             )),
         };
+        let attempts = outcome.attempts;
         self.follow_up(outcome, parked).await?;
         d.metrics
             .dead_lettered
@@ -420,6 +511,7 @@ impl Run<'_> {
             error,
             "delivery failed; moved to the dead-letter queue"
         );
+        self.report_dead_letter(&failure, attempts).await;
         Ok(())
     }
 

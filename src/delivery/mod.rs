@@ -2,10 +2,12 @@
 //! client, the outcome recorder, the attempt engine that ties them together, and the
 //! deliver role's consumer.
 
+pub mod breaker;
 pub mod client;
 pub mod consumer;
 pub mod decision;
 pub mod engine;
+pub mod health;
 pub mod put_off;
 pub mod recorder;
 pub mod retry;

@@ -15,6 +15,7 @@ use crate::domain::{
 };
 use crate::keyring::Keyring;
 use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
+use crate::store::health;
 
 /// Highest `rate_limit` (requests per minute) an endpoint may ask for.
 pub const MAX_RATE_LIMIT: i64 = 1_000_000;
@@ -283,7 +284,7 @@ async fn stats(pool: &PgPool, id: Uuid) -> Result<Stats, sqlx::Error> {
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     pub tenant: Option<String>,
-    /// `enabled` or `disabled`.
+    /// `enabled`, `failing` or `disabled`.
     pub state: Option<String>,
     pub event_type: Option<String>,
 }
@@ -294,18 +295,22 @@ pub async fn list(
     filter: ListFilter,
     page: PageRequest,
 ) -> Result<Page<EndpointView>, ServiceError> {
-    let enabled = match filter.state.as_deref() {
+    let state = match filter.state.as_deref() {
         None => None,
-        Some("enabled") => Some(true),
-        Some("disabled") => Some(false),
-        Some(_) => return Err(ServiceError::invalid("state", "enabled or disabled")),
+        Some(state @ ("enabled" | "failing" | "disabled")) => Some(state),
+        Some(_) => {
+            return Err(ServiceError::invalid(
+                "state",
+                "enabled, failing or disabled",
+            ))
+        }
     };
     let rows = endpoints::list(
         pool,
         &endpoints::Filter {
             scope: caller.scope(),
             tenant: filter.tenant.as_deref(),
-            enabled,
+            state,
             event_type: filter.event_type.as_deref(),
             before: page.after()?,
             limit: page.fetch(),
@@ -353,6 +358,18 @@ pub async fn update(
             ));
         }
     }
+    if let Some(enabled) = changes.enabled {
+        // A change of state is its own write, with its operational event; enabling
+        // closes the circuit breaker.
+        let reason = if enabled {
+            "enabled by its owner"
+        } else {
+            "disabled by its owner"
+        };
+        health::set_enabled(pool, caller.scope(), id, enabled, reason)
+            .await?
+            .ok_or(ServiceError::NotFound)?;
+    }
     let endpoint = endpoints::update(
         pool,
         keys,
@@ -361,7 +378,7 @@ pub async fn update(
         EndpointPatch {
             url,
             event_types,
-            enabled: changes.enabled,
+            enabled: None,
             rate_limit: rate,
             name,
             description,

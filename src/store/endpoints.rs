@@ -27,6 +27,8 @@ pub struct Endpoint {
     /// Names of the static headers (lowercase); their values are never read here.
     pub header_names: Vec<String>,
     pub enabled: bool,
+    /// Its circuit breaker is open (`herald.endpoint_health`): deliveries held back.
+    pub failing: bool,
     pub disabled_reason: Option<String>,
     pub deleted: bool,
     pub rate_limit: Option<i32>,
@@ -69,7 +71,8 @@ pub struct EndpointView {
     pub signature: &'static str,
     /// The static headers' names; their values are write-only.
     pub header_names: Vec<String>,
-    /// `enabled` or `disabled` (contract §5).
+    /// `enabled`, `failing` (its circuit breaker holds deliveries back while probing)
+    /// or `disabled` (contract §5).
     #[schema(schema_with = state_schema)]
     pub state: &'static str,
     pub enabled: bool,
@@ -87,7 +90,7 @@ pub struct EndpointView {
 fn state_schema() -> utoipa::openapi::Object {
     utoipa::openapi::ObjectBuilder::new()
         .schema_type(utoipa::openapi::schema::Type::String)
-        .enum_values(Some(["enabled", "disabled"]))
+        .enum_values(Some(["enabled", "failing", "disabled"]))
         .build()
 }
 
@@ -100,7 +103,11 @@ impl From<&Endpoint> for EndpointView {
             event_types: e.event_types.iter().map(|p| p.to_string()).collect(),
             signature: e.signature.as_str(),
             header_names: e.header_names.clone(),
-            state: if e.enabled { "enabled" } else { "disabled" },
+            state: match (e.enabled, e.failing) {
+                (false, _) => "disabled",
+                (true, true) => "failing",
+                (true, false) => "enabled",
+            },
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.clone(),
             rate_limit: e.rate_limit,
@@ -123,6 +130,7 @@ struct EndpointRow {
     headers: Json<BTreeMap<String, String>>,
     rate_limit: Option<i32>,
     enabled: bool,
+    failing: bool,
     disabled_reason: Option<String>,
     name: Option<String>,
     description: Option<String>,
@@ -143,6 +151,7 @@ impl TryFrom<EndpointRow> for Endpoint {
             signature: row.signature.parse()?,
             header_names: row.headers.0.into_keys().collect(),
             enabled: row.enabled,
+            failing: row.failing,
             disabled_reason: row.disabled_reason,
             deleted: row.deleted_at.is_some(),
             rate_limit: row.rate_limit,
@@ -155,7 +164,9 @@ impl TryFrom<EndpointRow> for Endpoint {
 }
 
 const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, enabled, \
-    disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at";
+    disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at, \
+    EXISTS (SELECT 1 FROM herald.endpoint_health h \
+            WHERE h.endpoint_id = endpoints.id AND h.open_since IS NOT NULL) AS failing";
 
 /// The columns of an `ActiveEndpoint`: a reload of every endpoint reads these alone.
 #[derive(FromRow)]
@@ -327,7 +338,8 @@ pub struct Filter<'a> {
     pub scope: Option<&'a str>,
     /// Narrowed to one tenant (the admin's filter).
     pub tenant: Option<&'a str>,
-    pub enabled: Option<bool>,
+    /// `enabled`, `failing` or `disabled`.
+    pub state: Option<&'a str>,
     /// Endpoints with this exact pattern among theirs.
     pub event_type: Option<&'a str>,
     /// Ids below this one (the last of the page before).
@@ -341,14 +353,17 @@ pub async fn list(pool: &PgPool, filter: &Filter<'_>) -> Result<Vec<Endpoint>, s
         "SELECT {COLUMNS} FROM herald.endpoints WHERE deleted_at IS NULL
             AND ($1::text IS NULL OR tenant_id = $1)
             AND ($2::text IS NULL OR tenant_id = $2)
-            AND ($3::bool IS NULL OR enabled = $3)
+            AND ($3::text IS NULL OR $3 = CASE WHEN NOT enabled THEN 'disabled'
+                WHEN EXISTS (SELECT 1 FROM herald.endpoint_health h
+                             WHERE h.endpoint_id = endpoints.id AND h.open_since IS NOT NULL)
+                THEN 'failing' ELSE 'enabled' END)
             AND ($4::text IS NULL OR $4 = ANY(event_types))
             AND ($5::uuid IS NULL OR id < $5)
          ORDER BY id DESC LIMIT $6"
     ))
     .bind(filter.scope)
     .bind(filter.tenant)
-    .bind(filter.enabled)
+    .bind(filter.state)
     .bind(filter.event_type)
     .bind(filter.before)
     .bind(filter.limit)

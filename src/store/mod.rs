@@ -6,7 +6,9 @@
 pub mod deliveries;
 pub mod endpoints;
 pub mod events;
+pub mod health;
 mod migrate;
+pub mod ops;
 pub mod replays;
 pub mod tokens;
 

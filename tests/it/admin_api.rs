@@ -63,7 +63,7 @@ async fn health_readiness_and_metrics_reflect_real_deliveries() {
         ("herald_events_unmatched_total", 1.0),
         (r#"herald_messages_parked_total{reason="not_json"}"#, 1.0),
         ("webhook_delivery_duration_seconds_count", 3.0),
-        ("webhook_retries_total", 0.0),
+        (r#"webhook_retries_total{reason="http_5xx"}"#, 0.0),
     ];
     let value = |metrics: &str, series: &str| -> Option<f64> {
         metrics

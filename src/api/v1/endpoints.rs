@@ -88,7 +88,7 @@ pub async fn create(
 pub struct ListQuery {
     /// Only this tenant's (a tenant token: its own anyway).
     tenant_id: Option<String>,
-    /// `enabled` or `disabled`.
+    /// `enabled`, `failing` or `disabled`.
     state: Option<String>,
     /// Only endpoints with a pattern matching this event type.
     event_type: Option<String>,
