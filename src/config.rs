@@ -195,6 +195,10 @@ pub struct DeliverySettings {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     pub allow_private_networks: bool,
+    /// Networks exempt from the SSRF guard (CIDRs, or single addresses), for receivers
+    /// in a known private range: `10.20.0.0/16, fd12:3456::/48`.
+    #[serde(deserialize_with = "network_list")]
+    pub allowed_networks: Vec<ipnet::IpNet>,
     /// Endpoint URLs must be https: an http one is refused at creation and change.
     /// The development configuration and the tests turn it off.
     pub require_https: bool,
@@ -256,6 +260,7 @@ impl Default for DeliverySettings {
                 .collect(),
             timeout: Duration::from_secs(10),
             allow_private_networks: false,
+            allowed_networks: Vec::new(),
             require_https: true,
             egress_proxy: Secret::new(""),
             concurrency: 256,
@@ -475,6 +480,22 @@ fn secret_list<'de, D: Deserializer<'de>>(d: D) -> Result<Secret, D::Error> {
     Ok(Secret::new(ListInput::deserialize(d)?.items().join(",")))
 }
 
+/// Comma-separated CIDRs (`10.0.0.0/8`) or addresses (`10.1.2.3`, one host).
+fn network_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    ListInput::deserialize(d)?
+        .items()
+        .iter()
+        .map(|item| parse_network(item).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+pub fn parse_network(text: &str) -> Result<ipnet::IpNet, String> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|net| net.trunc())
+        .map_err(|_| format!("`{text}` is not a network like 10.20.0.0/16 or an address"))
+}
+
 fn string_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Ok(ListInput::deserialize(d)?.items())
 }
@@ -582,6 +603,62 @@ mod tests {
         let err = from_environment(&[("HERALD__INGEST__PREFETCH", "many")]).unwrap_err();
         let err = format!("{:#}", anyhow::Error::from(err));
         assert!(err.contains("prefetch"), "{err}");
+    }
+
+    #[test]
+    fn health_and_guard_settings_parse_and_bad_ones_name_their_key() {
+        let settings = from_environment(&[
+            (
+                "HERALD__DELIVERY__ALLOWED_NETWORKS",
+                "10.20.0.0/16, 127.0.0.1,fd12:3456::/48",
+            ),
+            ("HERALD__DELIVERY__DISABLE_AFTER", "2h"),
+            ("HERALD__DELIVERY__BREAKER_FAILURES", "4"),
+            ("HERALD__DELIVERY__PROBE_INTERVAL", "5s"),
+        ])
+        .unwrap();
+        let nets: Vec<String> = settings
+            .delivery
+            .allowed_networks
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["10.20.0.0/16", "127.0.0.1/32", "fd12:3456::/48"]);
+        assert_eq!(settings.delivery.disable_after, Duration::from_secs(7200));
+        assert_eq!(settings.delivery.breaker_failures, 4);
+        assert_eq!(settings.delivery.probe_interval, Duration::from_secs(5));
+        let defaults = Settings::default().delivery;
+        assert_eq!(defaults.disable_after, Duration::from_secs(5 * 86_400));
+        assert!(defaults.allowed_networks.is_empty());
+        // A host address written with a prefix is kept as its network.
+        assert_eq!(
+            parse_network("10.1.2.3/8").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        for (key, value, named) in [
+            (
+                "HERALD__DELIVERY__ALLOWED_NETWORKS",
+                "10.0.0.0/33",
+                "allowed_networks",
+            ),
+            (
+                "HERALD__DELIVERY__ALLOWED_NETWORKS",
+                "intranet",
+                "allowed_networks",
+            ),
+            ("HERALD__DELIVERY__DISABLE_AFTER", "soon", "disable_after"),
+            (
+                "HERALD__DELIVERY__BREAKER_FAILURES",
+                "0",
+                "breaker_failures",
+            ),
+        ] {
+            let err = from_environment(&[(key, value)])
+                .and_then(|s| s.validate().map(|_| s))
+                .unwrap_err();
+            let err = format!("{:#}", anyhow::Error::from(err));
+            assert!(err.contains(named), "{value}: {err}");
+        }
     }
 
     #[test]

@@ -1,10 +1,13 @@
 //! The HTTP side of a delivery: one pooled keep-alive client, redirects not followed,
 //! destinations checked on the resolved address at connect time (no private, loopback,
-//! link-local or metadata addresses unless `delivery.allow_private_networks`), and
+//! link-local, metadata, reserved or IPv4-tunnelling addresses unless in
+//! `delivery.allowed_networks` or `delivery.allow_private_networks`), and
 //! failures sorted into classes that are stored with each attempt.
 
 use std::error::Error as _;
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,58 +63,115 @@ pub struct Attempt {
     pub duration: Duration,
 }
 
-/// Is this an address webhooks must not reach from a production network?
+/// Is this an address webhooks must not reach from a production network? Every
+/// special-purpose range of the IANA registries that is not globally reachable, and
+/// every IPv6 form that carries an IPv4 address to a translator or tunnel (NAT64, 6to4,
+/// Teredo, IPv4-compatible, IPv4-mapped), which could reach a forbidden IPv4 one.
 pub fn is_forbidden(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
+            let [a, b, c, _] = v4.octets();
             v4.is_loopback()
                 || v4.is_private()
                 || v4.is_link_local() // includes 169.254.169.254, the cloud metadata service
                 || v4.is_unspecified()
-                || v4.is_broadcast()
                 || v4.is_multicast()
                 || v4.is_documentation()
                 || a == 0
+                || a >= 240 // reserved 240.0.0.0/4, and the broadcast address
                 || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT
                 || (a == 198 && (b == 18 || b == 19)) // benchmarking
+                || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
+                || (a == 192 && b == 88 && c == 99) // 6to4 relay anycast
         }
         IpAddr::V6(v6) => {
             if let Some(v4) = v6.to_ipv4_mapped() {
                 return is_forbidden(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let s = v6.segments();
             v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00 // unique local
-                || (first & 0xffc0) == 0xfe80 // link-local
-                || v6.segments()[..6] == [0xfd00, 0x0ec2, 0, 0, 0, 0] // AWS IPv6 metadata
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link-local
+                || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+                || s[..6] == [0xfd00, 0x0ec2, 0, 0, 0, 0] // AWS IPv6 metadata
+                || s[..6] == [0, 0, 0, 0, 0, 0] // IPv4-compatible ::a.b.c.d (deprecated)
+                || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] // NAT64 64:ff9b::/96
+                || s[..3] == [0x64, 0xff9b, 1] // local-use NAT64 64:ff9b:1::/48
+                || s[0] == 0x2002 // 6to4 2002::/16
+                || s[..2] == [0x2001, 0] // Teredo 2001::/32
+                || s[..2] == [0x2001, 0x0db8] // documentation 2001:db8::/32
+                || s[..4] == [0x0100, 0, 0, 0] // discard-only 100::/64
         }
     }
 }
 
+/// The SSRF guard: which destinations a webhook may reach.
+#[derive(Debug, Clone, Default)]
+pub struct Guard {
+    /// `delivery.allowed_networks`: exempt from the rules.
+    allowed: Arc<[ipnet::IpNet]>,
+}
+
+impl Guard {
+    pub fn new(allowed: &[ipnet::IpNet]) -> Self {
+        Self {
+            allowed: allowed.into(),
+        }
+    }
+
+    /// May a webhook connect to `ip`? Pure.
+    pub fn refuses(&self, ip: IpAddr) -> bool {
+        is_forbidden(ip) && !self.allowed.iter().any(|net| net.contains(&ip))
+    }
+}
+
+/// How names are resolved: the system's resolver, or one a test controls.
+pub type Lookup = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = std::io::Result<Vec<IpAddr>>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// The system's resolver (`getaddrinfo` through tokio).
+pub fn system_lookup() -> Lookup {
+    Arc::new(|host: String| {
+        Box::pin(async move {
+            Ok(tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .map(|a| a.ip())
+                .collect())
+        })
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
-#[error("destination {0} is a private, loopback or link-local address (delivery.allow_private_networks is false)")]
+#[error("destination {0} is not a public address (private, loopback, link-local, metadata or reserved) and not in delivery.allowed_networks")]
 struct ForbiddenAddress(IpAddr);
 
-/// Resolves names and drops addresses webhooks must not reach.
-struct GuardedResolver;
+/// Resolves names and drops addresses webhooks must not reach. reqwest resolves for
+/// every new connection, so a name that resolved to an allowed address and later
+/// resolves to a forbidden one (DNS rebinding) is refused on that later connect; a
+/// pooled connection stays with the address it was checked for.
+struct GuardedResolver {
+    guard: Guard,
+    lookup: Lookup,
+}
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
+        let (guard, lookup) = (self.guard.clone(), self.lookup.clone());
         Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let addrs = lookup(name.as_str().to_string()).await?;
             let allowed: Vec<SocketAddr> = addrs
                 .iter()
-                .copied()
-                .filter(|a| !is_forbidden(a.ip()))
+                .filter(|ip| !guard.refuses(**ip))
+                .map(|ip| SocketAddr::new(*ip, 0))
                 .collect();
             if allowed.is_empty() {
                 if let Some(first) = addrs.first() {
-                    return Err(Box::new(ForbiddenAddress(first.ip())) as _);
+                    return Err(Box::new(ForbiddenAddress(*first)) as _);
                 }
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
@@ -123,12 +183,19 @@ impl Resolve for GuardedResolver {
 #[derive(Clone)]
 pub struct WebhookClient {
     http: reqwest::Client,
-    allow_private: bool,
+    /// `None`: `delivery.allow_private_networks`, nothing is refused.
+    guard: Option<Guard>,
     max_body: usize,
 }
 
 impl WebhookClient {
     pub fn new(settings: &DeliverySettings) -> reqwest::Result<Self> {
+        Self::with_lookup(settings, system_lookup())
+    }
+
+    /// As [`Self::new`], resolving names with `lookup` (tests control what a name
+    /// resolves to, for the DNS rebinding test).
+    pub fn with_lookup(settings: &DeliverySettings, lookup: Lookup) -> reqwest::Result<Self> {
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .timeout(settings.timeout)
@@ -143,12 +210,17 @@ impl WebhookClient {
             "" => builder.no_proxy(),
             proxy => builder.proxy(reqwest::Proxy::all(proxy)?),
         };
-        if !settings.allow_private_networks {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver));
+        let guard =
+            (!settings.allow_private_networks).then(|| Guard::new(&settings.allowed_networks));
+        if let Some(guard) = &guard {
+            builder = builder.dns_resolver(Arc::new(GuardedResolver {
+                guard: guard.clone(),
+                lookup,
+            }));
         }
         Ok(Self {
             http: builder.build()?,
-            allow_private: settings.allow_private_networks,
+            guard,
             max_body: settings.max_response_body_bytes,
         })
     }
@@ -174,12 +246,12 @@ impl WebhookClient {
             }
         };
         // An IP literal is never resolved, so the resolver cannot check it: do it here.
-        if !self.allow_private {
+        if let Some(guard) = &self.guard {
             let literal = url
                 .host_str()
                 .map(|h| h.trim_start_matches('[').trim_end_matches(']'))
                 .and_then(|h| h.parse::<IpAddr>().ok());
-            if let Some(ip) = literal.filter(|ip| is_forbidden(*ip)) {
+            if let Some(ip) = literal.filter(|ip| guard.refuses(*ip)) {
                 return Response::Failed {
                     class: FailureClass::RefusedAddress,
                     message: ForbiddenAddress(ip).to_string(),
@@ -310,5 +382,64 @@ mod tests {
         for ip in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
             assert!(!is_forbidden(ip.parse().unwrap()), "{ip}");
         }
+    }
+
+    #[test]
+    fn addresses_that_tunnel_or_translate_to_ipv4_and_reserved_ranges_are_forbidden() {
+        let forbidden = [
+            ("NAT64 of loopback", "64:ff9b::7f00:1"),
+            ("NAT64 of a public address", "64:ff9b::808:808"),
+            ("local-use NAT64", "64:ff9b:1::a00:1"),
+            ("6to4", "2002:7f00:1::1"),
+            ("Teredo", "2001:0:4136:e378:8000:63bf:3fff:fdd2"),
+            ("IPv4-compatible", "::127.0.0.1"),
+            ("IPv4-compatible public", "::8.8.8.8"),
+            ("IPv4-mapped private", "::ffff:10.0.0.1"),
+            ("reserved 240/4", "240.0.0.1"),
+            ("reserved 255.255.255.254", "255.255.255.254"),
+            ("broadcast", "255.255.255.255"),
+            ("IETF protocol assignments", "192.0.0.8"),
+            ("6to4 relay anycast", "192.88.99.1"),
+            ("documentation v6", "2001:db8::1"),
+            ("discard-only", "100::1"),
+            ("site-local", "fec0::1"),
+            ("benchmarking", "198.18.0.1"),
+        ];
+        for (what, ip) in forbidden {
+            assert!(is_forbidden(ip.parse().unwrap()), "{what}: {ip}");
+        }
+        let allowed = [
+            ("public v4", "1.1.1.1"),
+            ("public v6", "2a00:1450:4001::1"),
+            ("2001:4860 (not Teredo)", "2001:4860:4860::8888"),
+            ("192.0.2.0/24 neighbour", "192.0.3.1"),
+            ("the last unicast /8", "223.255.255.1"),
+        ];
+        for (what, ip) in allowed {
+            assert!(!is_forbidden(ip.parse().unwrap()), "{what}: {ip}");
+        }
+    }
+
+    #[test]
+    fn allowed_networks_exempt_exactly_their_addresses() {
+        let guard = Guard::new(&[
+            "10.20.0.0/16".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+            "fd12:3456::/48".parse().unwrap(),
+        ]);
+        let cases = [
+            ("inside 10.20/16", "10.20.3.4", false),
+            ("next to it", "10.21.0.1", true),
+            ("the one loopback address", "127.0.0.1", false),
+            ("another loopback address", "127.0.0.2", true),
+            ("inside the ULA /48", "fd12:3456:0:1::1", false),
+            ("another ULA", "fd12:3457::1", true),
+            ("public stays allowed", "8.8.8.8", false),
+            ("metadata stays refused", "169.254.169.254", true),
+        ];
+        for (what, ip, refused) in cases {
+            assert_eq!(guard.refuses(ip.parse().unwrap()), refused, "{what}");
+        }
+        assert!(Guard::default().refuses("10.20.3.4".parse().unwrap()));
     }
 }

@@ -5,8 +5,9 @@
 //! with progress on stderr) and records its cursor with every page, so a job whose
 //! process died is taken over by another (`resume_stale`) where it stopped.
 //!
-//! Each page of events is one transaction: missing deliveries are created and
-//! finished ones requeued (a delivery still queued is skipped, never doubled), the
+//! Each page of events: missing deliveries are created (committed first, `failed`:
+//! a task must find its delivery row to record its outcome), then one transaction
+//! requeues the finished ones (a delivery still queued is skipped, never doubled), the
 //! tasks are published with confirms, then the transaction commits. Pages are paced at
 //! [`EVENTS_PER_SECOND`] so that a replay of a million events does not crowd the work
 //! queue in front of live traffic.
@@ -174,6 +175,7 @@ async fn pages(
             .iter()
             .map(|(_, key, event)| (key.clone(), event.id.clone()))
             .collect();
+        replays::create_missing(pool, job.endpoint_id, &keys).await?;
         let mut tx = pool.begin().await?;
         let resend = replays::requeue(&mut tx, job.endpoint_id, &keys, job.only_failed).await?;
         let tasks: Vec<DeliveryTask> = resend

@@ -185,10 +185,39 @@ pub struct Resend {
     pub attempts: i32,
 }
 
-/// Creates the missing deliveries of these events to the endpoint and marks the
-/// finished ones (`failed` only, with `only_failed`) `pending` again; deliveries still
-/// queued are left alone. In the caller's transaction, committed once the tasks are
-/// confirmed.
+/// Creates the missing deliveries of these events to the endpoint, committed at once
+/// and `failed` ("not sent yet"), so that [`requeue`] then treats them as every other
+/// finished delivery. Committed before any task is published: a task whose delivery row
+/// is not visible yet cannot record its outcome (the foreign key), and would be tried —
+/// and sent — again. A crash after this leaves them `failed`, which the job's resumed
+/// page requeues.
+pub async fn create_missing(
+    pool: &sqlx::PgPool,
+    endpoint_id: Uuid,
+    events: &[(String, String)],
+) -> Result<(), sqlx::Error> {
+    let keys: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+    let ids: Vec<&str> = events.iter().map(|(_, i)| i.as_str()).collect();
+    let fresh: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status, last_error)
+         SELECT id, tenant_key, event_id, $4, 'failed', 'replay: created, not sent yet'
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS t(id, tenant_key, event_id)
+         ON CONFLICT (tenant_key, event_id, endpoint_id) DO NOTHING",
+    )
+    .bind(&fresh)
+    .bind(&keys)
+    .bind(&ids)
+    .bind(endpoint_id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Marks the finished deliveries of these events to the endpoint (`failed` only, with
+/// `only_failed`; those [`create_missing`] made are `failed`) `pending` again;
+/// deliveries still queued are left alone. In the caller's transaction, committed once
+/// the tasks are confirmed.
 pub async fn requeue(
     tx: &mut Transaction<'_, Postgres>,
     endpoint_id: Uuid,
@@ -197,27 +226,14 @@ pub async fn requeue(
 ) -> Result<Vec<Resend>, sqlx::Error> {
     let keys: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     let ids: Vec<&str> = events.iter().map(|(_, i)| i.as_str()).collect();
-    let fresh: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
-    let mut resend: Vec<Resend> = sqlx::query_as(
-        "INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id)
-         SELECT id, tenant_key, event_id, $4 FROM UNNEST($1::uuid[], $2::text[], $3::text[])
-              AS t(id, tenant_key, event_id)
-         ON CONFLICT (tenant_key, event_id, endpoint_id) DO NOTHING
-         RETURNING id, tenant_key, event_id, attempts",
-    )
-    .bind(&fresh)
-    .bind(&keys)
-    .bind(&ids)
-    .bind(endpoint_id)
-    .fetch_all(&mut **tx)
-    .await?;
     let finished: &[&str] = if only_failed {
         &["failed"]
     } else {
         &["success", "failed"]
     };
     let requeued: Vec<Resend> = sqlx::query_as(
-        "UPDATE herald.deliveries d SET status = 'pending', next_retry_at = NULL, updated_at = now()
+        "UPDATE herald.deliveries d SET status = 'pending', next_retry_at = NULL, updated_at = now(),
+            last_error = CASE WHEN d.attempts = 0 THEN NULL ELSE d.last_error END
          FROM UNNEST($1::text[], $2::text[]) AS t(tenant_key, event_id)
          WHERE d.endpoint_id = $3 AND d.tenant_key = t.tenant_key AND d.event_id = t.event_id
            AND d.status = ANY($4)
@@ -229,8 +245,7 @@ pub async fn requeue(
     .bind(finished)
     .fetch_all(&mut **tx)
     .await?;
-    resend.extend(requeued);
-    Ok(resend)
+    Ok(requeued)
 }
 
 /// Moves the job's cursor and counters on, in the page's transaction.

@@ -25,6 +25,7 @@ mod observability;
 mod openapi;
 mod receivers;
 mod resend;
+mod ssrf;
 mod subscriptions;
 mod telemetry;
 mod tenants;
