@@ -23,6 +23,7 @@ mod lifecycle;
 mod migrations;
 mod observability;
 mod openapi;
+mod properties;
 mod receivers;
 mod resend;
 mod ssrf;
