@@ -2,6 +2,8 @@
 //! the CLI alike.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -10,6 +12,7 @@ use uuid::Uuid;
 
 use super::validate::Check;
 use super::{Caller, Page, PageRequest, ServiceError};
+use crate::delivery::client::Guard;
 use crate::domain::{
     parse_header, EndpointUrl, SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
 };
@@ -23,22 +26,75 @@ pub const MAX_RATE_LIMIT: i64 = 1_000_000;
 pub const MAX_GRACE_HOURS: i64 = 24 * 30;
 const MAX_PATTERNS: usize = 100;
 
-/// What endpoint URLs must be, from the configuration (`delivery.require_https`).
-#[derive(Debug, Clone, Copy)]
+/// What endpoint URLs must be, from the configuration (`delivery.require_https`, and
+/// the SSRF guard unless `delivery.allow_private_networks`).
+#[derive(Debug, Clone)]
 pub struct UrlPolicy {
     pub require_https: bool,
+    pub guard: Option<Guard>,
 }
 
 impl UrlPolicy {
     pub fn from_settings(settings: &crate::config::DeliverySettings) -> Self {
         Self {
             require_https: settings.require_https,
+            guard: (!settings.allow_private_networks)
+                .then(|| Guard::new(&settings.allowed_networks)),
         }
     }
 }
 
+/// How long creating an endpoint waits for its host name to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Refuses, as a field error on `url`, a URL whose host is — or resolves only to —
+/// an address the SSRF guard refuses: the owner hears it now, not at the first
+/// delivery. A name that does not resolve yet is accepted (every connect is checked
+/// again, so a later resolution to a forbidden address is refused then).
+async fn refuse_private(policy: &UrlPolicy, url: &EndpointUrl) -> Result<(), ServiceError> {
+    let Some(guard) = &policy.guard else {
+        return Ok(());
+    };
+    let Ok(parsed) = url.to_url() else {
+        return Ok(());
+    };
+    let Some(host) = parsed.host_str() else {
+        return Ok(());
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let addresses: Vec<IpAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![ip],
+        Err(_) => {
+            let port = parsed.port_or_known_default().unwrap_or(443);
+            match tokio::time::timeout(
+                RESOLVE_TIMEOUT,
+                tokio::net::lookup_host((host.as_str(), port)),
+            )
+            .await
+            {
+                Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+                _ => return Ok(()),
+            }
+        }
+    };
+    match addresses.iter().find(|ip| guard.refuses(**ip)) {
+        Some(ip) if addresses.iter().all(|ip| guard.refuses(*ip)) => Err(ServiceError::invalid(
+            "url",
+            format!(
+                "{host} is {ip}, a private, loopback, link-local or reserved address: refused \
+                 (delivery.allow_private_networks is false; delivery.allowed_networks can \
+                 exempt a network)"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The endpoint URL, checked against the policy.
-fn url(check: &mut Check, policy: UrlPolicy, text: &str) -> Option<EndpointUrl> {
+fn url(check: &mut Check, policy: &UrlPolicy, text: &str) -> Option<EndpointUrl> {
     let url = check.field("url", text.parse::<EndpointUrl>())?;
     if policy.require_https && !url.is_https() {
         check.fail(
@@ -210,7 +266,7 @@ pub async fn create(
     input: EndpointInput,
 ) -> Result<Created, ServiceError> {
     let mut check = Check::default();
-    let url = url(&mut check, policy, &input.url);
+    let url = url(&mut check, &policy, &input.url);
     let event_types = patterns(&mut check, &input.event_types);
     let tenant_id = owner(&mut check, caller, input.tenant_id);
     let signing = signing(&mut check, input.signature, input.secret);
@@ -224,6 +280,7 @@ pub async fn create(
     else {
         unreachable!("a missing field failed the check");
     };
+    refuse_private(&policy, &url).await?;
     let secret = signing.current_text();
     let endpoint = endpoints::insert(
         pool,
@@ -329,7 +386,7 @@ pub async fn update(
     changes: EndpointChanges,
 ) -> Result<EndpointView, ServiceError> {
     let mut check = Check::default();
-    let url = changes.url.and_then(|u| url(&mut check, policy, &u));
+    let url = changes.url.and_then(|u| url(&mut check, &policy, &u));
     let event_types = match &changes.event_types {
         Some(list) => patterns(&mut check, list),
         None => None,
@@ -344,6 +401,9 @@ pub async fn update(
         .and_then(|s| check.field("signature", s.parse::<SignatureScheme>()));
     let new_headers = changes.headers.map(|h| headers(&mut check, h));
     check.finish()?;
+    if let Some(url) = &url {
+        refuse_private(&policy, url).await?;
+    }
     if let Some(scheme) = signature.filter(|s| *s != SignatureScheme::Legacy) {
         let secret = endpoints::current_secret(pool, keys, caller.scope(), id)
             .await?

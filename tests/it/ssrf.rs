@@ -108,3 +108,68 @@ async fn a_name_rebound_to_a_forbidden_address_is_refused_on_the_next_connect() 
     assert_eq!(calls.load(Ordering::SeqCst), 2, "resolved once per connect");
     assert_eq!(receiver.count(), 1, "only the first request arrived");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_destination_is_refused_when_the_endpoint_is_created_or_changed() {
+    use crate::tenants::{Api, ADMIN};
+    use reqwest::Method;
+    use serde_json::json;
+
+    let env = TestEnv::with(|s| {
+        s.delivery.allow_private_networks = false;
+        // Creating an endpoint resolves and checks, it does not connect: any address will do.
+        s.delivery.allowed_networks = vec!["127.0.0.3/32".parse().unwrap()];
+    })
+    .await;
+    let app = env.start_ready().await;
+    let api = Api::new(&app);
+    for url in [
+        "http://127.0.0.2:9/literal",
+        "http://localhost:9/by-name-to-loopback",
+        "http://[::1]:9/v6-loopback",
+        "http://10.1.2.3/private",
+        "http://169.254.169.254/latest/meta-data",
+        "http://[64:ff9b::a9fe:a9fe]/nat64-of-metadata",
+    ] {
+        let (status, problem) = api
+            .call(
+                Method::POST,
+                "/endpoints",
+                Some(ADMIN),
+                Some(json!({"url": url, "event_types": ["#"]})),
+            )
+            .await;
+        assert_eq!(status, 422, "{url}: {problem}");
+        assert_eq!(problem["errors"][0]["field"], "url", "{url}: {problem}");
+        let detail = problem["errors"][0]["detail"]
+            .as_str()
+            .or(problem["errors"][0]["message"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        assert!(detail.contains("private"), "{url}: {problem}");
+    }
+    assert_eq!(env.count("SELECT count(*) FROM herald.endpoints").await, 0);
+    // The allowed network is accepted; changing its URL to a forbidden one is refused.
+    let created = api
+        .ok(
+            Method::POST,
+            "/endpoints",
+            ADMIN,
+            Some(json!({"url": "http://127.0.0.3:9/allowed", "event_types": ["#"]})),
+        )
+        .await;
+    let path = format!("/endpoints/{}", created["id"].as_str().unwrap());
+    let (status, problem) = api
+        .call(
+            Method::PATCH,
+            &path,
+            Some(ADMIN),
+            Some(json!({"url": "http://192.168.0.10/moved"})),
+        )
+        .await;
+    assert_eq!(status, 422, "{problem}");
+    let shown = api.ok(Method::GET, &path, ADMIN, None).await;
+    assert_eq!(shown["url"], "http://127.0.0.3:9/allowed");
+    app.stop().await;
+    env.cleanup().await;
+}
