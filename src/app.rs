@@ -151,6 +151,11 @@ impl App {
                 pool.clone(),
                 shutdown.clone(),
             ));
+            workers.spawn(crate::service::dlq::resume_stale(
+                settings.clone(),
+                pool.clone(),
+                shutdown.clone(),
+            ));
         }
         let state = Arc::new(ApiState {
             settings: settings.clone(),

@@ -11,11 +11,12 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::print_json;
+use super::progress::Progress;
 use super::remote::Call;
 use crate::config::Settings;
 use crate::keyring::Keyring;
 use crate::service::{
-    self, deliveries, endpoints, events, replay, resend, tokens, Caller, Page, PageRequest,
+    self, deliveries, dlq, endpoints, events, replay, resend, tokens, Caller, Page, PageRequest,
 };
 use crate::store;
 
@@ -224,19 +225,140 @@ pub enum DeliveryCommand {
 
 #[derive(Subcommand)]
 pub enum DlqCommand {
-    /// Failed deliveries with their reason, newest first.
-    List(DeliveryFilter),
-    /// Send dead deliveries again with a fresh retry schedule.
-    Redrive {
-        #[arg(
-            long,
-            conflicts_with = "delivery",
-            required_unless_present = "delivery"
-        )]
-        all: bool,
-        #[arg(long, num_args = 1..)]
-        delivery: Vec<Uuid>,
+    /// Dead deliveries newest first with their reason; prints `{"total", "data"}`.
+    List {
+        #[command(flatten)]
+        filter: DlqFilter,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
     },
+    /// Send dead deliveries again with a fresh retry schedule: `--all`, `--delivery`
+    /// ids, or a filter. Progress on stderr, the finished job on stdout.
+    Redrive {
+        #[command(flatten)]
+        selection: DlqSelection,
+        /// Enable the disabled endpoints of these deliveries (closing their breakers)
+        /// instead of refusing them.
+        #[arg(long)]
+        enable_endpoints: bool,
+    },
+    /// Take dead deliveries out of the dead-letter queue (their records stay
+    /// `failed`, noting when they were purged).
+    Purge {
+        #[command(flatten)]
+        selection: DlqSelection,
+        /// Yes, purge: it cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DlqFilter {
+    #[arg(long)]
+    endpoint: Option<Uuid>,
+    /// The event's tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// `retries_exhausted`, `gone`, `endpoint_disabled`, `endpoint_deleted`, `unknown`.
+    #[arg(long)]
+    reason: Option<String>,
+    #[arg(long = "event-type")]
+    event_type: Option<String>,
+    /// Dead-lettered at or after (RFC 3339).
+    #[arg(long)]
+    since: Option<DateTime<Utc>>,
+    /// Dead-lettered before (RFC 3339).
+    #[arg(long)]
+    until: Option<DateTime<Utc>>,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct DlqSelection {
+    /// Every dead delivery (narrowed by any filter given).
+    #[arg(long)]
+    all: bool,
+    #[arg(long, num_args = 1..)]
+    delivery: Vec<Uuid>,
+    #[command(flatten)]
+    filter: DlqFilter,
+}
+
+impl DlqFilter {
+    fn into_filter(self, ids: Vec<Uuid>) -> store::dlq::Filter {
+        store::dlq::Filter {
+            scope: None,
+            tenant_id: self.tenant,
+            endpoint_id: self.endpoint,
+            reason: self.reason,
+            event_type: self.event_type,
+            since: self.since,
+            until: self.until,
+            delivery_ids: (!ids.is_empty()).then_some(ids),
+        }
+    }
+
+    fn query(&self, call: Call) -> Call {
+        call.query("endpoint_id", self.endpoint)
+            .query("tenant_id", self.tenant.as_ref())
+            .query("reason", self.reason.as_ref())
+            .query("event_type", self.event_type.as_ref())
+            .query("since", self.since.map(|t| t.to_rfc3339()))
+            .query("until", self.until.map(|t| t.to_rfc3339()))
+    }
+}
+
+impl DlqSelection {
+    fn request(self, kind: dlq::Kind, enable_endpoints: bool) -> dlq::JobRequest {
+        dlq::JobRequest {
+            kind,
+            all: self.all,
+            enable_endpoints,
+            filter: self.filter.into_filter(self.delivery),
+        }
+    }
+
+    fn body(&self, extra: (&str, bool)) -> Value {
+        let filter = self.filter.clone().into_filter(self.delivery.clone());
+        let mut body = json!(filter);
+        body["all"] = json!(self.all);
+        body[extra.0] = json!(extra.1);
+        body
+    }
+}
+
+/// Runs a dead-letter job in the foreground: progress on stderr, the finished job on
+/// stdout; fails when ids asked for were not in the queue.
+async fn dlq_job(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    caller: &Caller,
+    request: dlq::JobRequest,
+) -> anyhow::Result<()> {
+    let job = dlq::start(pool, caller, request).await?;
+    let mut progress = Progress::new(format!("{} {}", job.kind, job.id), job.matched as u64);
+    let done = dlq::run(settings, pool, job, |job| {
+        progress.update((job.processed + job.refused) as u64, &job_note(job));
+    })
+    .await?;
+    progress.finish((done.processed + done.refused) as u64, &job_note(&done));
+    show(&done)?;
+    if !done.not_found.is_empty() {
+        anyhow::bail!(
+            "{} delivery id(s) not in the dead-letter queue",
+            done.not_found.len()
+        );
+    }
+    Ok(())
+}
+
+fn job_note(job: &store::dlq_jobs::Job) -> String {
+    let verb = if job.kind == "purge" {
+        "purged"
+    } else {
+        "redriven"
+    };
+    format!("{} {verb}, {} refused", job.processed, job.refused)
 }
 
 /// `--header 'Name: value'` flags as a map.
@@ -468,26 +590,41 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
             show(serde_json::json!({ "rewritten": rewritten }))
         }
         Command::Dlq(command) => match command {
-            DlqCommand::List(filter) => {
-                let (mut filter, limit) = filter.into_filter();
-                filter.status = Some("failed".into());
-                show(
-                    collect(Some(limit), |page| {
-                        deliveries::list(pool, caller, filter.clone(), page)
-                    })
-                    .await?,
-                )
+            DlqCommand::List { filter, limit } => {
+                let filter = filter.into_filter(Vec::new());
+                let first = PageRequest::new(Some(1), None)?;
+                let total = dlq::list(pool, caller, filter.clone(), first).await?.total;
+                let data = collect(Some(limit), |page| {
+                    let filter = filter.clone();
+                    async move {
+                        let page = dlq::list(pool, caller, filter, page).await?;
+                        Ok(Page {
+                            data: page.data,
+                            next_cursor: page.next_cursor,
+                        })
+                    }
+                })
+                .await?;
+                show(json!({ "total": total, "data": data }))
             }
-            DlqCommand::Redrive { all, delivery } => {
-                let report = deliveries::redrive(&settings, pool, caller, all, delivery).await?;
-                show(&report)?;
-                if !report.not_found.is_empty() {
-                    anyhow::bail!(
-                        "{} delivery id(s) not in the dead-letter queue",
-                        report.not_found.len()
-                    );
+            DlqCommand::Redrive {
+                selection,
+                enable_endpoints,
+            } => {
+                let request = selection.request(dlq::Kind::Redrive, enable_endpoints);
+                dlq_job(&settings, pool, caller, request).await
+            }
+            DlqCommand::Purge { selection, yes } => {
+                if !yes {
+                    anyhow::bail!("a purge cannot be undone: add --yes");
                 }
-                Ok(())
+                dlq_job(
+                    &settings,
+                    pool,
+                    caller,
+                    selection.request(dlq::Kind::Purge, false),
+                )
+                .await
             }
         },
     }
@@ -635,9 +772,23 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
             anyhow::bail!("secrets reencrypt works on the database directly, not through --api")
         }
         Command::Dlq(command) => match command {
-            DlqCommand::List(filter) => filter.call("/dlq"),
-            DlqCommand::Redrive { all, delivery } => Call::new(Method::POST, "/dlq/redrive")
-                .body(json!({ "all": all, "delivery_ids": delivery })),
+            DlqCommand::List { filter, limit } => filter
+                .query(Call::new(Method::GET, "/dlq"))
+                .list(Some(*limit)),
+            DlqCommand::Redrive {
+                selection,
+                enable_endpoints,
+            } => Call::new(Method::POST, "/dlq/redrive")
+                .body(selection.body(("enable_endpoints", *enable_endpoints)))
+                .follow("/dlq/jobs"),
+            DlqCommand::Purge { selection, yes } => {
+                if !yes {
+                    anyhow::bail!("a purge cannot be undone: add --yes");
+                }
+                Call::new(Method::POST, "/dlq/purge")
+                    .body(selection.body(("confirm", true)))
+                    .follow("/dlq/jobs")
+            }
         },
     })
 }

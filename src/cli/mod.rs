@@ -13,6 +13,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 mod manage;
+mod progress;
 mod remote;
 
 use crate::app::{self, App};

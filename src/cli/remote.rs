@@ -3,8 +3,15 @@
 //! command becomes one call (lists: one per page); the API's answer is printed as the
 //! local command would print it, and a problem becomes the one-line error.
 
+use std::time::Duration;
+
 use reqwest::Method;
 use serde_json::Value;
+
+use super::progress::Progress;
+
+/// How often a followed job is polled.
+const POLL: Duration = Duration::from_millis(500);
 
 /// One API call a command makes.
 pub struct Call {
@@ -12,8 +19,12 @@ pub struct Call {
     pub path: String,
     pub query: Vec<(&'static str, String)>,
     pub body: Option<Value>,
-    /// A list: page through to `Some(limit)` rows (all when `None`), print the rows.
+    /// A list: page through to `Some(limit)` rows (all when `None`), print the rows
+    /// (with the `total` when the list gives one).
     pub list: Option<Option<usize>>,
+    /// The answer is a job: follow it at `{follow}/{id}` until it ends, showing its
+    /// progress, and print it finished.
+    pub follow: Option<&'static str>,
 }
 
 impl Call {
@@ -24,7 +35,13 @@ impl Call {
             query: Vec::new(),
             body: None,
             list: None,
+            follow: None,
         }
+    }
+
+    pub fn follow(mut self, jobs: &'static str) -> Self {
+        self.follow = Some(jobs);
+        self
     }
 
     pub fn query(mut self, name: &'static str, value: Option<impl ToString>) -> Self {
@@ -51,9 +68,14 @@ pub async fn call(api: &str, token: &str, call: Call) -> anyhow::Result<Value> {
     let client = reqwest::Client::new();
     let url = format!("{}/api/v1{}", api.trim_end_matches('/'), call.path);
     let Some(limit) = call.list else {
-        return send(&client, &url, token, &call, &call.query).await;
+        let answer = send(&client, &url, token, &call, &call.query).await?;
+        return match call.follow {
+            Some(jobs) => follow(&client, api, token, jobs, answer).await,
+            None => Ok(answer),
+        };
     };
     let mut rows = Vec::new();
+    let mut total = None;
     let mut cursor: Option<String> = None;
     loop {
         let mut query = call.query.clone();
@@ -66,11 +88,57 @@ pub async fn call(api: &str, token: &str, call: Call) -> anyhow::Result<Value> {
         if let Some(data) = page["data"].as_array_mut() {
             rows.append(data);
         }
+        total = total.or_else(|| page.get("total").cloned());
         cursor = page["next_cursor"].as_str().map(String::from);
         if cursor.is_none() || limit.is_some_and(|l| rows.len() >= l) {
-            return Ok(Value::Array(rows));
+            return Ok(match total {
+                Some(total) => serde_json::json!({ "total": total, "data": rows }),
+                None => Value::Array(rows),
+            });
         }
     }
+}
+
+/// Polls a job until it is no longer `running`, its progress on stderr.
+async fn follow(
+    client: &reqwest::Client,
+    api: &str,
+    token: &str,
+    jobs: &str,
+    mut job: Value,
+) -> anyhow::Result<Value> {
+    let id = job["id"].as_str().unwrap_or_default().to_string();
+    let url = format!("{}/api/v1{jobs}/{id}", api.trim_end_matches('/'));
+    let label = format!("{} {id}", job["kind"].as_str().unwrap_or("job"));
+    let count = |job: &Value, key: &str| job[key].as_u64().unwrap_or(0);
+    let mut progress = Progress::new(label, count(&job, "matched"));
+    let note = |job: &Value| {
+        format!(
+            "{} processed, {} refused",
+            count(job, "processed"),
+            count(job, "refused")
+        )
+    };
+    let get = Call::new(Method::GET, String::new());
+    while job["state"] == "running" {
+        tokio::time::sleep(POLL).await;
+        job = send(client, &url, token, &get, &[]).await?;
+        progress.update(
+            count(&job, "processed") + count(&job, "refused"),
+            &note(&job),
+        );
+    }
+    progress.finish(
+        count(&job, "processed") + count(&job, "refused"),
+        &note(&job),
+    );
+    if job["state"] == "failed" {
+        anyhow::bail!(
+            "job {id} failed: {}",
+            job["error"].as_str().unwrap_or("no detail")
+        );
+    }
+    Ok(job)
 }
 
 async fn send(

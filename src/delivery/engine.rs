@@ -498,6 +498,7 @@ impl Run<'_> {
                 reason.as_str(),
                 last_status,
                 Some(error),
+                outcome.at.timestamp_millis(),
             )),
         };
         let attempts = outcome.attempts;

@@ -35,6 +35,9 @@ pub const REASON: &str = "x-herald-reason";
 pub const LAST_STATUS: &str = "x-herald-last-status";
 pub const LAST_ERROR: &str = "x-herald-last-error";
 pub const ATTEMPTS: &str = "x-herald-attempts";
+/// When the delivery was dead-lettered (ms since the epoch), as its record says: the
+/// copy in the dead-letter queue is current while the record's `dead_at` is this one.
+pub const DEAD_AT_MS: &str = "x-herald-dead-at-ms";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeliveryTask {
@@ -66,6 +69,31 @@ pub struct DeliveryTask {
 pub struct MalformedTask(pub &'static str);
 
 impl DeliveryTask {
+    /// A task sent again on request (a retry, a replay, a redrive): the next attempt
+    /// after the `attempts` made so far, with a fresh run of the retry schedule.
+    pub fn resend(
+        delivery_id: Uuid,
+        event_id: String,
+        endpoint_id: Uuid,
+        attempts: i32,
+        body: Bytes,
+    ) -> Self {
+        let attempt = u32::try_from(attempts).unwrap_or(0) + 1;
+        DeliveryTask {
+            delivery_id,
+            event_id,
+            endpoint_id,
+            attempt,
+            schedule_start: attempt,
+            received_at_ms: 0,
+            not_before_ms: None,
+            turn: None,
+            deferrals: 0,
+            traceparent: None,
+            body,
+        }
+    }
+
     /// Retries already made in this run of the schedule.
     pub fn retries_done(&self) -> u32 {
         self.attempt.saturating_sub(self.schedule_start)
@@ -154,9 +182,11 @@ impl DeliveryTask {
         reason: &str,
         last_status: Option<u16>,
         last_error: Option<&str>,
+        dead_at_ms: i64,
     ) -> FieldTable {
         let mut h = self.headers();
         h.insert(REASON.into(), text(reason));
+        h.insert(DEAD_AT_MS.into(), AMQPValue::LongLongInt(dead_at_ms));
         h.insert(ATTEMPTS.into(), AMQPValue::LongLongInt(self.attempt.into()));
         if let Some(status) = last_status {
             h.insert(LAST_STATUS.into(), AMQPValue::LongLongInt(status.into()));

@@ -6,8 +6,6 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::{Caller, Page, PageRequest, ServiceError};
-use crate::config::Settings;
-use crate::dlq::{self, RedriveReport, Selection};
 use crate::store::deliveries::{self, AttemptView, DeliveryView, Filter, Status};
 
 #[derive(Debug, Clone, Default)]
@@ -84,47 +82,4 @@ pub async fn get(pool: &PgPool, caller: &Caller, id: Uuid) -> Result<Detailed, S
         .ok_or(ServiceError::NotFound)?;
     let attempts = deliveries::attempts(pool, id).await?;
     Ok(Detailed { delivery, attempts })
-}
-
-/// Dead deliveries sent again with a fresh retry schedule (`crate::dlq`): `all`, or
-/// the given ids. A tenant token redrives only deliveries to its own endpoints; ids
-/// of others are reported as not found, like ids not in the queue.
-pub async fn redrive(
-    settings: &Settings,
-    pool: &PgPool,
-    caller: &Caller,
-    all: bool,
-    ids: Vec<Uuid>,
-) -> Result<RedriveReport, ServiceError> {
-    let (selection, mut foreign) = match (all, ids.is_empty(), caller.scope()) {
-        (true, true, None) => (Selection::All, Vec::new()),
-        (true, true, Some(tenant)) => (
-            Selection::Endpoints(deliveries::endpoints_of_tenant(pool, tenant).await?),
-            Vec::new(),
-        ),
-        (false, false, scope) => {
-            let owned = deliveries::owned(pool, scope, &ids).await?;
-            let foreign = ids
-                .iter()
-                .filter(|id| !owned.contains(id))
-                .copied()
-                .collect();
-            (Selection::Deliveries(owned.into_iter().collect()), foreign)
-        }
-        _ => {
-            return Err(ServiceError::invalid(
-                "delivery_ids",
-                "give either \"all\": true or a non-empty \"delivery_ids\"",
-            ))
-        }
-    };
-    let mut report = if matches!(&selection, Selection::Deliveries(ids) if ids.is_empty()) {
-        RedriveReport::default()
-    } else {
-        dlq::redrive(settings, pool, selection)
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("{e:#}")))?
-    };
-    report.not_found.append(&mut foreign);
-    Ok(report)
 }

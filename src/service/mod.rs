@@ -5,6 +5,7 @@
 //! is a [`ServiceError::Invalid`] naming its fields and never a partial change.
 
 pub mod deliveries;
+pub mod dlq;
 pub mod endpoints;
 mod error;
 pub mod events;

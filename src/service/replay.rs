@@ -184,20 +184,13 @@ async fn pages(
                 let (_, _, event) = page
                     .iter()
                     .find(|(_, key, e)| *key == r.tenant_key && e.id == r.event_id)?;
-                let attempt = u32::try_from(r.attempts).unwrap_or(0) + 1;
-                Some(DeliveryTask {
-                    delivery_id: r.id,
-                    event_id: event.id.clone(),
-                    endpoint_id: job.endpoint_id,
-                    attempt,
-                    schedule_start: attempt,
-                    received_at_ms: 0,
-                    not_before_ms: None,
-                    turn: None,
-                    deferrals: 0,
-                    traceparent: None,
-                    body: Bytes::from(event.webhook_body()),
-                })
+                Some(DeliveryTask::resend(
+                    r.id,
+                    event.id.clone(),
+                    job.endpoint_id,
+                    r.attempts,
+                    Bytes::from(event.webhook_body()),
+                ))
             })
             .collect();
         if !tasks.is_empty() {

@@ -62,19 +62,7 @@ pub async fn test(
         "data": { "message": "a test event sent by Herald", "endpoint_id": id },
     }))
     .expect("JSON values serialise");
-    let task = DeliveryTask {
-        delivery_id: Uuid::nil(),
-        event_id: event_id.clone(),
-        endpoint_id: id,
-        attempt: 1,
-        schedule_start: 1,
-        received_at_ms: 0,
-        not_before_ms: None,
-        turn: None,
-        deferrals: 0,
-        traceparent: None,
-        body: Bytes::from(body),
-    };
+    let task = DeliveryTask::resend(Uuid::nil(), event_id.clone(), id, 0, Bytes::from(body));
     let client = WebhookClient::new(&settings.delivery)
         .map_err(|e| ServiceError::Internal(anyhow::anyhow!("HTTP client: {e}")))?;
     let span = tracing::info_span!("test_send", endpoint_id = %id);
@@ -131,20 +119,14 @@ pub async fn retry(
     let event = events::load(pool, &tenant_key, &delivery.event_id)
         .await?
         .ok_or_else(|| ServiceError::Internal(anyhow::anyhow!("delivery {id} has no event")))?;
-    let attempt = u32::try_from(delivery.attempts).unwrap_or(0) + 1;
-    let task = DeliveryTask {
-        delivery_id: id,
-        event_id: delivery.event_id.clone(),
-        endpoint_id: delivery.endpoint_id,
-        attempt,
-        schedule_start: attempt,
-        received_at_ms: 0,
-        not_before_ms: None,
-        turn: None,
-        deferrals: 0,
-        traceparent: None,
-        body: Bytes::from(event.webhook_body()),
-    };
+    let task = DeliveryTask::resend(
+        id,
+        delivery.event_id.clone(),
+        delivery.endpoint_id,
+        delivery.attempts,
+        Bytes::from(event.webhook_body()),
+    );
+    let attempt = task.attempt;
     let mut marked = pool.begin().await?;
     if deliveries::mark_requeued(&mut *marked, id).await? == 0 {
         return Err(ServiceError::Conflict(
@@ -167,8 +149,10 @@ pub async fn retry(
 /// (the API process has no broker connection of its own otherwise).
 pub(super) struct Dispatcher {
     connection: lapin::Connection,
+    channel: lapin::Channel,
     publisher: Publisher,
     work_exchange: String,
+    work_queue: String,
 }
 
 impl Dispatcher {
@@ -181,8 +165,10 @@ impl Dispatcher {
             let publisher = Publisher::open(&connection).await?;
             anyhow::Ok(Self {
                 connection,
+                channel,
                 publisher,
                 work_exchange: topology.work_exchange(),
+                work_queue: topology.work_queue(),
             })
         };
         opened.await.map_err(unavailable)
@@ -196,6 +182,13 @@ impl Dispatcher {
                     .map(|t| t.to_work(&self.work_exchange))
                     .collect(),
             )
+            .await
+            .map_err(|e| unavailable(e.into()))
+    }
+
+    /// Tasks waiting in the work queue now.
+    pub async fn work_queued(&self) -> Result<u32, ServiceError> {
+        crate::topology::queue_depth(&self.channel, &self.work_queue)
             .await
             .map_err(|e| unavailable(e.into()))
     }

@@ -53,7 +53,9 @@ pub struct Outcome {
 
 /// Records many outcomes in one transaction: attempts inserted, deliveries updated.
 /// A delivery already `success` is never moved back (a duplicate task after a crash),
-/// nor is a later attempt's outcome overwritten by an earlier one's.
+/// nor is a later attempt's outcome overwritten by an earlier one's. A `failed` one is
+/// in the dead-letter queue from `at`, for the reason its `last_error` starts with
+/// (`retries_exhausted: HTTP 500`).
 pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let attempts: Vec<(&Outcome, &AttemptRecord)> = outcomes
@@ -86,6 +88,9 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), 
              last_status_code = COALESCE(u.last_status_code, d.last_status_code),
              last_error = u.last_error,
              delivered_at = CASE WHEN u.status = 'success' THEN u.at ELSE d.delivered_at END,
+             dead_reason = CASE WHEN u.status = 'failed' THEN split_part(u.last_error, ':', 1) END,
+             dead_at = CASE WHEN u.status = 'failed' THEN u.at END,
+             purged_at = NULL,
              updated_at = u.at
          FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::timestamptz[], $5::int4[],
                      $6::text[], $7::timestamptz[])
@@ -284,7 +289,8 @@ pub async fn mark_requeued(
     id: Uuid,
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now()
+        "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now(),
+             dead_reason = NULL, dead_at = NULL, purged_at = NULL
          WHERE id = $1 AND status IN ('success', 'failed')",
     )
     .bind(id)

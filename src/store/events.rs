@@ -262,6 +262,35 @@ pub async fn load(pool: &PgPool, tenant_key: &str, id: &str) -> Result<Option<Ev
     row.map(Event::try_from).transpose()
 }
 
+/// Many events by (tenant key, id), keyed so; those not stored are absent.
+pub async fn load_many(
+    pool: &PgPool,
+    keys: &[(String, String)],
+) -> Result<std::collections::HashMap<(String, String), Event>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        tenant_key: String,
+        #[sqlx(flatten)]
+        stored: StoredRow,
+    }
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT e.tenant_key, e.id, e.type, e.tenant_id, e.source, e.occurred_at,
+                e.payload::text AS payload
+         FROM UNNEST($1::text[], $2::text[]) AS k(tenant_key, id)
+         JOIN herald.events e ON e.tenant_key = k.tenant_key AND e.id = k.id",
+    )
+    .bind(keys.iter().map(|(t, _)| t.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let key = (row.tenant_key, row.stored.id.clone());
+            Ok((key, Event::try_from(row.stored)?))
+        })
+        .collect()
+}
+
 /// The columns of an event that rebuild its webhook.
 #[derive(sqlx::FromRow)]
 pub(crate) struct StoredRow {

@@ -4,6 +4,8 @@
 //! events or attempts (`UNNEST` of arrays), inside one transaction.
 
 pub mod deliveries;
+pub mod dlq;
+pub mod dlq_jobs;
 pub mod endpoints;
 pub mod events;
 pub mod health;

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use herald::dlq::{self, Selection};
+use herald::service::dlq::{JobRequest, Kind};
+use herald::store::dlq::Filter;
 use herald::Role;
 
 use crate::common::receiver::{Receiver, Reply};
@@ -125,7 +126,7 @@ async fn exhausted_retries_end_failed_in_the_dlq_and_redrive_delivers_them() {
     })
     .await;
 
-    // Peek at the parked message's headers without losing it: redrive needs it.
+    // Peek at the parked copy's headers, and put it back: the sweep takes it out.
     {
         let messages = env.drain(&dlq_name).await;
         assert_eq!(messages.len(), 1);
@@ -156,10 +157,16 @@ async fn exhausted_retries_end_failed_in_the_dlq_and_redrive_delivers_them() {
     }
 
     receiver.set_script(|_, _| Reply::status(200));
-    let report = dlq::redrive(&env.settings, &env.pool, Selection::All)
-        .await
-        .unwrap();
-    assert_eq!(report.redriven, vec![dead[0].id]);
+    let job = env
+        .dlq_job(JobRequest {
+            kind: Kind::Redrive,
+            all: true,
+            filter: Filter::default(),
+            enable_endpoints: false,
+        })
+        .await;
+    assert_eq!((job.matched, job.processed, job.refused), (1, 1, 0));
+    assert_eq!(job.swept, Some(1), "the stale copy taken out of the queue");
     eventually(
         "the redriven delivery to succeed",
         Duration::from_secs(15),
@@ -200,20 +207,24 @@ async fn redrive_of_chosen_deliveries_leaves_the_others_parked() {
             .await
             .unwrap();
     let stranger = uuid::Uuid::new_v4();
-    let report = dlq::redrive(
-        &env.settings,
-        &env.pool,
-        Selection::Deliveries(vec![chosen, stranger]),
-    )
-    .await
-    .unwrap();
-    assert_eq!(report.redriven, vec![chosen]);
-    assert_eq!(report.not_found, vec![stranger]);
+    let job = env
+        .dlq_job(JobRequest {
+            kind: Kind::Redrive,
+            all: false,
+            filter: Filter {
+                delivery_ids: Some(vec![chosen, stranger]),
+                ..Filter::default()
+            },
+            enable_endpoints: false,
+        })
+        .await;
+    assert_eq!((job.matched, job.processed), (1, 1));
+    assert_eq!(job.not_found, vec![stranger]);
     eventually("evt-b delivered", Duration::from_secs(15), || async {
         env.delivery_statuses().await == vec![("failed".to_string(), 2), ("success".to_string(), 1)]
     })
     .await;
-    // Held messages are handed back (nack with requeue) as the redrive ends.
+    // The sweep took the redriven one's copy out and kept the others, in order.
     eventually(
         "the others to stay parked",
         Duration::from_secs(10),
@@ -761,7 +772,7 @@ async fn tasks_put_off_together_travel_in_few_messages_and_each_arrives_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redriven_delivery_whose_endpoint_refuses_at_once_is_recorded_failed_not_pending() {
+async fn a_redrive_refuses_a_disabled_endpoint_unless_it_enables_it_and_closes_its_breaker() {
     let env = TestEnv::with(|s| s.delivery.retry_schedule = vec![]).await;
     let receiver = Receiver::scripted(|_, _| Reply::status(500)).await;
     let endpoint = env.add_endpoint(&receiver.url("/a"), &["x.#"], None).await;
@@ -775,42 +786,52 @@ async fn a_redriven_delivery_whose_endpoint_refuses_at_once_is_recorded_failed_n
         env.queue_depth(&dlq).await == 3
     })
     .await;
-    // Disabled meanwhile: a redriven task is dead-lettered again the moment it is taken.
     herald::store::endpoints::set_enabled(&env.pool, endpoint.id, false, Some("maintenance"))
         .await
         .unwrap();
-    eventually("the cache to see it", Duration::from_secs(10), || async {
-        app.subscriptions().snapshot().get(&endpoint.id).is_none()
+    let redrive = |enable_endpoints| JobRequest {
+        kind: Kind::Redrive,
+        all: true,
+        filter: Filter::default(),
+        enable_endpoints,
+    };
+    let refused = env.dlq_job(redrive(false)).await;
+    assert_eq!(
+        (refused.matched, refused.processed, refused.refused),
+        (3, 0, 3)
+    );
+    let refusal = &refused.refusals.0[&endpoint.id];
+    assert_eq!(
+        (refusal.reason.as_str(), refusal.deliveries),
+        ("endpoint_disabled", 3)
+    );
+    assert_eq!(refused.swept, None, "nothing stale to sweep");
+    assert_eq!(env.queue_depth(&dlq).await, 3);
+    assert_eq!(
+        env.delivery_statuses().await,
+        vec![("failed".to_string(), 3)]
+    );
+
+    receiver.set_script(|_, _| Reply::status(200));
+    let enabled = env.dlq_job(redrive(true)).await;
+    assert_eq!((enabled.processed, enabled.refused), (3, 0));
+    assert_eq!(enabled.enabled_endpoints, vec![endpoint.id]);
+    assert_eq!(enabled.swept, Some(3));
+    eventually("all three delivered", Duration::from_secs(15), || async {
+        env.delivery_statuses().await == vec![("success".to_string(), 3)]
     })
     .await;
-    for round in 0..3 {
-        let report = dlq::redrive(&env.settings, &env.pool, Selection::All)
-            .await
-            .unwrap();
-        assert_eq!(report.redriven.len(), 3, "round {round}");
-        eventually("parked again", Duration::from_secs(15), || async {
-            env.queue_depth(&dlq).await == 3
-        })
-        .await;
-        // Every record says what the queue says, once the writes are done.
-        eventually("every record failed", Duration::from_secs(10), || async {
-            env.delivery_statuses().await == vec![("failed".to_string(), 3)]
-        })
-        .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            env.delivery_statuses().await,
-            vec![("failed".to_string(), 3)],
-            "round {round}: nothing flips back to pending"
-        );
-    }
-    let errors: Vec<String> = sqlx::query_scalar("SELECT last_error FROM herald.deliveries")
-        .fetch_all(&env.pool)
-        .await
-        .unwrap();
-    assert!(
-        errors.iter().all(|e| e.starts_with("endpoint_disabled")),
-        "{errors:?}"
+    assert_eq!(
+        receiver.received_at("/a").len(),
+        6,
+        "three failed, three redriven"
+    );
+    assert_eq!(env.queue_depth(&dlq).await, 0);
+    assert_eq!(
+        env.count("SELECT count(*) FROM herald.ops_events WHERE type = 'herald.endpoint.enabled'")
+            .await,
+        1,
+        "enabling said so on the bus"
     );
     app.stop().await;
     env.cleanup().await;

@@ -184,6 +184,18 @@ async fn the_served_document_describes_every_route_and_what_they_answer() {
             Some(json!({"delivery_ids": [nil]})),
         ),
         (
+            "/dlq/purge",
+            Method::POST,
+            "/dlq/purge".into(),
+            Some(json!({"reason": "gone", "confirm": true})),
+        ),
+        (
+            "/dlq/jobs/{id}",
+            Method::GET,
+            format!("/dlq/jobs/{nil}"),
+            None,
+        ),
+        (
             "/deliveries/{id}",
             Method::GET,
             format!("/deliveries/{nil}"),
@@ -300,8 +312,9 @@ fn check(
     closed: bool,
     errors: &mut Vec<String>,
 ) {
-    const KNOWN: [&str; 14] = [
+    const KNOWN: [&str; 15] = [
         "$ref",
+        "propertyNames",
         "allOf",
         "oneOf",
         "type",
@@ -385,6 +398,11 @@ fn check(
     if let Some(max) = map.get("maximum").and_then(Value::as_f64) {
         if value.as_f64().is_some_and(|v| v > max) {
             errors.push(format!("{at}: {value} > {max}"));
+        }
+    }
+    if let (Some(object), Some(names)) = (value.as_object(), map.get("propertyNames")) {
+        for key in object.keys() {
+            check(doc, names, &json!(key), &format!("{at}[{key}]"), true, errors);
         }
     }
     if let Some(object) = value.as_object() {

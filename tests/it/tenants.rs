@@ -84,6 +84,7 @@ fn ids(list: &Value) -> Vec<String> {
 struct Theirs {
     token_id: String,
     replay_id: String,
+    dlq_job_id: String,
     endpoint_id: String,
     event_id: String,
     delivery_id: String,
@@ -145,8 +146,17 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
             Some(json!({"since": "2020-01-01T00:00:00Z", "only_failed": true})),
         )
         .await;
+    let dlq_job = api
+        .ok(
+            Method::POST,
+            "/dlq/redrive",
+            &token_b,
+            Some(json!({"all": true})),
+        )
+        .await;
     let theirs = Theirs {
         replay_id: replay["id"].as_str().unwrap().to_string(),
+        dlq_job_id: dlq_job["id"].as_str().unwrap().to_string(),
         token_id: token_b_id,
         endpoint_id: endpoint_of["tenant-b"].clone(),
         event_id: "b-only".into(),
@@ -179,7 +189,11 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
                 &format!("/deliveries/{}", theirs.delivery_id),
             )
             .replace("/tokens/{id}", &format!("/tokens/{}", theirs.token_id))
-            .replace("/replays/{id}", &format!("/replays/{}", theirs.replay_id));
+            .replace("/replays/{id}", &format!("/replays/{}", theirs.replay_id))
+            .replace(
+                "/dlq/jobs/{id}",
+                &format!("/dlq/jobs/{}", theirs.dlq_job_id),
+            );
         assert!(
             !path.contains('{'),
             "no isolation case substitutes {}",
@@ -192,6 +206,9 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
             ),
             ("PATCH", _) => Some(json!({"enabled": false, "url": receiver.url("/stolen")})),
             ("POST", "/dlq/redrive") => Some(json!({"delivery_ids": [theirs.delivery_id]})),
+            ("POST", "/dlq/purge") => {
+                Some(json!({"delivery_ids": [theirs.delivery_id], "confirm": true}))
+            }
             ("POST", "/tokens") => Some(json!({"tenant_id": "tenant-a"})),
             ("POST", p) if p.ends_with("/replay") => Some(json!({"since": "2020-01-01T00:00:00Z"})),
             ("POST", _) => Some(json!({})),
@@ -245,15 +262,21 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
                 assert_eq!(status, 422, "{what}");
                 assert_eq!(answer["errors"][0]["field"], "tenant_id", "{what}");
             }
-            ("POST", "/dlq/redrive") => {
-                assert_eq!(status, 200, "{what}");
-                assert_eq!(answer["redriven"], json!([]), "{what}");
+            ("POST", "/dlq/redrive" | "/dlq/purge") => {
+                assert_eq!(status, 202, "{what}");
+                assert_eq!(answer["matched"], 0, "{what}");
                 assert_eq!(answer["not_found"], json!([theirs.delivery_id]), "{what}");
             }
             ("GET" | "PATCH" | "DELETE" | "POST", p)
-                if ["/endpoints/", "/events/", "/deliveries/", "/replays/"]
-                    .iter()
-                    .any(|prefix| p.starts_with(prefix)) =>
+                if [
+                    "/endpoints/",
+                    "/events/",
+                    "/deliveries/",
+                    "/replays/",
+                    "/dlq/jobs/",
+                ]
+                .iter()
+                .any(|prefix| p.starts_with(prefix)) =>
             {
                 assert_eq!(status, 404, "{what}");
                 assert_eq!(answer["type"], "urn:herald:problem:not-found", "{what}");
@@ -392,7 +415,9 @@ async fn careless_input_gets_a_problem_never_a_5xx_and_changes_nothing() {
         ("bad endpoint filter", raw(Method::GET, "/deliveries?endpoint_id=7"), 422, "validation", Some("endpoint_id")),
         ("bad time", raw(Method::GET, "/events?since=yesterday"), 422, "validation", Some("since")),
         ("bad type pattern", raw(Method::GET, "/events?type=a%20b"), 422, "validation", Some("type")),
-        ("redrive without selection", raw(Method::POST, "/dlq/redrive").json(&json!({})), 422, "validation", Some("delivery_ids")),
+        ("redrive without selection", raw(Method::POST, "/dlq/redrive").json(&json!({})), 422, "validation", Some("all")),
+        ("purge without confirm", raw(Method::POST, "/dlq/purge").json(&json!({"all": true})), 422, "validation", Some("confirm")),
+        ("bad dlq reason", raw(Method::GET, "/dlq?reason=bored"), 422, "validation", Some("reason")),
         ("grace too long", raw(Method::POST, &format!("/endpoints/{}/rotate-secret", uuid::Uuid::nil())).json(&json!({"grace_hours": 100000})), 422, "validation", Some("grace_hours")),
         ("token without tenant", raw(Method::POST, "/tokens").json(&json!({"name": "x"})), 422, "validation", Some("tenant_id")),
         ("tenant with spaces", raw(Method::POST, "/tokens").json(&json!({"tenant_id": "a b"})), 422, "validation", Some("tenant_id")),

@@ -18,7 +18,7 @@ use super::responses::{
     Conflict, Forbidden, Internal, Malformed, NotFound, TooLarge, Unauthorized, Unavailable,
     UnsupportedMediaType, Validation,
 };
-use super::{endpoints, records, tokens};
+use super::{dlq, endpoints, records, tokens};
 use crate::api::problem;
 
 /// Where the admin API lives; the document's paths are under it.
@@ -55,8 +55,10 @@ pub const DOCUMENT: &str = "/openapi.json";
         records::list_deliveries,
         records::get_delivery,
         records::retry,
-        records::list_dlq,
-        records::redrive,
+        dlq::list,
+        dlq::redrive,
+        dlq::purge,
+        dlq::get_job,
         tokens::list,
         tokens::create,
         tokens::revoke,

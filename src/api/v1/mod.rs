@@ -2,6 +2,7 @@
 //! router and which tests walk (a route added without a tenant check fails them); and
 //! its OpenAPI document (`doc`), public, outside the table and its authentication.
 
+mod dlq;
 mod doc;
 mod endpoints;
 mod records;
@@ -70,8 +71,10 @@ fn table() -> Table {
         .add(Method::GET, "/deliveries", records::list_deliveries)
         .add(Method::GET, "/deliveries/{id}", records::get_delivery)
         .add(Method::POST, "/deliveries/{id}/retry", records::retry)
-        .add(Method::GET, "/dlq", records::list_dlq)
-        .add(Method::POST, "/dlq/redrive", records::redrive)
+        .add(Method::GET, "/dlq", dlq::list)
+        .add(Method::POST, "/dlq/redrive", dlq::redrive)
+        .add(Method::POST, "/dlq/purge", dlq::purge)
+        .add(Method::GET, "/dlq/jobs/{id}", dlq::get_job)
         .add(Method::GET, "/tokens", tokens::list)
         .add(Method::POST, "/tokens", tokens::create)
         .add(Method::DELETE, "/tokens/{id}", tokens::revoke)

@@ -1,5 +1,5 @@
-//! `/events`, `/deliveries`, `/dlq`: what happened, and redrive
-//! (`crate::service::{events, deliveries}`).
+//! `/events`, `/deliveries`: what happened, and a delivery's retry
+//! (`crate::service::{events, deliveries, resend}`).
 
 use std::sync::Arc;
 
@@ -8,14 +8,12 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::IntoParams;
 use uuid::Uuid;
 
-use crate::api::extract::{Json, Path, Query};
+use crate::api::extract::{Path, Query};
 use crate::api::problem::Problem;
-use crate::api::v1::responses::{
-    Conflict, Malformed, NotFound, TooLarge, Unavailable, UnsupportedMediaType, Validation,
-};
+use crate::api::v1::responses::{Conflict, NotFound, Unavailable, Validation};
 use crate::api::ApiState;
 use crate::service::{deliveries, events, resend, Caller, PageRequest};
 
@@ -109,7 +107,7 @@ pub async fn get_event(
 pub struct DeliveryQuery {
     /// Only this tenant's (a tenant token: its own anyway).
     tenant_id: Option<String>,
-    /// `pending`, `retrying`, `success` or `failed` (ignored by `/dlq`: always `failed`).
+    /// `pending`, `retrying`, `success` or `failed`.
     #[param(value_type = Option<crate::store::deliveries::Status>)]
     status: Option<String>,
     endpoint_id: Option<Uuid>,
@@ -187,76 +185,6 @@ pub async fn get_delivery(
     Path(id): Path<Uuid>,
 ) -> Result<impl IntoResponse, Problem> {
     Ok(axum::Json(deliveries::get(&state.pool, &caller, id).await?))
-}
-
-/// Failed deliveries: the records of what sits in the dead-letter queue.
-#[utoipa::path(
-    get,
-    path = "/dlq",
-    tag = "dlq",
-    operation_id = "list_dlq",
-    params(DeliveryQuery),
-    responses(
-        (status = 200, description = "One page of failed deliveries", body = crate::service::Page<crate::store::deliveries::DeliveryView>),
-        (status = 422, response = Validation),
-    )
-)]
-pub async fn list_dlq(
-    State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    Query(q): Query<DeliveryQuery>,
-) -> Result<impl IntoResponse, Problem> {
-    let (mut filter, page) = q.split()?;
-    filter.status = Some("failed".into());
-    Ok(axum::Json(
-        deliveries::list(&state.pool, &caller, filter, page).await?,
-    ))
-}
-
-/// What to send again: `"all": true` (a tenant token: all of its own), or a non-empty
-/// `delivery_ids`; not both.
-#[derive(Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = RedriveRequest)]
-pub struct RedriveBody {
-    #[serde(default)]
-    all: bool,
-    #[serde(default)]
-    delivery_ids: Vec<Uuid>,
-}
-
-/// Sends dead deliveries again with a fresh retry schedule.
-#[utoipa::path(
-    post,
-    path = "/dlq/redrive",
-    tag = "dlq",
-    operation_id = "redrive_dlq",
-    request_body = RedriveBody,
-    responses(
-        (status = 200, description = "What was sent again", body = crate::dlq::RedriveReport),
-        (status = 400, response = Malformed),
-        (status = 413, response = TooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Validation),
-        (status = 503, response = Unavailable),
-    )
-)]
-
-pub async fn redrive(
-    State(state): State<Arc<ApiState>>,
-    caller: Caller,
-    Json(body): Json<RedriveBody>,
-) -> Result<impl IntoResponse, Problem> {
-    Ok(axum::Json(
-        deliveries::redrive(
-            &state.settings,
-            &state.pool,
-            &caller,
-            body.all,
-            body.delivery_ids,
-        )
-        .await?,
-    ))
 }
 
 /// A new attempt of a finished delivery, now (same `webhook-id`; the attempt number

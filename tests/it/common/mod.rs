@@ -269,6 +269,20 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// Runs a dead-letter job (redrive or purge) as the admin, to its end.
+    pub async fn dlq_job(
+        &self,
+        request: herald::service::dlq::JobRequest,
+    ) -> herald::store::dlq_jobs::Job {
+        let caller = herald::service::Caller::Admin;
+        let job = herald::service::dlq::start(&self.pool, &caller, request)
+            .await
+            .expect("the job starts");
+        herald::service::dlq::run(&self.settings, &self.pool, job, |_| {})
+            .await
+            .expect("the job runs")
+    }
+
     pub async fn count(&self, sql: &str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.unwrap()
     }
