@@ -16,6 +16,7 @@ mod broker;
 mod cluster;
 mod configuration;
 mod delivery;
+mod dlq;
 mod fan_out;
 mod health;
 mod ingest;

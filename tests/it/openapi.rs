@@ -402,7 +402,14 @@ fn check(
     }
     if let (Some(object), Some(names)) = (value.as_object(), map.get("propertyNames")) {
         for key in object.keys() {
-            check(doc, names, &json!(key), &format!("{at}[{key}]"), true, errors);
+            check(
+                doc,
+                names,
+                &json!(key),
+                &format!("{at}[{key}]"),
+                true,
+                errors,
+            );
         }
     }
     if let Some(object) = value.as_object() {
