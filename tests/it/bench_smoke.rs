@@ -14,7 +14,7 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
             "--mode",
             "tiny",
             "--scenarios",
-            "steady,fanout",
+            "steady,fanout,redrive",
             "--database",
         ])
         .arg(&database)
@@ -31,7 +31,7 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
     let text = std::fs::read_to_string(&json).expect("results.json written");
     let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
     let scenarios = results["scenarios"].as_array().expect("scenarios array");
-    assert_eq!(scenarios.len(), 2, "{text}");
+    assert_eq!(scenarios.len(), 3, "{text}");
     for s in scenarios {
         for field in [
             "name",

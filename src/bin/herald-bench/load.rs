@@ -23,6 +23,9 @@ const IN_FLIGHT: usize = 32;
 pub struct Load {
     pub exchange: String,
     pub tag: String,
+    /// The number of the first event (ids `<tag>-<first>` …), so that loads published
+    /// one after another under one tag do not repeat ids.
+    pub first: usize,
     pub count: usize,
     /// Events per second; `None` = as fast as the broker confirms.
     pub rate: Option<f64>,
@@ -58,7 +61,11 @@ async fn publish_chunk(
         .map(|(n, data)| {
             let (routing_key, tenant) = load.kind(*n);
             let mut properties = BasicProperties::default()
-                .with_message_id(ShortString::from(format!("{}-{n}", load.tag)))
+                .with_message_id(ShortString::from(format!(
+                    "{}-{}",
+                    load.tag,
+                    load.first + n
+                )))
                 .with_content_type(ShortString::from("application/json"))
                 .with_delivery_mode(2);
             if let Some(tenant) = tenant {

@@ -12,6 +12,7 @@ mod leftovers;
 mod load;
 mod process;
 mod receiver;
+mod redrive;
 mod relay;
 mod report;
 mod run;

@@ -33,7 +33,7 @@ impl HeraldConfig {
         env
     }
 
-    fn command(&self, api: SocketAddr, args: &[&str]) -> anyhow::Result<Command> {
+    pub fn command(&self, api: SocketAddr, args: &[&str]) -> anyhow::Result<Command> {
         if let Some(dir) = self.log.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -72,6 +72,44 @@ pub async fn migrate(config: &HeraldConfig) -> anyhow::Result<()> {
         bail!("herald migrate failed: {status}");
     }
     Ok(())
+}
+
+/// A one-shot command (`herald dlq redrive …`) with the run's settings, to its end:
+/// its stdout, and its peak resident memory (sampled every 100 ms), MiB.
+pub async fn run_once(config: &HeraldConfig, args: &[&str]) -> anyhow::Result<(String, f64)> {
+    let mut command = config.command(free_port()?, args)?;
+    command.stdout(Stdio::piped());
+    let child = command
+        .spawn()
+        .with_context(|| format!("starting {}", config.binary.display()))?;
+    let pid = child.id().context("the command exited at once")?;
+    let peak = Arc::new(Mutex::new(0u64));
+    let sampler = CancellationToken::new();
+    {
+        let (peak, stop) = (peak.clone(), sampler.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => match rss_kib(pid) {
+                        Some(kib) => {
+                            let mut peak = peak.lock().expect("rss lock");
+                            *peak = (*peak).max(kib);
+                        }
+                        None => break,
+                    },
+                }
+            }
+        });
+    }
+    let output = child.wait_with_output().await?;
+    sampler.cancel();
+    if !output.status.success() {
+        bail!("herald {args:?} failed: {}", output.status);
+    }
+    let peak = *peak.lock().expect("rss lock") as f64 / 1024.0;
+    Ok((String::from_utf8_lossy(&output.stdout).into_owned(), peak))
 }
 
 /// A running `herald serve`.

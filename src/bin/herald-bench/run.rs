@@ -77,7 +77,7 @@ pub struct Latency {
 }
 
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
+    pub fn of(h: &Histogram<u64>) -> Self {
         if h.is_empty() {
             return Self::default();
         }
@@ -206,7 +206,7 @@ impl Bench {
         })
     }
 
-    fn next_tag(&self) -> String {
+    pub fn next_tag(&self) -> String {
         let n = self.runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         format!("{}r{n}", self.tag_base)
     }
@@ -232,7 +232,7 @@ impl Bench {
     }
 
     /// Run `tag`'s world: the bench database, `tag` as the topology prefix.
-    fn world(&self, tag: &str, exchange: &str, retry_schedule: &str) -> World {
+    pub fn world(&self, tag: &str, exchange: &str, retry_schedule: &str) -> World {
         World {
             amqp_url: self.amqp_url.clone(),
             database_url: self.database_url(),
@@ -244,7 +244,7 @@ impl Bench {
         }
     }
 
-    fn herald_config(&self, tag: &str, world: World) -> HeraldConfig {
+    pub fn herald_config(&self, tag: &str, world: World) -> HeraldConfig {
         HeraldConfig {
             binary: self.herald_binary.clone(),
             world,
@@ -275,6 +275,7 @@ impl Bench {
         Load {
             exchange: exchange.to_string(),
             tag: tag.to_string(),
+            first: 0,
             count: spec.load.count,
             rate: spec.load.rate,
             body_bytes: spec.load.body_bytes,
@@ -320,7 +321,7 @@ impl Bench {
         Ok(secrets)
     }
 
-    async fn declare_exchange(&self, exchange: &str) -> lapin::Result<()> {
+    pub async fn declare_exchange(&self, exchange: &str) -> lapin::Result<()> {
         self.channel
             .exchange_declare(
                 exchange,
@@ -334,7 +335,7 @@ impl Bench {
             .await
     }
 
-    async fn delete_exchange(&self, exchange: &str) {
+    pub async fn delete_exchange(&self, exchange: &str) {
         if let Err(error) = self
             .channel
             .exchange_delete(exchange, ExchangeDeleteOptions::default())

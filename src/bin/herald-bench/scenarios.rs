@@ -26,7 +26,7 @@ impl Size {
     }
 }
 
-pub const ALL: [&str; 8] = [
+pub const ALL: [&str; 9] = [
     "steady",
     "fanout",
     "latency",
@@ -35,6 +35,7 @@ pub const ALL: [&str; 8] = [
     "slow",
     "backlog",
     "many-endpoints",
+    "redrive",
 ];
 
 /// One row of the report (and of `results.json`).
@@ -282,6 +283,7 @@ pub async fn run(
         "slow" => slow(bench, size, reps.min(2)).await,
         "backlog" => backlog(bench, size).await,
         "many-endpoints" => many_endpoints(bench, size).await,
+        "redrive" => crate::redrive::redrive(bench, size).await,
         other => anyhow::bail!("unknown scenario `{other}` (known: {})", ALL.join(", ")),
     }
 }
