@@ -1,13 +1,15 @@
 //! Parking: a message Herald cannot take goes to `<prefix>.invalid` whole — body and
 //! properties as they came — with headers saying why (`x-herald-error`,
 //! `x-herald-reason`) and where it came from (`x-herald-exchange`,
-//! `x-herald-routing-key`), so that an SRE can read it and `herald invalid reingest` can
-//! send it back.
+//! `x-herald-routing-key`) and an id to select it by (`x-herald-parked-id`, a UUIDv7),
+//! so that an SRE can read it and `herald invalid reingest` can send it back
+//! ([`super::parked`]).
 
 use lapin::message::Delivery;
 use lapin::BasicProperties;
 
 use super::headers::{encoded_size, text, with_error};
+use super::parked::{self, origin};
 use super::{Outgoing, PublishError, Publisher};
 
 /// Most bytes of a message's own headers a parked copy keeps. A header table has to
@@ -46,8 +48,9 @@ pub async fn park(
     publisher.publish_all(messages).await
 }
 
-/// The properties of a parked copy: the message's own, persistent, with the reason
-/// and origin added and a timestamp (arrival) if it had none.
+/// The properties of a parked copy: the message's own, persistent, with the reason,
+/// origin and a new id added and a timestamp (arrival) if it had none. A reingested
+/// message refused again keeps its origin ([`origin`]) and gets a new id.
 fn parked_properties(refused: &Refused<'_>, now_unix: u64) -> BasicProperties {
     let message = refused.message;
     let own = message.properties.headers().clone();
@@ -62,10 +65,12 @@ fn parked_properties(refused: &Refused<'_>, now_unix: u64) -> BasicProperties {
         (own, refused.detail.clone())
     };
     let mut headers = with_error(own, refused.reason, &detail);
-    headers.insert("x-herald-exchange".into(), text(message.exchange.as_str()));
+    let (exchange, routing_key) = origin(message);
+    headers.insert(parked::EXCHANGE.into(), text(&exchange));
+    headers.insert(parked::ROUTING_KEY.into(), text(&routing_key));
     headers.insert(
-        "x-herald-routing-key".into(),
-        text(message.routing_key.as_str()),
+        parked::PARKED_ID.into(),
+        text(&uuid::Uuid::now_v7().to_string()),
     );
     let mut properties = message
         .properties

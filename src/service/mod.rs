@@ -8,6 +8,7 @@ pub mod deliveries;
 pub mod endpoints;
 mod error;
 pub mod events;
+pub mod invalid;
 mod page;
 pub mod replay;
 pub mod resend;

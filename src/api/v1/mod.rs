@@ -4,6 +4,7 @@
 
 mod doc;
 mod endpoints;
+mod invalid;
 mod records;
 mod responses;
 mod tokens;
@@ -72,6 +73,9 @@ fn table() -> Table {
         .add(Method::POST, "/deliveries/{id}/retry", records::retry)
         .add(Method::GET, "/dlq", records::list_dlq)
         .add(Method::POST, "/dlq/redrive", records::redrive)
+        .add(Method::GET, "/invalid", invalid::list)
+        .add(Method::POST, "/invalid/reingest", invalid::reingest)
+        .add(Method::POST, "/invalid/purge", invalid::purge)
         .add(Method::GET, "/tokens", tokens::list)
         .add(Method::POST, "/tokens", tokens::create)
         .add(Method::DELETE, "/tokens/{id}", tokens::revoke)
