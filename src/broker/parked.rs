@@ -30,7 +30,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::headers::header_text;
+use super::headers::{header_int, header_text};
 
 /// `reason: detail`, why the message was refused.
 pub const ERROR: &str = "x-herald-error";
@@ -43,8 +43,21 @@ pub const ROUTING_KEY: &str = "x-herald-routing-key";
 /// The id given at park time (UUIDv7).
 pub const PARKED_ID: &str = "x-herald-parked-id";
 
+/// How many times the broker has handed the message out and had it back (a quorum
+/// queue's count; every listing returns what it looked at).
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
+
+/// Headers the broker keeps on a quorum queue's messages, not the message's own.
+const BROKER_HEADERS: [&str; 2] = [DELIVERY_COUNT, "x-acquired-count"];
+
 /// Headers a reingested copy loses: it is a new message to ingest.
-const PARKING_ONLY: [&str; 3] = [ERROR, REASON, PARKED_ID];
+const PARKING_ONLY: [&str; 5] = [
+    ERROR,
+    REASON,
+    PARKED_ID,
+    BROKER_HEADERS[0],
+    BROKER_HEADERS[1],
+];
 
 /// Most body bytes a listing shows of each message.
 pub const BODY_PREFIX_BYTES: usize = 1024;
@@ -136,7 +149,13 @@ pub struct ParkedMessage {
     /// AMQP `timestamp` (the arrival time when the publisher set none).
     #[schema(required = true)]
     pub timestamp: Option<DateTime<Utc>>,
-    /// The message's own headers (Herald's `x-herald-*` left out).
+    /// Times the broker handed it out and had it back (`x-delivery-count`; listings
+    /// count too). On RabbitMQ 4.0–4.2 a quorum queue drops a message at its delivery
+    /// limit (20 by default) unless a policy lifts it (docs/deployment.md).
+    #[schema(required = true)]
+    pub delivery_count: Option<i64>,
+    /// The message's own headers (Herald's `x-herald-*` and the broker's counts left
+    /// out).
     #[schema(value_type = Object)]
     pub headers: BTreeMap<String, Value>,
     /// The body's full size.
@@ -166,10 +185,14 @@ impl ParkedMessage {
             timestamp: properties
                 .timestamp()
                 .and_then(|t| DateTime::from_timestamp(i64::try_from(t).ok()?, 0)),
+            delivery_count: header_int(&headers, DELIVERY_COUNT),
             headers: headers
                 .inner()
                 .iter()
-                .filter(|(name, _)| !name.as_str().starts_with("x-herald-"))
+                .filter(|(name, _)| {
+                    !name.as_str().starts_with("x-herald-")
+                        && !BROKER_HEADERS.contains(&name.as_str())
+                })
                 .map(|(name, value)| (name.to_string(), json(value)))
                 .collect(),
             body_bytes: body.len(),
@@ -289,7 +312,9 @@ mod tests {
     #[test]
     fn a_listing_shows_reason_origin_properties_own_headers_and_the_body_prefix() {
         let body = vec![b'x'; 3000];
-        let shown = ParkedMessage::read(&parked(&[]), &body, 7);
+        let properties = parked(&[(DELIVERY_COUNT, AMQPValue::LongLongInt(2))]);
+        let shown = ParkedMessage::read(&properties, &body, 7);
+        assert_eq!(shown.delivery_count, Some(2));
         assert_eq!(shown.reason.as_deref(), Some("not_json"));
         assert_eq!(
             shown.error.as_deref(),
@@ -304,7 +329,7 @@ mod tests {
         assert_eq!(
             shown.headers,
             BTreeMap::from([("x-tenant-id".to_string(), Value::from("acme"))]),
-            "Herald's own headers are shown as fields, not headers"
+            "Herald's own headers and the broker's count are fields, not headers"
         );
         assert_eq!(shown.body_bytes, 3000);
         assert_eq!(shown.body_prefix.len(), BODY_PREFIX_BYTES);
@@ -324,7 +349,10 @@ mod tests {
 
     #[test]
     fn a_reingested_copy_keeps_its_properties_and_origin_and_loses_the_parking_headers() {
-        let properties = parked(&[(PARKED_ID, text(&Uuid::now_v7().to_string()))]);
+        let properties = parked(&[
+            (PARKED_ID, text(&Uuid::now_v7().to_string())),
+            (DELIVERY_COUNT, AMQPValue::LongLongInt(3)),
+        ]);
         let copy = reingest_properties(&properties);
         let headers = copy.headers().clone().unwrap();
         let names: Vec<&str> = headers.inner().keys().map(|k| k.as_str()).collect();

@@ -8,8 +8,11 @@
 //! acknowledged once it is done with; every other one goes back at the end, in its
 //! order, with one `nack` (requeue, multiple) — not a `reject` or a closed channel,
 //! which RabbitMQ 4.3 and later count towards a quorum queue's delivery limit (see
-//! `crate::dlq`). Listing therefore changes nothing in the queue. What the process holds
-//! is bounded: a listing keeps only the page it answers (a prefix of each body), a
+//! `crate::dlq`). Listing therefore changes nothing in the queue but the broker's
+//! delivery count of each message (see `ParkedMessage::delivery_count`). A walk always
+//! goes to the end of the queue as it was, even for a listing whose page is full: a
+//! quorum queue of RabbitMQ before 4.0 puts a returned message at its back, and only
+//! returning every one of them keeps the order. What the process holds is bounded: a listing keeps only the page it answers (a prefix of each body), a
 //! reingest one chunk of bodies ([`CHUNK`], [`CHUNK_BYTES`]).
 //!
 //! Reingest publishes each chunk to Herald's own ingest queue with confirms and only
@@ -138,11 +141,11 @@ pub async fn list(
     let mut rows = Vec::new();
     let listed = async {
         let mut position = 0u64;
-        while rows.len() < wanted {
-            let Some(message) = walk.next().await? else {
-                break;
-            };
-            if position >= start {
+        // To the end of the walk even once the page is full: a quorum queue of RabbitMQ
+        // before 4.0 puts a returned message at its back, so only returning all of them
+        // keeps the order.
+        while let Some(message) = walk.next().await? {
+            if position >= start && rows.len() < wanted {
                 let shown = ParkedMessage::read(&message.properties, &message.data, position);
                 if reason.is_none() || shown.reason == reason {
                     rows.push(shown);

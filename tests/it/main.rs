@@ -19,6 +19,7 @@ mod delivery;
 mod fan_out;
 mod health;
 mod ingest;
+mod invalid;
 mod lifecycle;
 mod migrations;
 mod observability;
