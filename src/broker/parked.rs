@@ -59,6 +59,10 @@ const PARKING_ONLY: [&str; 5] = [
     BROKER_HEADERS[1],
 ];
 
+/// The reason of a message the deliver role found in `<prefix>.work` that is not a
+/// delivery task: not an event, so never sent through ingest (only purged).
+pub const MALFORMED_TASK: &str = "malformed_task";
+
 /// Most body bytes a listing shows of each message.
 pub const BODY_PREFIX_BYTES: usize = 1024;
 
@@ -110,6 +114,22 @@ pub fn parked_id(properties: &BasicProperties, body: &[u8]) -> (Uuid, bool) {
     (uuid::Builder::from_custom_bytes(bytes).into_uuid(), true)
 }
 
+/// Whether the message was parked at or after `since_ms` (Unix milliseconds), by the
+/// time in its UUIDv7 id; a message with a derived id was parked by an earlier version,
+/// so before.
+pub fn parked_since(properties: &BasicProperties, since_ms: u64) -> bool {
+    let Some(headers) = properties.headers() else {
+        return false;
+    };
+    header_text(headers, PARKED_ID)
+        .and_then(|t| Uuid::parse_str(&t).ok())
+        .and_then(|id| id.get_timestamp())
+        .is_some_and(|ts| {
+            let (secs, nanos) = ts.to_unix();
+            secs * 1000 + u64::from(nanos / 1_000_000) >= since_ms
+        })
+}
+
 /// The reason class of a parked message: `x-herald-reason`, else the start of
 /// `x-herald-error` (`reason: detail`).
 pub fn reason(headers: &FieldTable) -> Option<String> {
@@ -128,7 +148,8 @@ pub struct ParkedMessage {
     /// Its place in the queue when listed, from 0.
     pub position: u64,
     /// The reason class (`not_json`, `too_large`, `no_type`, `bad_type`,
-    /// `bad_cloudevent`, `too_deep`, `refused_by_database`).
+    /// `bad_cloudevent`, `too_deep`, `refused_by_database`; `malformed_task` for a
+    /// message of the work queue that is no delivery task, which reingest leaves).
     #[schema(required = true)]
     pub reason: Option<String>,
     /// Why, for the operator (`x-herald-error`).
@@ -337,6 +358,16 @@ mod tests {
         let short = ParkedMessage::read(&parked(&[]), b"\xff{", 0);
         assert_eq!(short.body_prefix, "\u{fffd}{");
         assert!(!short.body_truncated);
+    }
+
+    #[test]
+    fn a_message_is_parked_since_a_time_by_its_id() {
+        let now_ms = chrono::Utc::now().timestamp_millis() as u64;
+        let id = Uuid::now_v7().to_string();
+        let fresh = parked(&[(PARKED_ID, text(&id))]);
+        assert!(parked_since(&fresh, now_ms - 1_000));
+        assert!(!parked_since(&fresh, now_ms + 60_000));
+        assert!(!parked_since(&parked(&[]), 0), "a derived id is older");
     }
 
     #[test]

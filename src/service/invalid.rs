@@ -3,8 +3,12 @@
 //! publisher or Herald is fixed (reingest), or drop it (purge). The admin's only: a
 //! parked message has no tenant one could trust.
 //!
-//! Each operation walks the queue as it is when it starts (its depth then), taking one
-//! message at a time with `basic_get` and holding it unacknowledged: a message taken is
+//! Each operation walks the queue as it is when it starts, taking one message at a time
+//! with `basic_get` and holding it unacknowledged, until the queue has none ready or,
+//! past its depth at the start, it meets a message parked after the walk began (by the
+//! time in its UUIDv7 id): those are neither taken nor listed. (The depth alone is not
+//! a bound: a quorum queue applies the returns of a walk that just ended a moment
+//! later, so it may count them out.) a message taken is
 //! acknowledged once it is done with; every other one goes back at the end, in its
 //! order, with one `nack` (requeue, multiple) — not a `reject` or a closed channel,
 //! which RabbitMQ 4.3 and later count towards a quorum queue's delivery limit (see
@@ -78,12 +82,20 @@ impl Selection {
     }
 }
 
+/// Every reason Herald parks for.
+fn reasons() -> impl Iterator<Item = &'static str> {
+    ParkReason::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain([parked::MALFORMED_TASK])
+}
+
 /// A reason must be one Herald parks for.
 pub fn check_reason(reason: &str) -> Result<(), ServiceError> {
-    if ParkReason::ALL.iter().any(|r| r.as_str() == reason) {
+    if reasons().any(|r| r == reason) {
         return Ok(());
     }
-    let known: Vec<&str> = ParkReason::ALL.iter().map(|r| r.as_str()).collect();
+    let known: Vec<&str> = reasons().collect();
     Err(ServiceError::invalid(
         "reason",
         format!("unknown reason `{reason}`; one of {}", known.join(", ")),
@@ -106,6 +118,9 @@ pub struct Progress {
 pub struct ReingestReport {
     /// Messages sent back through ingest.
     pub reingested: u64,
+    /// Selected messages left in the queue because they are no events
+    /// (`malformed_task`: purge them).
+    pub skipped: u64,
     /// The same, by reason.
     pub by_reason: BTreeMap<String, u64>,
     /// Requested ids with no message in the parking queue.
@@ -170,6 +185,12 @@ pub async fn reingest(
     mut progress: impl FnMut(Progress),
 ) -> Result<ReingestReport, ServiceError> {
     caller.require_admin()?;
+    if selection == Selection::Reason(parked::MALFORMED_TASK.into()) {
+        return Err(ServiceError::invalid(
+            "reason",
+            "a malformed delivery task is no event and cannot go through ingest; purge it",
+        ));
+    }
     let mut walk = Walk::open(settings).await?;
     let ingest_queue = crate::delivery::topology(settings).ingest_queue();
     let mut tally = Tally::default();
@@ -180,9 +201,13 @@ pub async fn reingest(
             let next = walk.next().await?;
             let end = next.is_none();
             if let Some(message) = next {
-                if let Some(reason) = tally.select(&selection, &message) {
-                    bytes += message.data.len();
-                    chunk.push((message, reason));
+                match tally.select(&selection, &message) {
+                    Some(Some(reason)) if reason == parked::MALFORMED_TASK => tally.skipped += 1,
+                    Some(reason) => {
+                        bytes += message.data.len();
+                        chunk.push((message, reason));
+                    }
+                    None => {}
                 }
             }
             if !chunk.is_empty() && (end || chunk.len() >= CHUNK || bytes >= CHUNK_BYTES) {
@@ -223,9 +248,11 @@ pub async fn reingest(
     done?;
     progress(last);
     tracing::info!(reingested = tally.taken, "parked messages reingested");
+    let skipped = tally.skipped;
     let (reingested, by_reason, not_found) = tally.report(&selection);
     Ok(ReingestReport {
         reingested,
+        skipped,
         by_reason,
         not_found,
     })
@@ -278,6 +305,7 @@ pub async fn purge(
 #[derive(Default)]
 struct Tally {
     taken: u64,
+    skipped: u64,
     by_reason: BTreeMap<String, u64>,
     found: HashSet<Uuid>,
 }
@@ -321,6 +349,10 @@ struct Walk {
     queue: String,
     depth: u32,
     seen: u32,
+    /// When the walk began, Unix milliseconds.
+    started_ms: u64,
+    /// Some message is held, to be returned.
+    held: bool,
 }
 
 impl Walk {
@@ -344,6 +376,8 @@ impl Walk {
                 queue,
                 depth,
                 seen: 0,
+                started_ms: chrono::Utc::now().timestamp_millis() as u64,
+                held: false,
             }),
             Err(error) => {
                 broker::close_connection(&connection).await;
@@ -352,21 +386,28 @@ impl Walk {
         }
     }
 
-    /// The next message, held unacknowledged; `None` once `depth` were taken.
+    /// The next message parked before the walk began, held unacknowledged; `None` at
+    /// the end of the walk (see the module's comment).
     async fn next(&mut self) -> Result<Option<Delivery>, ServiceError> {
-        if self.seen >= self.depth {
-            return Ok(None);
+        loop {
+            let got = self
+                .channel
+                .basic_get(&self.queue, BasicGetOptions { no_ack: false })
+                .await?;
+            let Some(got) = got else {
+                return Ok(None);
+            };
+            self.held = true;
+            let message = got.delivery;
+            if !parked::parked_since(&message.properties, self.started_ms) {
+                self.seen += 1;
+                return Ok(Some(message));
+            }
+            if self.seen >= self.depth {
+                return Ok(None);
+            }
+            // Parked meanwhile, ahead of a return still to be applied: held, skipped.
         }
-        let got = self
-            .channel
-            .basic_get(&self.queue, BasicGetOptions { no_ack: false })
-            .await?;
-        let Some(got) = got else {
-            self.seen = self.depth;
-            return Ok(None);
-        };
-        self.seen += 1;
-        Ok(Some(got.delivery))
     }
 
     async fn ack(&self, tag: u64) -> Result<(), ServiceError> {
@@ -387,7 +428,7 @@ impl Walk {
     /// Returns every message still held to the queue, in its order, and closes. After
     /// a failure (`ok` false) the broker returns them when the connection closes.
     async fn finish(self, ok: bool) -> Result<(), ServiceError> {
-        let returned = if ok && self.seen > 0 {
+        let returned = if ok && self.held {
             self.channel
                 .basic_nack(
                     0,
@@ -468,6 +509,17 @@ mod tests {
                 "{selection:?} {id} {why:?}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn malformed_tasks_are_never_reingested_by_reason() {
+        let selection = Selection::new(false, vec![], Some("malformed_task".into())).unwrap();
+        let Err(ServiceError::Invalid(fields)) =
+            reingest(&Settings::default(), &Caller::Admin, selection, |_| {}).await
+        else {
+            panic!("refused before the broker is asked")
+        };
+        assert_eq!(fields[0].field, "reason");
     }
 
     #[tokio::test]

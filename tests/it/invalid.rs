@@ -78,6 +78,18 @@ fn by_message_id<'a>(list: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{id} listed: {list}"))
 }
 
+/// Waits until the parking queue holds `n` messages ready: a quorum queue applies
+/// returns and acknowledgements a moment after the channel sent them.
+async fn depth_settles_at(env: &TestEnv, n: u32) {
+    let invalid = env.topology().invalid_queue();
+    eventually(
+        &format!("{n} messages parked"),
+        Duration::from_secs(5),
+        || async { env.queue_depth(&invalid).await == n },
+    )
+    .await;
+}
+
 /// A listing without the broker's delivery counts (each listing adds one).
 fn without_counts(list: &Value) -> Value {
     let mut list = list.clone();
@@ -142,11 +154,12 @@ async fn listing_shows_each_parked_message_and_leaves_the_queue_as_it_was() {
     // Nothing was taken or reordered: the same list again, the same depth.
     let again = api.ok(Method::GET, "/invalid", ADMIN, None).await;
     assert_eq!(without_counts(&again["data"]), without_counts(listed));
+    assert_eq!(again["data"].as_array().unwrap().len(), 3);
     assert!(
         again["data"][0]["delivery_count"].as_i64() > listed[0]["delivery_count"].as_i64(),
         "the broker counts the return of a listed message: {again}"
     );
-    assert_eq!(env.queue_depth(&env.topology().invalid_queue()).await, 3);
+    depth_settles_at(&env, 3).await;
 
     // One reason; and pages of one, following the cursor.
     let only = api
@@ -177,7 +190,7 @@ async fn listing_shows_each_parked_message_and_leaves_the_queue_as_it_was() {
         .map(|m| m["id"].clone())
         .collect();
     assert_eq!(paged, all);
-    assert_eq!(env.queue_depth(&env.topology().invalid_queue()).await, 3);
+    depth_settles_at(&env, 3).await;
     app.stop().await;
     env.cleanup().await;
 }
@@ -260,7 +273,44 @@ async fn a_message_reingested_after_the_fix_reaches_the_receiver_exactly_once() 
         by_message_id(&before, "no-type")["id"],
         "what was not selected stayed"
     );
-    assert_eq!(env.queue_depth(&invalid).await, 2);
+    depth_settles_at(&env, 2).await;
+
+    // All: what is still refused comes back; a message of the work queue that is no
+    // delivery task is no event, and stays.
+    let work = env.topology().work_exchange();
+    env.publisher()
+        .publish(herald::broker::Outgoing {
+            exchange: &work,
+            routing_key: herald::topology::WORK_ROUTING_KEY,
+            body: b"not a task",
+            properties: BasicProperties::default().with_message_id("junk-task".into()),
+        })
+        .await
+        .unwrap();
+    eventually("the junk task parked", Duration::from_secs(10), || async {
+        env.queue_depth(&invalid).await == 3
+    })
+    .await;
+    let done = api
+        .ok(
+            Method::POST,
+            "/invalid/reingest",
+            ADMIN,
+            Some(json!({"all": true})),
+        )
+        .await;
+    assert_eq!(
+        (&done["reingested"], &done["skipped"]),
+        (&json!(2), &json!(1)),
+        "{done}"
+    );
+    eventually("refused again", Duration::from_secs(10), || async {
+        env.queue_depth(&invalid).await == 3
+    })
+    .await;
+    let now = api.ok(Method::GET, "/invalid", ADMIN, None).await["data"].clone();
+    assert_eq!(by_message_id(&now, "junk-task")["reason"], "malformed_task");
+    assert_eq!(by_message_id(&now, "no-type")["reason"], "no_type");
 
     // Reingesting what was already delivered delivers nothing new.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -314,7 +364,7 @@ async fn a_purge_needs_confirmation_and_takes_only_what_it_names() {
     assert_eq!(status, 422, "{problem}");
     assert_eq!(problem["type"], "urn:herald:problem:validation");
     assert_eq!(problem["errors"][0]["field"], "confirm");
-    assert_eq!(env.queue_depth(&invalid).await, 4);
+    depth_settles_at(&env, 4).await;
 
     let by_id = api
         .ok(
@@ -353,7 +403,7 @@ async fn a_purge_needs_confirmation_and_takes_only_what_it_names() {
         .await;
     assert_eq!(rest["purged"], 2);
     assert_eq!(rest["by_reason"], json!({"no_type": 1, "too_large": 1}));
-    assert_eq!(env.queue_depth(&invalid).await, 0);
+    depth_settles_at(&env, 0).await;
     app.stop().await;
     env.cleanup().await;
 }
@@ -514,7 +564,7 @@ async fn the_command_line_lists_reingests_and_purges_parked_messages() {
     let (ok, purged, err) = cli(&env, &["invalid", "purge", "--all", "--yes"]);
     assert!(ok, "{err}");
     assert_eq!(purged["purged"], 1, "{purged}");
-    assert_eq!(env.queue_depth(&env.topology().invalid_queue()).await, 0);
+    depth_settles_at(&env, 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         receiver.count(),
