@@ -463,25 +463,28 @@ async fn park_refused(
     received_at: DateTime<Utc>,
 ) -> Result<(), IngestError> {
     let queue = ingestor.topology.invalid_queue();
-    park(publisher, &queue, refused, received_at.timestamp() as u64).await?;
+    let ids = park(publisher, &queue, refused, received_at.timestamp() as u64).await?;
     for r in refused {
         ingestor.metrics.parked.with_label_values(&[r.reason]).inc();
     }
-    report_parked(ingestor, refused).await;
+    report_parked(ingestor, refused, &ids).await;
     Ok(())
 }
 
-/// Records `herald.message.parked` for each parked message, in one statement; best
-/// effort (the messages are parked already). A message from Herald's own `<prefix>.ops`
+/// Records `herald.message.parked` for each parked message (with its `parked_id`, to
+/// reingest or purge it by), in one statement; best effort (the messages are parked
+/// already). A message from Herald's own `<prefix>.ops`
 /// exchange causes none: no operational event may cause another.
-async fn report_parked(ingestor: &Ingestor, refused: &[Refused<'_>]) {
+async fn report_parked(ingestor: &Ingestor, refused: &[Refused<'_>], ids: &[uuid::Uuid]) {
     let ops_exchange = ingestor.topology.ops_exchange();
     let events: Vec<serde_json::Value> = refused
         .iter()
-        .map(|r| (r, origin(r.message)))
-        .filter(|(_, (exchange, _))| *exchange != ops_exchange)
-        .map(|(r, (exchange, routing_key))| {
+        .zip(ids)
+        .map(|(r, id)| (r, id, origin(r.message)))
+        .filter(|(_, _, (exchange, _))| *exchange != ops_exchange)
+        .map(|(r, id, (exchange, routing_key))| {
             serde_json::json!({
+                "parked_id": id,
                 "reason": r.reason,
                 "detail": r.detail,
                 "exchange": exchange,

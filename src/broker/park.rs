@@ -7,6 +7,7 @@
 
 use lapin::message::Delivery;
 use lapin::BasicProperties;
+use uuid::Uuid;
 
 use super::headers::{encoded_size, text, with_error};
 use super::parked::{self, origin};
@@ -26,32 +27,36 @@ pub struct Refused<'a> {
     pub detail: String,
 }
 
-/// Publishes every refused message to `queue` with confirms.
+/// Publishes every refused message to `queue` with confirms; their parked ids, in
+/// order.
 pub async fn park(
     publisher: &Publisher,
     queue: &str,
     refused: &[Refused<'_>],
     now_unix: u64,
-) -> Result<(), PublishError> {
+) -> Result<Vec<Uuid>, PublishError> {
     if refused.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let ids: Vec<Uuid> = refused.iter().map(|_| Uuid::now_v7()).collect();
     let messages = refused
         .iter()
-        .map(|r| Outgoing {
+        .zip(&ids)
+        .map(|(r, id)| Outgoing {
             exchange: "",
             routing_key: queue,
             body: &r.message.data,
-            properties: parked_properties(r, now_unix),
+            properties: parked_properties(r, *id, now_unix),
         })
         .collect();
-    publisher.publish_all(messages).await
+    publisher.publish_all(messages).await?;
+    Ok(ids)
 }
 
 /// The properties of a parked copy: the message's own, persistent, with the reason,
 /// origin and a new id added and a timestamp (arrival) if it had none. A reingested
 /// message refused again keeps its origin ([`origin`]) and gets a new id.
-fn parked_properties(refused: &Refused<'_>, now_unix: u64) -> BasicProperties {
+fn parked_properties(refused: &Refused<'_>, id: Uuid, now_unix: u64) -> BasicProperties {
     let message = refused.message;
     let own = message.properties.headers().clone();
     let own_size = own.as_ref().map_or(0, encoded_size);
@@ -68,10 +73,7 @@ fn parked_properties(refused: &Refused<'_>, now_unix: u64) -> BasicProperties {
     let (exchange, routing_key) = origin(message);
     headers.insert(parked::EXCHANGE.into(), text(&exchange));
     headers.insert(parked::ROUTING_KEY.into(), text(&routing_key));
-    headers.insert(
-        parked::PARKED_ID.into(),
-        text(&uuid::Uuid::now_v7().to_string()),
-    );
+    headers.insert(parked::PARKED_ID.into(), text(&id.to_string()));
     let mut properties = message
         .properties
         .clone()

@@ -116,7 +116,7 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, mut delive
                     .inc();
             }
             let _ = match parked {
-                Ok(()) => acker.ack(BasicAckOptions::default()).await,
+                Ok(_) => acker.ack(BasicAckOptions::default()).await,
                 Err(_) => acker.nack(requeue()).await,
             };
             return;
