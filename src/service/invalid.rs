@@ -4,20 +4,22 @@
 //! parked message has no tenant one could trust.
 //!
 //! Each operation walks the queue as it is when it starts, taking one message at a time
-//! with `basic_get` and holding it unacknowledged, until the queue has none ready or,
-//! past its depth at the start, it meets a message parked after the walk began (by the
-//! time in its UUIDv7 id): those are neither taken nor listed. (The depth alone is not
-//! a bound: a quorum queue applies the returns of a walk that just ended a moment
-//! later, so it may count them out.) a message taken is
-//! acknowledged once it is done with; every other one goes back at the end, in its
+//! with `basic_get` and holding it unacknowledged. A message taken (reingested, purged)
+//! is acknowledged once it is done with; every other one goes back at the end, in its
 //! order, with one `nack` (requeue, multiple) — not a `reject` or a closed channel,
 //! which RabbitMQ 4.3 and later count towards a quorum queue's delivery limit (see
 //! `crate::dlq`). Listing therefore changes nothing in the queue but the broker's
-//! delivery count of each message (see `ParkedMessage::delivery_count`). A walk always
-//! goes to the end of the queue as it was, even for a listing whose page is full: a
-//! quorum queue of RabbitMQ before 4.0 puts a returned message at its back, and only
-//! returning every one of them keeps the order. What the process holds is bounded: a listing keeps only the page it answers (a prefix of each body), a
-//! reingest one chunk of bodies ([`CHUNK`], [`CHUNK_BYTES`]).
+//! delivery count of each message (`ParkedMessage::delivery_count`).
+//!
+//! A walk goes to the end of the queue as it was, even for a listing whose page is full:
+//! a quorum queue of RabbitMQ before 4.0 puts a returned message at its back, and only
+//! returning every one keeps the order. It ends when the queue has none ready or, past
+//! its depth at the start, at a message parked after the walk began (by the time in its
+//! UUIDv7 id); such messages are neither taken nor listed. The depth alone is no bound:
+//! a quorum queue applies the returns of a walk that just ended a moment later, and may
+//! not count them yet. What the process holds is bounded: a listing keeps only the page
+//! it answers (a prefix of each body), a reingest one chunk of bodies ([`CHUNK`],
+//! [`CHUNK_BYTES`]).
 //!
 //! Reingest publishes each chunk to Herald's own ingest queue with confirms and only
 //! then acknowledges the parked copies: a crash in between leaves both, and ingest
@@ -235,6 +237,8 @@ pub async fn reingest(
                     tally.count(reason);
                 }
                 bytes = 0;
+                progress(walk.progress(tally.taken));
+            } else if walk.seen % CHUNK as u32 == 0 && !end {
                 progress(walk.progress(tally.taken));
             }
             if end {
