@@ -30,6 +30,7 @@ use crate::backoff::Backoff;
 use crate::broker::consumer::{keep_consuming, Consuming};
 use crate::broker::headers::{encoded_size, entered_queue_at, header_text};
 use crate::broker::park::{park, Refused};
+use crate::broker::parked::origin;
 use crate::broker::{PublishError, Publisher};
 use crate::config::Settings;
 use crate::delivery::engine::{self, AttemptPermit, Deliverer, Origin};
@@ -392,7 +393,9 @@ fn read<'b>(
     let mut accepted = Vec::with_capacity(batch.len());
     let mut refused = Vec::new();
     for (index, delivery) in batch.iter().enumerate() {
-        let message = inbound(delivery);
+        // A reingested message (`herald invalid reingest`) carries its origin.
+        let (exchange, routing_key) = origin(delivery);
+        let message = inbound(delivery, &routing_key);
         match envelope::parse(&message, max_body, received_at) {
             Ok(event) => {
                 let span = tracing::info_span!("ingest", event_id = %event.id, event_type = %event.event_type);
@@ -411,7 +414,7 @@ fn read<'b>(
             }
             Err(rejection) => {
                 tracing::warn!(reason = rejection.reason.as_str(), error = %rejection.detail,
-                    exchange = %delivery.exchange, routing_key = %delivery.routing_key,
+                    %exchange, %routing_key,
                     "message refused; parking it");
                 refused.push(Refused {
                     message: delivery,
@@ -424,8 +427,9 @@ fn read<'b>(
     (accepted, refused)
 }
 
-/// The plain view of an AMQP message that `envelope::parse` reads.
-fn inbound(delivery: &Delivery) -> Inbound<'_> {
+/// The plain view of an AMQP message that `envelope::parse` reads, published with
+/// `routing_key`.
+fn inbound<'a>(delivery: &'a Delivery, routing_key: &'a str) -> Inbound<'a> {
     let p = &delivery.properties;
     let (headers, header_bytes) = p
         .headers()
@@ -444,7 +448,7 @@ fn inbound(delivery: &Delivery) -> Inbound<'_> {
         content_type: p.content_type().as_ref().map(|s| s.as_str()),
         message_id: p.message_id().as_ref().map(|s| s.as_str()),
         type_property: p.kind().as_ref().map(|s| s.as_str()),
-        routing_key: delivery.routing_key.as_str(),
+        routing_key,
         timestamp: *p.timestamp(),
         headers,
         header_bytes,
@@ -459,28 +463,32 @@ async fn park_refused(
     received_at: DateTime<Utc>,
 ) -> Result<(), IngestError> {
     let queue = ingestor.topology.invalid_queue();
-    park(publisher, &queue, refused, received_at.timestamp() as u64).await?;
+    let ids = park(publisher, &queue, refused, received_at.timestamp() as u64).await?;
     for r in refused {
         ingestor.metrics.parked.with_label_values(&[r.reason]).inc();
     }
-    report_parked(ingestor, refused).await;
+    report_parked(ingestor, refused, &ids).await;
     Ok(())
 }
 
-/// Records `herald.message.parked` for each parked message, in one statement; best
-/// effort (the messages are parked already). A message from Herald's own `<prefix>.ops`
+/// Records `herald.message.parked` for each parked message (with its `parked_id`, to
+/// reingest or purge it by), in one statement; best effort (the messages are parked
+/// already). A message from Herald's own `<prefix>.ops`
 /// exchange causes none: no operational event may cause another.
-async fn report_parked(ingestor: &Ingestor, refused: &[Refused<'_>]) {
+async fn report_parked(ingestor: &Ingestor, refused: &[Refused<'_>], ids: &[uuid::Uuid]) {
     let ops_exchange = ingestor.topology.ops_exchange();
     let events: Vec<serde_json::Value> = refused
         .iter()
-        .filter(|r| r.message.exchange.as_str() != ops_exchange)
-        .map(|r| {
+        .zip(ids)
+        .map(|(r, id)| (r, id, origin(r.message)))
+        .filter(|(_, _, (exchange, _))| *exchange != ops_exchange)
+        .map(|(r, id, (exchange, routing_key))| {
             serde_json::json!({
+                "parked_id": id,
                 "reason": r.reason,
                 "detail": r.detail,
-                "exchange": r.message.exchange.as_str(),
-                "routing_key": r.message.routing_key.as_str(),
+                "exchange": exchange,
+                "routing_key": routing_key,
                 "message_id": r.message.properties.message_id().as_ref().map(|m| m.as_str()),
                 "queue": ingestor.topology.invalid_queue(),
             })

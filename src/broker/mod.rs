@@ -1,5 +1,6 @@
 //! RabbitMQ: connections, confirmed publishing, the consumer lifecycle
-//! ([`consumer`]), header codecs ([`headers`]) and parking ([`park`]).
+//! ([`consumer`]), header codecs ([`headers`]), parking ([`park`]) and parked messages
+//! read back ([`parked`]).
 //!
 //! Every publish Herald makes waits for the broker's confirm before the message that
 //! caused it is acknowledged; unroutable messages (`mandatory`) count as failures, so a
@@ -8,6 +9,7 @@
 pub mod consumer;
 pub mod headers;
 pub mod park;
+pub mod parked;
 
 use std::time::Duration;
 

@@ -1,13 +1,16 @@
 //! Parking: a message Herald cannot take goes to `<prefix>.invalid` whole — body and
 //! properties as they came — with headers saying why (`x-herald-error`,
 //! `x-herald-reason`) and where it came from (`x-herald-exchange`,
-//! `x-herald-routing-key`), so that an SRE can read it and `herald invalid reingest` can
-//! send it back.
+//! `x-herald-routing-key`) and an id to select it by (`x-herald-parked-id`, a UUIDv7),
+//! so that an SRE can read it and `herald invalid reingest` can send it back
+//! ([`super::parked`]).
 
 use lapin::message::Delivery;
 use lapin::BasicProperties;
+use uuid::Uuid;
 
 use super::headers::{encoded_size, text, with_error};
+use super::parked::{self, origin};
 use super::{Outgoing, PublishError, Publisher};
 
 /// Most bytes of a message's own headers a parked copy keeps. A header table has to
@@ -24,31 +27,36 @@ pub struct Refused<'a> {
     pub detail: String,
 }
 
-/// Publishes every refused message to `queue` with confirms.
+/// Publishes every refused message to `queue` with confirms; their parked ids, in
+/// order.
 pub async fn park(
     publisher: &Publisher,
     queue: &str,
     refused: &[Refused<'_>],
     now_unix: u64,
-) -> Result<(), PublishError> {
+) -> Result<Vec<Uuid>, PublishError> {
     if refused.is_empty() {
-        return Ok(());
+        return Ok(Vec::new());
     }
+    let ids: Vec<Uuid> = refused.iter().map(|_| Uuid::now_v7()).collect();
     let messages = refused
         .iter()
-        .map(|r| Outgoing {
+        .zip(&ids)
+        .map(|(r, id)| Outgoing {
             exchange: "",
             routing_key: queue,
             body: &r.message.data,
-            properties: parked_properties(r, now_unix),
+            properties: parked_properties(r, *id, now_unix),
         })
         .collect();
-    publisher.publish_all(messages).await
+    publisher.publish_all(messages).await?;
+    Ok(ids)
 }
 
-/// The properties of a parked copy: the message's own, persistent, with the reason
-/// and origin added and a timestamp (arrival) if it had none.
-fn parked_properties(refused: &Refused<'_>, now_unix: u64) -> BasicProperties {
+/// The properties of a parked copy: the message's own, persistent, with the reason,
+/// origin and a new id added and a timestamp (arrival) if it had none. A reingested
+/// message refused again keeps its origin ([`origin`]) and gets a new id.
+fn parked_properties(refused: &Refused<'_>, id: Uuid, now_unix: u64) -> BasicProperties {
     let message = refused.message;
     let own = message.properties.headers().clone();
     let own_size = own.as_ref().map_or(0, encoded_size);
@@ -62,11 +70,10 @@ fn parked_properties(refused: &Refused<'_>, now_unix: u64) -> BasicProperties {
         (own, refused.detail.clone())
     };
     let mut headers = with_error(own, refused.reason, &detail);
-    headers.insert("x-herald-exchange".into(), text(message.exchange.as_str()));
-    headers.insert(
-        "x-herald-routing-key".into(),
-        text(message.routing_key.as_str()),
-    );
+    let (exchange, routing_key) = origin(message);
+    headers.insert(parked::EXCHANGE.into(), text(&exchange));
+    headers.insert(parked::ROUTING_KEY.into(), text(&routing_key));
+    headers.insert(parked::PARKED_ID.into(), text(&id.to_string()));
     let mut properties = message
         .properties
         .clone()

@@ -40,6 +40,9 @@ pub enum Command {
     /// Endpoint secrets at rest.
     #[command(subcommand)]
     Secrets(SecretsCommand),
+    /// Inspect, reingest and purge the parking queue `<prefix>.invalid`.
+    #[command(subcommand)]
+    Invalid(super::invalid::InvalidCommand),
 }
 
 #[derive(Subcommand)]
@@ -578,6 +581,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 show(resend::retry(&settings, pool, caller, id).await?)
             }
         },
+        Command::Invalid(command) => super::invalid::run(&settings, command).await,
         Command::Secrets(SecretsCommand::Reencrypt) => {
             let keys = keys(&settings, pool).await?;
             if keys.is_empty() {
@@ -768,6 +772,7 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 Call::new(Method::POST, format!("/deliveries/{id}/retry"))
             }
         },
+        Command::Invalid(command) => super::invalid::remote_call(command)?,
         Command::Secrets(_) => {
             anyhow::bail!("secrets reencrypt works on the database directly, not through --api")
         }

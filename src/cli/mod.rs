@@ -12,6 +12,7 @@ use lapin::{BasicProperties, ExchangeKind};
 use serde_json::json;
 use uuid::Uuid;
 
+mod invalid;
 mod manage;
 mod progress;
 mod remote;

@@ -98,7 +98,7 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, mut delive
             tracing::error!(%error, "malformed delivery task; parking it");
             let refused = Refused {
                 message: &delivery,
-                reason: "malformed_task",
+                reason: crate::broker::parked::MALFORMED_TASK,
                 detail: error.to_string(),
             };
             let parked = park(
@@ -112,11 +112,11 @@ async fn settle_message(deliverer: &Deliverer, publisher: &Publisher, mut delive
                 deliverer
                     .metrics
                     .parked
-                    .with_label_values(&["malformed_task"])
+                    .with_label_values(&[crate::broker::parked::MALFORMED_TASK])
                     .inc();
             }
             let _ = match parked {
-                Ok(()) => acker.ack(BasicAckOptions::default()).await,
+                Ok(_) => acker.ack(BasicAckOptions::default()).await,
                 Err(_) => acker.nack(requeue()).await,
             };
             return;

@@ -9,6 +9,7 @@ pub mod dlq;
 pub mod endpoints;
 mod error;
 pub mod events;
+pub mod invalid;
 mod page;
 pub mod replay;
 pub mod resend;

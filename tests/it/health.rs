@@ -391,6 +391,10 @@ async fn a_parked_message_is_reported_and_a_410_disables_with_its_event() {
     assert_eq!(parked["data"]["message_id"], "bad-1");
     assert_eq!(parked["data"]["routing_key"], "inventory.stock.changed");
     assert_eq!(parked["data"]["queue"], env.topology().invalid_queue());
+    assert!(
+        parked["data"]["parked_id"].is_string(),
+        "the id to reingest or purge it by: {parked}"
+    );
     assert!(parked.get("tenantid").is_none());
 
     env.publish("inventory.stock.changed", Some("g-1"), None, b"{}")

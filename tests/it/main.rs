@@ -20,6 +20,7 @@ mod dlq;
 mod fan_out;
 mod health;
 mod ingest;
+mod invalid;
 mod lifecycle;
 mod migrations;
 mod observability;

@@ -284,6 +284,10 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
             (_, p) if p.starts_with("/tokens") => {
                 assert_eq!(status, 403, "tokens are the admin's: {what}");
             }
+            (_, p) if p.starts_with("/invalid") => {
+                assert_eq!(status, 403, "the parking queue is the admin's: {what}");
+                assert_eq!(answer["type"], "urn:herald:problem:forbidden", "{what}");
+            }
             _ => panic!(
                 "route {} {} has no isolation case: add one",
                 route.method, route.path

@@ -18,7 +18,7 @@ use super::responses::{
     Conflict, Forbidden, Internal, Malformed, NotFound, TooLarge, Unauthorized, Unavailable,
     UnsupportedMediaType, Validation,
 };
-use super::{dlq, endpoints, records, tokens};
+use super::{dlq, endpoints, invalid, records, tokens};
 use crate::api::problem;
 
 /// Where the admin API lives; the document's paths are under it.
@@ -59,6 +59,9 @@ pub const DOCUMENT: &str = "/openapi.json";
         dlq::redrive,
         dlq::purge,
         dlq::get_job,
+        invalid::list,
+        invalid::reingest,
+        invalid::purge,
         tokens::list,
         tokens::create,
         tokens::revoke,
@@ -86,6 +89,7 @@ pub const DOCUMENT: &str = "/openapi.json";
         (name = "events", description = "Events as received from the broker"),
         (name = "deliveries", description = "One event to one endpoint, and its attempts"),
         (name = "dlq", description = "Failed deliveries and their redrive"),
+        (name = "invalid", description = "The parking queue: messages Herald could not accept, listed, reingested or purged (admin only)"),
         (name = "tokens", description = "Tenant tokens, the admin's to manage"),
         (name = "meta", description = "This document"),
     )

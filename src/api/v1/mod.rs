@@ -5,6 +5,7 @@
 mod dlq;
 mod doc;
 mod endpoints;
+mod invalid;
 mod records;
 mod responses;
 mod tokens;
@@ -75,6 +76,9 @@ fn table() -> Table {
         .add(Method::POST, "/dlq/redrive", dlq::redrive)
         .add(Method::POST, "/dlq/purge", dlq::purge)
         .add(Method::GET, "/dlq/jobs/{id}", dlq::get_job)
+        .add(Method::GET, "/invalid", invalid::list)
+        .add(Method::POST, "/invalid/reingest", invalid::reingest)
+        .add(Method::POST, "/invalid/purge", invalid::purge)
         .add(Method::GET, "/tokens", tokens::list)
         .add(Method::POST, "/tokens", tokens::create)
         .add(Method::DELETE, "/tokens/{id}", tokens::revoke)
