@@ -2,7 +2,8 @@
 //! delivery task per subscribed endpoint.
 //!
 //! Per batch of messages ([`fan_out`]): read each (refusals are parked in
-//! `<prefix>.invalid`), match against the in-memory subscriptions, record events and
+//! `<prefix>.invalid`), match against the in-memory subscriptions (type patterns, then
+//! the payload filters of the endpoints that carry one), record events and
 //! deliveries in one transaction (idempotent on the event's tenant and id; an event
 //! whose content PostgreSQL refuses is isolated and parked, the rest recorded). Then, with `ingest.deliver_first_attempt`
 //! (the default), make each delivery's first attempt right here and acknowledge a
@@ -337,7 +338,7 @@ async fn fan_out(
         .map(|a| FanOut {
             event: &a.event,
             endpoints: snapshot
-                .matching(a.event.event_type.as_str(), a.event.tenant_id.as_deref())
+                .receiving(&a.event.subject())
                 .iter()
                 .map(|e| e.id)
                 .collect(),

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
-use crate::domain::TopicTrie;
+use crate::domain::{Subject, TopicTrie};
 use crate::keyring::Keyring;
 use crate::store::endpoints::{self, ActiveEndpoint};
 
@@ -73,6 +73,16 @@ impl Snapshot {
             indices.extend(trie.matches(event_type));
         }
         indices.into_iter().map(|i| &self.endpoints[i]).collect()
+    }
+
+    /// The endpoints that receive this event: subscribed to its type and tenant, and
+    /// accepted by their payload filter if they have one. Endpoints without a filter
+    /// cost nothing more than [`Snapshot::matching`]; the event's data is parsed once,
+    /// when the first filter reads it.
+    pub fn receiving(&self, event: &Subject<'_>) -> Vec<&Arc<ActiveEndpoint>> {
+        let mut matched = self.matching(event.event_type(), event.tenant_id());
+        matched.retain(|e| e.filter.as_ref().is_none_or(|f| f.matches(event)));
+        matched
     }
 
     pub fn get(&self, id: &Uuid) -> Option<&Arc<ActiveEndpoint>> {
@@ -303,6 +313,7 @@ mod tests {
             signing: Signing::generate(SignatureScheme::Standard),
             headers: Default::default(),
             rate_limit: None,
+            filter: None,
         }
     }
 
@@ -333,6 +344,39 @@ mod tests {
         assert_eq!(matched(Some("globex")), globex);
         assert_eq!(matched(None), vec![ids[0]]);
         assert_eq!(matched(Some("initech")), vec![ids[0]]);
+    }
+
+    #[test]
+    fn an_endpoint_with_a_filter_receives_only_the_events_it_accepts() {
+        let plain = endpoint(&["sales.#"], None);
+        let mut filtered = endpoint(&["sales.#"], None);
+        let filter = serde_json::json!({"data.amount": {"$gte": 1000}});
+        filtered.filter = Some(Box::new(
+            crate::domain::PayloadFilter::parse(filter).unwrap(),
+        ));
+        let (plain_id, filtered_id) = (plain.id, filtered.id);
+        let snapshot = Snapshot::build(vec![plain, filtered]);
+        let receiving = |data: &str| -> Vec<Uuid> {
+            let data = serde_json::value::RawValue::from_string(data.into()).unwrap();
+            let event = Subject::new("evt-1", "sales.order.created", None, &data);
+            let mut ids: Vec<Uuid> = snapshot.receiving(&event).iter().map(|e| e.id).collect();
+            ids.sort();
+            ids
+        };
+        let mut both = vec![plain_id, filtered_id];
+        both.sort();
+        assert_eq!(receiving(r#"{"amount": 1500}"#), both);
+        assert_eq!(receiving(r#"{"amount": 10}"#), vec![plain_id]);
+        assert_eq!(receiving(r#"{"amount": "1500"}"#), vec![plain_id]);
+    }
+
+    #[test]
+    fn without_filters_the_data_is_never_parsed() {
+        let snapshot = Snapshot::build(vec![endpoint(&["sales.#"], None)]);
+        let data = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+        let event = Subject::new("evt-1", "sales.order.created", None, &data);
+        assert_eq!(snapshot.receiving(&event).len(), 1);
+        assert!(!event.data_parsed());
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod cluster;
 mod configuration;
 mod delivery;
 mod fan_out;
+mod filters;
 mod health;
 mod ingest;
 mod lifecycle;
