@@ -324,3 +324,56 @@ async fn endpoints_of_a_database_from_before_filters_load_without_one() {
     assert!(refused.is_err(), "a filter is a JSON object");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_sends_only_the_stored_events_the_endpoints_filter_passes() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let app = env.start_ready().await;
+    for n in 0..4 {
+        let data = json!({ "n": n });
+        env.publish(
+            "sales.order.created",
+            Some(&format!("old-{n}")),
+            None,
+            data.to_string().as_bytes(),
+        )
+        .await;
+    }
+    eventually("stored", Duration::from_secs(10), || async {
+        env.count("SELECT count(*) FROM herald.events").await == 4
+    })
+    .await;
+    let (ok, added, stderr) = herald(
+        &env,
+        &[
+            "endpoint",
+            "add",
+            "--url",
+            &receiver.url("/late"),
+            "--event-type",
+            "sales.#",
+            "--filter",
+            r#"{"data.n": {"$in": [1, 3]}}"#,
+        ],
+    );
+    assert!(ok, "{stderr}");
+    let id = added["id"].as_str().unwrap();
+    let since = (chrono::Utc::now() - chrono::Duration::hours(1)).to_rfc3339();
+    let (ok, done, stderr) = herald(&env, &["replay", "--endpoint", id, "--since", &since]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        (&done["matched"], &done["sent"], &done["skipped"]),
+        (&json!(4), &json!(2), &json!(2)),
+        "matched by type; the filter's refusals skipped"
+    );
+    eventually("two replayed", Duration::from_secs(30), || async {
+        receiver.count() >= 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(numbers(&receiver, "/late"), [1, 3]);
+    assert_eq!(env.count("SELECT count(*) FROM herald.deliveries").await, 2);
+    app.stop().await;
+    env.cleanup().await;
+}
