@@ -684,6 +684,19 @@ mod tests {
     }
 
     #[test]
+    fn data_beyond_what_a_json_value_holds_has_no_fields() {
+        // Accepted as raw JSON, but no f64 holds the number: the document counts as
+        // having no fields (so $exists: false and $ne hold).
+        let raw = RawValue::from_string(r#"{"amount": 1e400, "currency": "EUR"}"#.into()).unwrap();
+        let event = subject(None, &raw);
+        assert!(!parse(json!({"data.currency": "EUR"}))
+            .unwrap()
+            .matches(&event));
+        let absent = parse(json!({"data.currency": {"$exists": false}})).unwrap();
+        assert!(absent.matches(&event));
+    }
+
+    #[test]
     fn the_data_is_parsed_only_when_a_filter_reads_it() {
         let data = RawValue::from_string(ORDER.into()).unwrap();
         let event = subject(Some("acme"), &data);
