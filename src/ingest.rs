@@ -333,25 +333,28 @@ async fn fan_out(
     }
 
     let snapshot = ingestor.subscriptions.snapshot();
+    let mut filtered_out = Vec::with_capacity(accepted.len());
     let fan_outs: Vec<FanOut> = accepted
         .iter()
-        .map(|a| FanOut {
-            event: &a.event,
-            endpoints: snapshot
-                .receiving(&a.event.subject())
-                .iter()
-                .map(|e| e.id)
-                .collect(),
-            redelivered: a.redelivered,
+        .map(|a| {
+            let receivers = snapshot.receiving(&a.event.subject());
+            filtered_out.push(receivers.filtered_out);
+            FanOut {
+                event: &a.event,
+                endpoints: receivers.endpoints.iter().map(|e| e.id).collect(),
+                redelivered: a.redelivered,
+            }
         })
         .collect();
     let recorded = record(ingestor, &fan_outs, received_at, shutdown).await?;
 
     let mut refused = Vec::new();
-    for ((a, fan_out), result) in accepted.iter().zip(&fan_outs).zip(recorded) {
+    let outcomes = accepted.iter().zip(&fan_outs).zip(filtered_out);
+    for (((a, fan_out), filtered_out), result) in outcomes.zip(recorded) {
         match result {
             Ok(recorded) => {
-                planned[a.index] = plan(ingestor, a, fan_out, recorded, received_at);
+                let fanned = (fan_out, filtered_out);
+                planned[a.index] = plan(ingestor, a, fanned, recorded, received_at);
             }
             Err(error) => {
                 tracing::warn!(event_id = %a.event.id, %error,
@@ -558,11 +561,12 @@ async fn record_while_away(
     }
 }
 
-/// The tasks an event's recording calls for, counted in the metrics.
+/// The tasks an event's recording calls for, counted in the metrics; `fanned` is its
+/// fan-out and how many endpoints of its type its payload filters refused.
 fn plan(
     ingestor: &Ingestor,
     a: &Accepted,
-    fan_out: &FanOut<'_>,
+    (fan_out, filtered_out): (&FanOut<'_>, usize),
     recorded: Recorded,
     received_at: DateTime<Utc>,
 ) -> Planned {
@@ -570,6 +574,7 @@ fn plan(
     let deliveries = match recorded {
         Recorded::New(deliveries) => {
             m.events_ingested.inc();
+            m.deliveries_filtered.inc_by(filtered_out as u64);
             m.fanout_size.observe(fan_out.endpoints.len() as f64);
             if fan_out.endpoints.is_empty() {
                 m.events_unmatched.inc();

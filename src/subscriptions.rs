@@ -79,10 +79,14 @@ impl Snapshot {
     /// accepted by their payload filter if they have one. Endpoints without a filter
     /// cost nothing more than [`Snapshot::matching`]; the event's data is parsed once,
     /// when the first filter reads it.
-    pub fn receiving(&self, event: &Subject<'_>) -> Vec<&Arc<ActiveEndpoint>> {
-        let mut matched = self.matching(event.event_type(), event.tenant_id());
-        matched.retain(|e| e.filter.as_ref().is_none_or(|f| f.matches(event)));
-        matched
+    pub fn receiving(&self, event: &Subject<'_>) -> Receivers<'_> {
+        let mut endpoints = self.matching(event.event_type(), event.tenant_id());
+        let matched = endpoints.len();
+        endpoints.retain(|e| e.filter.as_ref().is_none_or(|f| f.matches(event)));
+        Receivers {
+            filtered_out: matched - endpoints.len(),
+            endpoints,
+        }
     }
 
     pub fn get(&self, id: &Uuid) -> Option<&Arc<ActiveEndpoint>> {
@@ -99,6 +103,13 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }
+}
+
+/// The endpoints an event goes to ([`Snapshot::receiving`]).
+pub struct Receivers<'s> {
+    pub endpoints: Vec<&'s Arc<ActiveEndpoint>>,
+    /// Subscribed to its type and tenant, but refused by their payload filter.
+    pub filtered_out: usize,
 }
 
 /// The shared cache; cheap to read from any task.
@@ -359,8 +370,10 @@ mod tests {
         let receiving = |data: &str| -> Vec<Uuid> {
             let data = serde_json::value::RawValue::from_string(data.into()).unwrap();
             let event = Subject::new("evt-1", "sales.order.created", None, &data);
-            let mut ids: Vec<Uuid> = snapshot.receiving(&event).iter().map(|e| e.id).collect();
+            let receivers = snapshot.receiving(&event);
+            let mut ids: Vec<Uuid> = receivers.endpoints.iter().map(|e| e.id).collect();
             ids.sort();
+            assert_eq!(receivers.filtered_out, 2 - ids.len());
             ids
         };
         let mut both = vec![plain_id, filtered_id];
@@ -375,7 +388,7 @@ mod tests {
         let snapshot = Snapshot::build(vec![endpoint(&["sales.#"], None)]);
         let data = serde_json::value::RawValue::from_string("{}".into()).unwrap();
         let event = Subject::new("evt-1", "sales.order.created", None, &data);
-        assert_eq!(snapshot.receiving(&event).len(), 1);
+        assert_eq!(snapshot.receiving(&event).endpoints.len(), 1);
         assert!(!event.data_parsed());
     }
 

@@ -114,6 +114,18 @@ async fn an_endpoint_with_a_filter_receives_only_what_passes_and_a_new_filter_re
         ))
         .await;
     assert_eq!(recorded, 2, "an event the filter refuses makes no delivery");
+    let metrics = reqwest::get(format!("http://{}/metrics", ingest.address()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "herald_deliveries_filtered_total 4"),
+        "four events refused by the filter, counted by the ingest process:\n{metrics}"
+    );
 
     // A new filter through the API: the ingest process follows.
     let gbp = json!({"data.currency": "GBP"});
