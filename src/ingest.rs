@@ -353,8 +353,7 @@ async fn fan_out(
     for (((a, fan_out), filtered_out), result) in outcomes.zip(recorded) {
         match result {
             Ok(recorded) => {
-                let fanned = (fan_out, filtered_out);
-                planned[a.index] = plan(ingestor, a, fanned, recorded, received_at);
+                planned[a.index] = plan(ingestor, a, fan_out, filtered_out, recorded, received_at);
             }
             Err(error) => {
                 tracing::warn!(event_id = %a.event.id, %error,
@@ -561,12 +560,13 @@ async fn record_while_away(
     }
 }
 
-/// The tasks an event's recording calls for, counted in the metrics; `fanned` is its
-/// fan-out and how many endpoints of its type its payload filters refused.
+/// The tasks an event's recording calls for, counted in the metrics; `filtered_out`
+/// endpoints of its type refused it by their payload filter.
 fn plan(
     ingestor: &Ingestor,
     a: &Accepted,
-    (fan_out, filtered_out): (&FanOut<'_>, usize),
+    fan_out: &FanOut<'_>,
+    filtered_out: usize,
     recorded: Recorded,
     received_at: DateTime<Utc>,
 ) -> Planned {

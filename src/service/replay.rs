@@ -1,10 +1,10 @@
 //! Replay: every stored event of a time window that an endpoint is subscribed to (with
 //! its current patterns, tenant and payload filter) sent to it again — also events
 //! older than the endpoint. `matched` counts by type and tenant; events the filter
-//! refuses are counted as `skipped`. A job runs in the background of the process that started it (the API
-//! answers at once with the job to poll; `herald replay` runs it in the foreground
-//! with progress on stderr) and records its cursor with every page, so a job whose
-//! process died is taken over by another (`resume_stale`) where it stopped.
+//! refuses are counted as `skipped`. A job runs in the background of the process that
+//! started it (the API answers at once with the job to poll; `herald replay` runs it in
+//! the foreground with progress on stderr) and records its cursor with every page, so a
+//! job whose process died is taken over by another (`resume_stale`) where it stopped.
 //!
 //! Each page of events: missing deliveries are created (committed first, `failed`:
 //! a task must find its delivery row to record its outcome), then one transaction
