@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
-use crate::domain::EventType;
+use crate::domain::{EventType, Subject};
 
 /// Longest event id or tenant id kept.
 const MAX_ID_LEN: usize = 255;
@@ -362,6 +362,17 @@ struct WebhookBody<'a> {
 }
 
 impl Event {
+    /// The event as payload filters read it (the webhook body's fields); its data is
+    /// parsed only if a filter reads it.
+    pub fn subject(&self) -> Subject<'_> {
+        Subject::new(
+            &self.id,
+            self.event_type.as_str(),
+            self.tenant_id.as_deref(),
+            &self.data,
+        )
+    }
+
     /// The body POSTed to every endpoint (contract §6); `data` is copied unchanged.
     pub fn webhook_body(&self) -> Vec<u8> {
         serde_json::to_vec(&WebhookBody {

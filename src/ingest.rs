@@ -2,7 +2,8 @@
 //! delivery task per subscribed endpoint.
 //!
 //! Per batch of messages ([`fan_out`]): read each (refusals are parked in
-//! `<prefix>.invalid`), match against the in-memory subscriptions, record events and
+//! `<prefix>.invalid`), match against the in-memory subscriptions (type patterns, then
+//! the payload filters of the endpoints that carry one), record events and
 //! deliveries in one transaction (idempotent on the event's tenant and id; an event
 //! whose content PostgreSQL refuses is isolated and parked, the rest recorded). Then, with `ingest.deliver_first_attempt`
 //! (the default), make each delivery's first attempt right here and acknowledge a
@@ -333,25 +334,27 @@ async fn fan_out(
     }
 
     let snapshot = ingestor.subscriptions.snapshot();
+    let mut filtered_out = Vec::with_capacity(accepted.len());
     let fan_outs: Vec<FanOut> = accepted
         .iter()
-        .map(|a| FanOut {
-            event: &a.event,
-            endpoints: snapshot
-                .matching(a.event.event_type.as_str(), a.event.tenant_id.as_deref())
-                .iter()
-                .map(|e| e.id)
-                .collect(),
-            redelivered: a.redelivered,
+        .map(|a| {
+            let receivers = snapshot.receiving(&a.event.subject());
+            filtered_out.push(receivers.filtered_out);
+            FanOut {
+                event: &a.event,
+                endpoints: receivers.endpoints.iter().map(|e| e.id).collect(),
+                redelivered: a.redelivered,
+            }
         })
         .collect();
     let recorded = record(ingestor, &fan_outs, received_at, shutdown).await?;
 
     let mut refused = Vec::new();
-    for ((a, fan_out), result) in accepted.iter().zip(&fan_outs).zip(recorded) {
+    let outcomes = accepted.iter().zip(&fan_outs).zip(filtered_out);
+    for (((a, fan_out), filtered_out), result) in outcomes.zip(recorded) {
         match result {
             Ok(recorded) => {
-                planned[a.index] = plan(ingestor, a, fan_out, recorded, received_at);
+                planned[a.index] = plan(ingestor, a, fan_out, filtered_out, recorded, received_at);
             }
             Err(error) => {
                 tracing::warn!(event_id = %a.event.id, %error,
@@ -565,11 +568,13 @@ async fn record_while_away(
     }
 }
 
-/// The tasks an event's recording calls for, counted in the metrics.
+/// The tasks an event's recording calls for, counted in the metrics; `filtered_out`
+/// endpoints of its type refused it by their payload filter.
 fn plan(
     ingestor: &Ingestor,
     a: &Accepted,
     fan_out: &FanOut<'_>,
+    filtered_out: usize,
     recorded: Recorded,
     received_at: DateTime<Utc>,
 ) -> Planned {
@@ -577,6 +582,7 @@ fn plan(
     let deliveries = match recorded {
         Recorded::New(deliveries) => {
             m.events_ingested.inc();
+            m.deliveries_filtered.inc_by(filtered_out as u64);
             m.fanout_size.observe(fan_out.endpoints.len() as f64);
             if fan_out.endpoints.is_empty() {
                 m.events_unmatched.inc();

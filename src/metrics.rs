@@ -25,6 +25,7 @@ pub struct Metrics {
     pub events_ingested: IntCounter,
     pub events_duplicate: IntCounter,
     pub events_unmatched: IntCounter,
+    pub deliveries_filtered: IntCounter,
     pub parked: IntCounterVec,
     pub fanout_size: Histogram,
     pub in_flight: IntGauge,
@@ -163,6 +164,11 @@ impl Metrics {
             events_unmatched: r.counter(
                 "herald_events_unmatched_total",
                 "Accepted events that matched no endpoint",
+            ),
+            deliveries_filtered: r.counter(
+                "herald_deliveries_filtered_total",
+                "Deliveries not made: an endpoint subscribed to the event's type refused it \
+                 by its payload filter (counted when the event is first recorded)",
             ),
             parked: r.counter_vec(
                 "herald_messages_parked_total",

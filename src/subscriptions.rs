@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::backoff::Backoff;
-use crate::domain::TopicTrie;
+use crate::domain::{Subject, TopicTrie};
 use crate::keyring::Keyring;
 use crate::store::endpoints::{self, ActiveEndpoint};
 
@@ -75,6 +75,20 @@ impl Snapshot {
         indices.into_iter().map(|i| &self.endpoints[i]).collect()
     }
 
+    /// The endpoints that receive this event: subscribed to its type and tenant, and
+    /// accepted by their payload filter if they have one. Endpoints without a filter
+    /// cost nothing more than [`Snapshot::matching`]; the event's data is parsed once,
+    /// when the first filter reads it.
+    pub fn receiving(&self, event: &Subject<'_>) -> Receivers<'_> {
+        let mut endpoints = self.matching(event.event_type(), event.tenant_id());
+        let matched = endpoints.len();
+        endpoints.retain(|e| e.filter.as_ref().is_none_or(|f| f.matches(event)));
+        Receivers {
+            filtered_out: matched - endpoints.len(),
+            endpoints,
+        }
+    }
+
     pub fn get(&self, id: &Uuid) -> Option<&Arc<ActiveEndpoint>> {
         self.endpoints
             .binary_search_by_key(id, |e| e.id)
@@ -89,6 +103,13 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.endpoints.is_empty()
     }
+}
+
+/// The endpoints an event goes to ([`Snapshot::receiving`]).
+pub struct Receivers<'s> {
+    pub endpoints: Vec<&'s Arc<ActiveEndpoint>>,
+    /// Subscribed to its type and tenant, but refused by their payload filter.
+    pub filtered_out: usize,
 }
 
 /// The shared cache; cheap to read from any task.
@@ -303,6 +324,7 @@ mod tests {
             signing: Signing::generate(SignatureScheme::Standard),
             headers: Default::default(),
             rate_limit: None,
+            filter: None,
         }
     }
 
@@ -333,6 +355,41 @@ mod tests {
         assert_eq!(matched(Some("globex")), globex);
         assert_eq!(matched(None), vec![ids[0]]);
         assert_eq!(matched(Some("initech")), vec![ids[0]]);
+    }
+
+    #[test]
+    fn an_endpoint_with_a_filter_receives_only_the_events_it_accepts() {
+        let plain = endpoint(&["sales.#"], None);
+        let mut filtered = endpoint(&["sales.#"], None);
+        let filter = serde_json::json!({"data.amount": {"$gte": 1000}});
+        filtered.filter = Some(Box::new(
+            crate::domain::PayloadFilter::parse(filter).unwrap(),
+        ));
+        let (plain_id, filtered_id) = (plain.id, filtered.id);
+        let snapshot = Snapshot::build(vec![plain, filtered]);
+        let receiving = |data: &str| -> Vec<Uuid> {
+            let data = serde_json::value::RawValue::from_string(data.into()).unwrap();
+            let event = Subject::new("evt-1", "sales.order.created", None, &data);
+            let receivers = snapshot.receiving(&event);
+            let mut ids: Vec<Uuid> = receivers.endpoints.iter().map(|e| e.id).collect();
+            ids.sort();
+            assert_eq!(receivers.filtered_out, 2 - ids.len());
+            ids
+        };
+        let mut both = vec![plain_id, filtered_id];
+        both.sort();
+        assert_eq!(receiving(r#"{"amount": 1500}"#), both);
+        assert_eq!(receiving(r#"{"amount": 10}"#), vec![plain_id]);
+        assert_eq!(receiving(r#"{"amount": "1500"}"#), vec![plain_id]);
+    }
+
+    #[test]
+    fn without_filters_the_data_is_never_parsed() {
+        let snapshot = Snapshot::build(vec![endpoint(&["sales.#"], None)]);
+        let data = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+        let event = Subject::new("evt-1", "sales.order.created", None, &data);
+        assert_eq!(snapshot.receiving(&event).endpoints.len(), 1);
+        assert!(!event.data_parsed());
     }
 
     #[test]

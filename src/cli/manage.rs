@@ -77,6 +77,9 @@ pub enum EndpointCommand {
         /// Requests per minute.
         #[arg(long)]
         rate_limit: Option<i64>,
+        /// A payload filter, JSON (docs/filters.md): `{"data.amount": {"$gte": 1000}}`.
+        #[arg(long, value_name = "JSON", value_parser = filter_json)]
+        filter: Option<Value>,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
@@ -125,6 +128,12 @@ pub enum EndpointCommand {
         /// Removes every static header.
         #[arg(long)]
         no_headers: bool,
+        /// Replaces the payload filter, JSON (docs/filters.md).
+        #[arg(long, value_name = "JSON", value_parser = filter_json, conflicts_with = "no_filter")]
+        filter: Option<Value>,
+        /// Removes the payload filter: every event of its types again.
+        #[arg(long)]
+        no_filter: bool,
     },
     /// Stop delivering to an endpoint; its records stay.
     Delete { id: Uuid },
@@ -364,6 +373,20 @@ fn job_note(job: &store::dlq_jobs::Job) -> String {
     format!("{} {verb}, {} refused", job.processed, job.refused)
 }
 
+/// `--filter '<json>'`: any JSON here; the service says what is wrong with a filter.
+fn filter_json(text: &str) -> Result<Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+}
+
+/// `--filter` / `--no-filter` of an update: replace, remove, or leave.
+fn filter_change(filter: &Option<Value>, no_filter: bool) -> Option<Option<Value>> {
+    if no_filter {
+        Some(None)
+    } else {
+        filter.clone().map(Some)
+    }
+}
+
 /// `--header 'Name: value'` flags as a map.
 fn header_map(flags: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     flags
@@ -424,6 +447,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 signature,
                 headers,
                 rate_limit,
+                filter,
                 name,
                 description,
             } => {
@@ -435,6 +459,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     signature,
                     headers: Some(header_map(&headers)?),
                     rate_limit,
+                    filter,
                     name,
                     description,
                 };
@@ -473,6 +498,8 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 signature,
                 headers,
                 no_headers,
+                filter,
+                no_filter,
             } => {
                 let headers = if no_headers {
                     Some(Default::default())
@@ -490,6 +517,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     description: description.map(Some),
                     signature,
                     headers,
+                    filter: filter_change(&filter, no_filter),
                 };
                 show(
                     endpoints::update(
@@ -681,12 +709,14 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 signature,
                 headers,
                 rate_limit,
+                filter,
                 name,
                 description,
             } => Call::new(Method::POST, "/endpoints").body(json!({
                 "url": url, "event_types": event_types, "tenant_id": tenant, "secret": secret,
                 "signature": signature, "headers": header_map(headers)?,
-                "rate_limit": rate_limit, "name": name, "description": description,
+                "rate_limit": rate_limit, "filter": filter, "name": name,
+                "description": description,
             })),
             EndpointCommand::List {
                 tenant,
@@ -710,6 +740,8 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 signature,
                 headers,
                 no_headers,
+                filter,
+                no_filter,
             } => {
                 let mut body = serde_json::Map::new();
                 let mut put = |key: &str, value: Value| {
@@ -728,6 +760,9 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 put("signature", json!(signature));
                 if *no_headers || !headers.is_empty() {
                     put("headers", json!(header_map(headers)?));
+                }
+                if let Some(filter) = filter_change(filter, *no_filter) {
+                    body.insert("filter".into(), json!(filter));
                 }
                 Call::new(Method::PATCH, format!("/endpoints/{id}")).body(Value::Object(body))
             }

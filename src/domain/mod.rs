@@ -1,6 +1,7 @@
 //! Domain types that cannot be invalid: parsed once at the edge, trusted inside.
 
 mod event_type;
+mod filter;
 mod headers;
 mod pattern;
 mod secret;
@@ -9,6 +10,7 @@ mod signing_secret;
 mod url;
 
 pub use event_type::EventType;
+pub use filter::{FilterError, PayloadFilter, Subject};
 pub use headers::{parse_header, StaticHeaders};
 pub use pattern::{TopicPattern, TopicTrie};
 pub use secret::Secret;
@@ -20,3 +22,9 @@ pub use url::EndpointUrl;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct InvalidValue(pub String);
+
+impl From<FilterError> for InvalidValue {
+    fn from(error: FilterError) -> Self {
+        InvalidValue(format!("filter {error}"))
+    }
+}

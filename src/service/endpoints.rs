@@ -14,7 +14,8 @@ use super::validate::Check;
 use super::{Caller, Page, PageRequest, ServiceError};
 use crate::delivery::client::Guard;
 use crate::domain::{
-    parse_header, EndpointUrl, SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
+    parse_header, EndpointUrl, PayloadFilter, SignatureScheme, Signing, SigningSecret,
+    StaticHeaders, TopicPattern,
 };
 use crate::keyring::Keyring;
 use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
@@ -120,6 +121,8 @@ pub struct EndpointInput {
     /// Static headers sent with every request, name → value.
     pub headers: Option<BTreeMap<String, String>>,
     pub rate_limit: Option<i64>,
+    /// A payload filter (docs/filters.md); none: every event of its types.
+    pub filter: Option<serde_json::Value>,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -136,6 +139,8 @@ pub struct EndpointChanges {
     pub signature: Option<String>,
     /// Replaces every static header (`{}` removes them all).
     pub headers: Option<BTreeMap<String, String>>,
+    /// Replaces the payload filter; `Some(None)` removes it.
+    pub filter: Option<Option<serde_json::Value>>,
 }
 
 /// A created endpoint, with its secret: the only time the secret is shown.
@@ -241,6 +246,12 @@ fn headers(check: &mut Check, given: BTreeMap<String, String>) -> Option<StaticH
     check.field("headers", StaticHeaders::new(parsed))
 }
 
+/// The payload filter, compiled; refused as a field error on `filter` naming the
+/// clause at fault.
+fn filter(check: &mut Check, given: Option<serde_json::Value>) -> Option<PayloadFilter> {
+    check.field("filter", PayloadFilter::parse(given?))
+}
+
 /// The endpoint's tenant: a tenant token's own, never another (which is refused).
 fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<String> {
     let asked = check.tenant("tenant_id", asked.filter(|t| !t.is_empty()));
@@ -272,6 +283,7 @@ pub async fn create(
     let signing = signing(&mut check, input.signature, input.secret);
     let headers = headers(&mut check, input.headers.unwrap_or_default());
     let rate_limit = rate_limit(&mut check, input.rate_limit);
+    let filter = filter(&mut check, input.filter);
     let name = check.text("name", input.name, 200);
     let description = check.text("description", input.description, 2_000);
     check.finish()?;
@@ -292,6 +304,7 @@ pub async fn create(
             signing,
             headers,
             rate_limit,
+            filter,
             name,
             description,
         },
@@ -400,6 +413,7 @@ pub async fn update(
         .signature
         .and_then(|s| check.field("signature", s.parse::<SignatureScheme>()));
     let new_headers = changes.headers.map(|h| headers(&mut check, h));
+    let new_filter = changes.filter.map(|f| filter(&mut check, f));
     check.finish()?;
     if let Some(url) = &url {
         refuse_private(&policy, url).await?;
@@ -444,6 +458,7 @@ pub async fn update(
             description,
             signature,
             headers: new_headers.flatten(),
+            filter: new_filter,
         },
     )
     .await?

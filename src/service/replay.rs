@@ -1,9 +1,10 @@
 //! Replay: every stored event of a time window that an endpoint is subscribed to (with
-//! its current patterns and tenant) sent to it again — also events older than the
-//! endpoint. A job runs in the background of the process that started it (the API
-//! answers at once with the job to poll; `herald replay` runs it in the foreground
-//! with progress on stderr) and records its cursor with every page, so a job whose
-//! process died is taken over by another (`resume_stale`) where it stopped.
+//! its current patterns, tenant and payload filter) sent to it again — also events
+//! older than the endpoint. `matched` counts by type and tenant; events the filter
+//! refuses are counted as `skipped`. A job runs in the background of the process that
+//! started it (the API answers at once with the job to poll; `herald replay` runs it in
+//! the foreground with progress on stderr) and records its cursor with every page, so a
+//! job whose process died is taken over by another (`resume_stale`) where it stopped.
 //!
 //! Each page of events: missing deliveries are created (committed first, `failed`:
 //! a task must find its delivery row to record its outcome), then one transaction
@@ -24,6 +25,7 @@ use super::validate::Check;
 use super::{Caller, ServiceError};
 use crate::config::Settings;
 use crate::delivery::task::DeliveryTask;
+use crate::domain::PayloadFilter;
 use crate::store::endpoints;
 use crate::store::replays::{self, Replay, Window};
 
@@ -150,7 +152,17 @@ async fn work(
         _ => None,
     };
     let dispatcher = Dispatcher::open(settings).await?;
-    let result = pages(pool, &window, &mut job, cursor, &dispatcher, progress).await;
+    let filter = endpoint.filter.as_ref();
+    let result = pages(
+        pool,
+        &window,
+        filter,
+        &mut job,
+        cursor,
+        &dispatcher,
+        progress,
+    )
+    .await;
     dispatcher.close().await;
     result
 }
@@ -158,6 +170,7 @@ async fn work(
 async fn pages(
     pool: &PgPool,
     window: &Window<'_>,
+    filter: Option<&PayloadFilter>,
     job: &mut Replay,
     mut cursor: Option<(DateTime<Utc>, String, String)>,
     dispatcher: &Dispatcher,
@@ -171,8 +184,10 @@ async fn pages(
             return Ok(());
         };
         let next = (*last_at, last_key.clone(), last.id.clone());
+        // The endpoint's payload filter, as now: the events it refuses are skipped.
         let keys: Vec<(String, String)> = page
             .iter()
+            .filter(|(_, _, event)| filter.is_none_or(|f| f.matches(&event.subject())))
             .map(|(_, key, event)| (key.clone(), event.id.clone()))
             .collect();
         replays::create_missing(pool, job.endpoint_id, &keys).await?;

@@ -1,6 +1,8 @@
 //! Sending again on request: a signed `herald.test` event to one endpoint now, whose
 //! outcome is the answer; and a new attempt of one delivery (`retry`), which goes
-//! through the work queue like any other task.
+//! through the work queue like any other task. Neither looks at the endpoint's payload
+//! filter: a test send checks the receiver (its URL, signature and answer), and a
+//! retry sends again a delivery that was already made.
 //!
 //! A retry follows the order of a redrive (`crate::dlq`): the delivery is marked
 //! `pending` in a transaction, its task is published with confirms, then the

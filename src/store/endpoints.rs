@@ -10,8 +10,8 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
-    parse_header, EndpointUrl, InvalidValue, SignatureScheme, Signing, SigningSecret,
-    StaticHeaders, TopicPattern,
+    parse_header, EndpointUrl, InvalidValue, PayloadFilter, SignatureScheme, Signing,
+    SigningSecret, StaticHeaders, TopicPattern,
 };
 use crate::keyring::{Keyring, OpenError};
 
@@ -32,6 +32,8 @@ pub struct Endpoint {
     pub disabled_reason: Option<String>,
     pub deleted: bool,
     pub rate_limit: Option<i32>,
+    /// The payload filter (docs/filters.md), if any.
+    pub filter: Option<PayloadFilter>,
     pub name: Option<String>,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -54,6 +56,9 @@ pub struct ActiveEndpoint {
     /// Sent with every request.
     pub headers: StaticHeaders,
     pub rate_limit: Option<i32>,
+    /// Events of its types that it receives only if they pass (docs/filters.md); boxed,
+    /// so an endpoint without one costs a pointer.
+    pub filter: Option<Box<PayloadFilter>>,
 }
 
 /// What the CLI and API show of an endpoint: never its secret.
@@ -81,6 +86,9 @@ pub struct EndpointView {
     /// Requests per minute, when limited.
     #[schema(required = true)]
     pub rate_limit: Option<i32>,
+    /// The payload filter (docs/filters.md); `null`: every event of its types.
+    #[schema(required = true, value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
     #[schema(required = true)]
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -111,6 +119,7 @@ impl From<&Endpoint> for EndpointView {
             enabled: e.enabled,
             disabled_reason: e.disabled_reason.clone(),
             rate_limit: e.rate_limit,
+            filter: e.filter.as_ref().map(|f| f.source().clone()),
             name: e.name.clone(),
             description: e.description.clone(),
             created_at: e.created_at,
@@ -129,6 +138,7 @@ struct EndpointRow {
     signature: String,
     headers: Json<BTreeMap<String, String>>,
     rate_limit: Option<i32>,
+    filter: Option<Json<serde_json::Value>>,
     enabled: bool,
     failing: bool,
     disabled_reason: Option<String>,
@@ -155,6 +165,7 @@ impl TryFrom<EndpointRow> for Endpoint {
             disabled_reason: row.disabled_reason,
             deleted: row.deleted_at.is_some(),
             rate_limit: row.rate_limit,
+            filter: parse_filter(row.filter)?,
             name: row.name,
             description: row.description,
             created_at: row.created_at,
@@ -163,7 +174,7 @@ impl TryFrom<EndpointRow> for Endpoint {
     }
 }
 
-const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, enabled, \
+const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, filter, enabled, \
     disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at, \
     EXISTS (SELECT 1 FROM herald.endpoint_health h \
             WHERE h.endpoint_id = endpoints.id AND h.open_since IS NOT NULL) AS failing";
@@ -181,6 +192,7 @@ struct ActiveRow {
     previous_secret_expires_at: Option<DateTime<Utc>>,
     headers: Json<BTreeMap<String, String>>,
     rate_limit: Option<i32>,
+    filter: Option<Json<serde_json::Value>>,
 }
 
 impl ActiveRow {
@@ -214,6 +226,7 @@ impl ActiveRow {
             )?,
             headers: static_headers(headers)?,
             rate_limit: self.rate_limit,
+            filter: parse_filter(self.filter)?.map(Box::new),
         })
     }
 }
@@ -229,8 +242,15 @@ fn header_place(id: Uuid, name: &str) -> String {
 }
 
 const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, signature, secret, \
-    previous_secret, previous_secret_expires_at, headers, rate_limit";
+    previous_secret, previous_secret_expires_at, headers, rate_limit, filter";
 const ACTIVE: &str = "enabled AND deleted_at IS NULL";
+
+/// A stored filter, compiled again as at the edge.
+fn parse_filter(
+    stored: Option<Json<serde_json::Value>>,
+) -> Result<Option<PayloadFilter>, InvalidValue> {
+    Ok(stored.map(|f| PayloadFilter::parse(f.0)).transpose()?)
+}
 
 fn parse_patterns(patterns: &[String]) -> Result<Box<[TopicPattern]>, InvalidValue> {
     patterns.iter().map(|p| p.parse()).collect()
@@ -285,6 +305,7 @@ pub struct NewEndpoint {
     pub signing: Signing,
     pub headers: StaticHeaders,
     pub rate_limit: Option<i32>,
+    pub filter: Option<PayloadFilter>,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -313,8 +334,8 @@ pub async fn insert(
     let row: EndpointRow = sqlx::query_as(&format!(
         "INSERT INTO herald.endpoints
              (id, url, tenant_id, event_types, secret, rate_limit, name, description,
-              signature, headers)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {COLUMNS}"
+              signature, headers, filter)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(new.url.as_str())
@@ -326,6 +347,7 @@ pub async fn insert(
     .bind(&new.description)
     .bind(new.signing.scheme().as_str())
     .bind(stored_headers(keys, id, &new.headers))
+    .bind(new.filter.as_ref().map(|f| Json(f.source())))
     .fetch_one(pool)
     .await?;
     Endpoint::try_from(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -506,6 +528,8 @@ pub struct EndpointPatch {
     pub signature: Option<SignatureScheme>,
     /// Replaces every static header.
     pub headers: Option<StaticHeaders>,
+    /// `Some(None)` removes the filter.
+    pub filter: Option<Option<PayloadFilter>>,
 }
 
 pub async fn update(
@@ -529,6 +553,7 @@ pub async fn update(
             name = CASE WHEN $9 THEN $10 ELSE name END,
             signature = COALESCE($12, signature),
             headers = COALESCE($13, headers),
+            filter = CASE WHEN $14 THEN $15 ELSE filter END,
             updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND ($11::text IS NULL OR tenant_id = $11)
          RETURNING {COLUMNS}"
@@ -546,6 +571,14 @@ pub async fn update(
     .bind(scope)
     .bind(patch.signature.map(SignatureScheme::as_str))
     .bind(patch.headers.as_ref().map(|h| stored_headers(keys, id, h)))
+    .bind(patch.filter.is_some())
+    .bind(
+        patch
+            .filter
+            .flatten()
+            .as_ref()
+            .map(|f| Json(f.source().clone())),
+    )
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))

@@ -490,6 +490,7 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
             signing: herald::domain::Signing::generate(Default::default()),
             headers: Default::default(),
             rate_limit: Some(60), // one a second
+            filter: None,
             name: None,
             description: None,
         },

@@ -40,6 +40,11 @@ pub struct CreateBody {
     headers: Option<BTreeMap<String, String>>,
     /// Requests per minute, 1 to 1,000,000.
     rate_limit: Option<i64>,
+    /// A payload filter (docs/filters.md): only events of its types whose content
+    /// passes, e.g. `{"data.amount": {"$gte": 1000}, "data.currency": {"$in": ["EUR"]}}`.
+    /// Left out or `null`: every event of its types.
+    #[schema(value_type = Option<Object>)]
+    filter: Option<serde_json::Value>,
     name: Option<String>,
     description: Option<String>,
 }
@@ -74,6 +79,7 @@ pub async fn create(
         signature: body.signature,
         headers: body.headers,
         rate_limit: body.rate_limit,
+        filter: body.filter,
         name: body.name,
         description: body.description,
     };
@@ -148,8 +154,8 @@ pub async fn get(
     Ok(axum::Json(service::get(&state.pool, &caller, id).await?))
 }
 
-/// Changes to an endpoint: a field left out stays; `null` clears `rate_limit`, `name`
-/// and `description`.
+/// Changes to an endpoint: a field left out stays; `null` clears `rate_limit`,
+/// `filter`, `name` and `description`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = EndpointChanges)]
@@ -167,6 +173,10 @@ pub struct UpdateBody {
     description: Option<Option<String>>,
     signature: Option<String>,
     headers: Option<BTreeMap<String, String>>,
+    /// Replaces the payload filter (docs/filters.md); `null` removes it.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<Object>)]
+    filter: Option<Option<serde_json::Value>>,
 }
 
 /// `absent` → None, `null` → Some(None), value → Some(Some(value)).
@@ -211,6 +221,7 @@ pub async fn update(
         description: body.description,
         signature: body.signature,
         headers: body.headers,
+        filter: body.filter,
     };
     Ok(axum::Json(
         service::update(

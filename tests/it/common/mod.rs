@@ -205,6 +205,7 @@ impl TestEnv {
                 signing,
                 headers: Default::default(),
                 rate_limit: None,
+                filter: None,
                 name: None,
                 description: None,
             },
