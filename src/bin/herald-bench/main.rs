@@ -15,6 +15,7 @@ mod receiver;
 mod redrive;
 mod relay;
 mod report;
+mod row;
 mod run;
 mod scenarios;
 
@@ -25,7 +26,7 @@ use anyhow::Context;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use crate::scenarios::Size;
+use crate::row::Size;
 
 /// Counts heap bytes per thread (`heap::thread_net_bytes`) for the snapshot's size.
 #[global_allocator]

@@ -13,8 +13,8 @@ use crate::load::{self, Load};
 use crate::now_us;
 use crate::process::{self, Herald};
 use crate::receiver::Behavior;
+use crate::row::{Row, Size};
 use crate::run::{Bench, EndpointSpec, Latency};
-use crate::scenarios::{Row, Size};
 
 const LIVE: &str = "bench.order.created";
 

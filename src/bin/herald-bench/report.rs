@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use sqlx::{Connection as _, PgConnection};
 
-use crate::scenarios::Row;
+use crate::row::Row;
 
 /// Where and on what the figures were measured.
 #[derive(Debug, Clone, serde::Serialize)]
