@@ -12,7 +12,7 @@ mod leftovers;
 mod load;
 mod process;
 mod receiver;
-mod redrive;
+mod resend;
 mod relay;
 mod report;
 mod row;

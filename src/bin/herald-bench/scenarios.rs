@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 use herald::domain::TopicPattern;
 use herald::subscriptions::Snapshot;
 
+use crate::resend::Resend;
 use crate::row::{Row, Size};
 use crate::run::{Bench, EndpointSpec, LoadSpec, RunOutcome, RunSpec};
 
-pub const ALL: [&str; 9] = [
+pub const ALL: [&str; 10] = [
     "steady",
     "fanout",
     "latency",
@@ -19,6 +20,7 @@ pub const ALL: [&str; 9] = [
     "backlog",
     "many-endpoints",
     "redrive",
+    "replay",
 ];
 
 const EVENT: &str = "bench.order.created";
@@ -245,7 +247,8 @@ pub async fn run(
         "slow" => slow(bench, size, reps.min(2)).await,
         "backlog" => backlog(bench, size).await,
         "many-endpoints" => many_endpoints(bench, size).await,
-        "redrive" => crate::redrive::redrive(bench, size).await,
+        "redrive" => crate::resend::resend(bench, size, Resend::Redrive).await,
+        "replay" => crate::resend::resend(bench, size, Resend::Replay).await,
         other => anyhow::bail!("unknown scenario `{other}` (known: {})", ALL.join(", ")),
     }
 }

@@ -1,9 +1,10 @@
-//! The `redrive` scenario (issue 15): a dead-letter queue of a million deliveries
-//! (written straight into the records, as months of a dead endpoint would leave them)
-//! redriven with `herald dlq redrive --all` while live traffic flows to another
-//! endpoint. It measures how long the job and the deliveries take, the command's
-//! peak memory (the job must not hold the queue in memory), the work queue's depth
-//! (the job's cap) and the live endpoint's latency before and during the redrive.
+//! The `redrive` and `replay` scenarios (issues 15 and 14): a million stored events
+//! (written straight into the records, as months of history would leave them) sent
+//! again to one endpoint while live traffic flows to another — as dead deliveries
+//! redriven with `herald dlq redrive --all`, or as events replayed with `herald replay`.
+//! They measure how long the job and the deliveries take, the command's peak memory
+//! (a job must not hold its selection in memory), the work queue's depth (a redrive's
+//! cap; a replay's pace) and the live endpoint's latency before and during the job.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +18,7 @@ use crate::row::{Row, Size};
 use crate::run::{Bench, EndpointSpec, Latency};
 
 const LIVE: &str = "bench.order.created";
+const STORED: &str = "bench.order.failed";
 
 fn behaviors(secrets: &[SigningSecret]) -> Vec<Behavior> {
     secrets
@@ -30,7 +32,20 @@ fn behaviors(secrets: &[SigningSecret]) -> Vec<Behavior> {
         .collect()
 }
 
-pub async fn redrive(bench: &Bench, size: Size) -> anyhow::Result<Row> {
+/// What is sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resend {
+    /// Dead deliveries, by `herald dlq redrive --all`.
+    Redrive,
+    /// Stored events without deliveries, by `herald replay`.
+    Replay,
+}
+
+pub async fn resend(bench: &Bench, size: Size, kind: Resend) -> anyhow::Result<Row> {
+    let name = match kind {
+        Resend::Redrive => "redrive",
+        Resend::Replay => "replay",
+    };
     let dead: i64 = match size {
         Size::Full => 1_000_000,
         Size::Quick => 100_000,
@@ -48,44 +63,48 @@ pub async fn redrive(bench: &Bench, size: Size) -> anyhow::Result<Row> {
     let pool = bench.pool().await?;
     // The receiver finds `"sent_at_us":<digits>` in the body, so the data is written as
     // text (json_build_object would space it out).
-    // Endpoint 0 is the dead one (its pattern matches nothing live), 1 the live one.
+    // Endpoint 0 is sent the stored events (its pattern matches nothing live), 1 the
+    // live one.
     let endpoints = [
-        EndpointSpec::simple("nothing.live", 0),
+        EndpointSpec::simple(STORED, 0),
         EndpointSpec::simple(LIVE, 1),
     ];
     let secrets = bench.insert_endpoints(&pool, &endpoints).await?;
-    let dead_endpoint: uuid::Uuid =
-        sqlx::query_scalar("SELECT id FROM herald.endpoints WHERE event_types = '{nothing.live}'")
-            .fetch_one(&pool)
-            .await?;
+    let dead_endpoint: uuid::Uuid = sqlx::query_scalar(
+        "SELECT id FROM herald.endpoints WHERE event_types = '{bench.order.failed}'",
+    )
+    .fetch_one(&pool)
+    .await?;
     let seeded = Instant::now();
     sqlx::query(
         r#"INSERT INTO herald.events (id, type, occurred_at, payload, received_at)
-         SELECT 'dead-' || n, 'bench.order.failed', now(),
+         SELECT 'dead-' || n, 'bench.order.failed', now() - interval '1 hour',
                 ('{"sent_at_us":' || $2::int8 || ',"pad":"' || repeat('x', 400) || '"}')::json,
-                now()
+                now() - interval '1 hour'
          FROM generate_series(1, $1) AS n"#,
     )
     .bind(dead)
     .bind(now_us() as i64)
     .execute(&pool)
     .await?;
-    sqlx::query(
-        "INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status, attempts,
-             last_status_code, last_error, dead_reason, dead_at)
-         SELECT gen_random_uuid(), '', 'dead-' || n, $2, 'failed', 4, 503,
-                'retries_exhausted: HTTP 503', 'retries_exhausted', now()
-         FROM generate_series(1, $1) AS n",
-    )
-    .bind(dead)
-    .bind(dead_endpoint)
-    .execute(&pool)
-    .await?;
-    sqlx::query("ANALYZE herald.deliveries")
+    if kind == Resend::Redrive {
+        sqlx::query(
+            "INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status, attempts,
+                 last_status_code, last_error, dead_reason, dead_at)
+             SELECT gen_random_uuid(), '', 'dead-' || n, $2, 'failed', 4, 503,
+                    'retries_exhausted: HTTP 503', 'retries_exhausted', now()
+             FROM generate_series(1, $1) AS n",
+        )
+        .bind(dead)
+        .bind(dead_endpoint)
+        .execute(&pool)
+        .await?;
+    }
+    sqlx::query("ANALYZE herald.events, herald.deliveries")
         .execute(&pool)
         .await?;
     eprintln!(
-        "  redrive: {dead} dead deliveries seeded in {:.1?}",
+        "  {name}: {dead} stored events seeded in {:.1?}",
         seeded.elapsed()
     );
     topology.declare(&bench.channel).await?;
@@ -119,7 +138,20 @@ pub async fn redrive(bench: &Bench, size: Size) -> anyhow::Result<Row> {
         let started = Instant::now();
         let redrive = {
             let config = config.clone();
-            tokio::spawn(async move { process::run_once(&config, &["dlq", "redrive", "--all"]).await })
+            let endpoint = dead_endpoint.to_string();
+            tokio::spawn(async move {
+                let args: &[&str] = match kind {
+                    Resend::Redrive => &["dlq", "redrive", "--all"],
+                    Resend::Replay => &[
+                        "replay",
+                        "--endpoint",
+                        &endpoint,
+                        "--since",
+                        "2000-01-01T00:00:00Z",
+                    ],
+                };
+                process::run_once(&config, args).await
+            })
         };
         let mut published = alone;
         let mut max_queued = 0u32;
@@ -144,12 +176,12 @@ pub async fn redrive(bench: &Bench, size: Size) -> anyhow::Result<Row> {
         let unique = during.seen.len();
         let live_during = Latency::of(&during.groups[1].latency_us);
         eprintln!(
-            "  redrive: job {job_s:.1} s, all delivered after {seconds:.1} s, command peak RSS {cli_rss:.1} MiB, \
+            "  {name}: job {job_s:.1} s, all delivered after {seconds:.1} s, command peak RSS {cli_rss:.1} MiB, \
              work queue at most {max_queued}, live p99 {:.1} → {:.1} ms",
             live_before.p99, live_during.p99
         );
         anyhow::Ok(Row {
-            name: "redrive".into(),
+            name: name.into(),
             deliveries: drained.delivered,
             seconds: (seconds * 100.0).round() / 100.0,
             deliveries_per_s: if seconds > 0.0 { (drained.delivered as f64 / seconds).round() } else { 0.0 },
@@ -163,9 +195,13 @@ pub async fn redrive(bench: &Bench, size: Size) -> anyhow::Result<Row> {
             baseline_spread_per_s: None,
             runs: 1,
             notes: format!(
-                "{dead} dead deliveries redriven by `herald dlq redrive --all` with {live_rate} live ev/s \
-                 to another endpoint; latency = the live endpoint's during the redrive (alone: p99 {:.1} ms); \
-                 job {job_s:.1} s, command peak RSS {cli_rss:.1} MiB, work queue ≤ {max_queued}",
+                "{dead} {} with {live_rate} live ev/s to another endpoint; latency = the live \
+                 endpoint's during the job (alone: p99 {:.1} ms); job {job_s:.1} s, command peak \
+                 RSS {cli_rss:.1} MiB, work queue ≤ {max_queued}",
+                match kind {
+                    Resend::Redrive => "dead deliveries redriven by `herald dlq redrive --all`",
+                    Resend::Replay => "stored events replayed by `herald replay`",
+                },
                 live_before.p99
             ),
             detail: serde_json::json!({
