@@ -19,6 +19,7 @@ mod delivery;
 mod dlq;
 mod fan_out;
 mod filters;
+mod fuzz;
 mod health;
 mod ingest;
 mod invalid;
