@@ -56,7 +56,10 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
         if s["name"] == "redrive" {
             // Compared with live traffic alone, not with the relay.
             assert_eq!(s["detail"]["job"]["state"], "done", "{s}");
-            assert!(s["detail"]["live_latency_before_ms"]["p99"].is_number(), "{s}");
+            assert!(
+                s["detail"]["live_latency_before_ms"]["p99"].is_number(),
+                "{s}"
+            );
         } else {
             assert!(s["baseline_per_s"].is_number(), "{s}");
         }
