@@ -156,6 +156,10 @@ impl App {
                 pool.clone(),
                 shutdown.clone(),
             ));
+            workers.spawn(crate::service::invalid_jobs::fail_stale(
+                pool.clone(),
+                shutdown.clone(),
+            ));
         }
         let state = Arc::new(ApiState {
             settings: settings.clone(),

@@ -1,6 +1,8 @@
 //! `herald invalid list|reingest|purge`: the parking queue `<prefix>.invalid`
-//! (`crate::service::invalid`), locally or through the admin API (`--api`). Progress
-//! goes to stderr, the summary to stdout as JSON.
+//! (`crate::service::invalid`), locally or through the admin API (`--api`). Reingest
+//! and purge are jobs (`crate::service::invalid_jobs`): run in the foreground locally,
+//! followed through the API; either way their progress goes to stderr and the finished
+//! job to stdout as JSON.
 
 use clap::{Args, Subcommand};
 use reqwest::Method;
@@ -8,10 +10,13 @@ use serde_json::json;
 use uuid::Uuid;
 
 use super::print_json;
+use super::progress::Progress;
 use super::remote::Call;
 use crate::config::Settings;
-use crate::service::invalid::{self, Progress, Selection};
+use crate::service::invalid;
+use crate::service::invalid_jobs::{self as jobs, Kind};
 use crate::service::{Caller, PageRequest};
+use crate::store::invalid_jobs::{Job, Selected};
 
 #[derive(Subcommand)]
 pub enum InvalidCommand {
@@ -50,12 +55,12 @@ pub struct Which {
 }
 
 impl Which {
-    fn selection(&self) -> anyhow::Result<Selection> {
-        Ok(Selection::new(
-            self.all,
-            self.ids.clone(),
-            self.reason.clone(),
-        )?)
+    fn selected(&self) -> Selected {
+        Selected {
+            all: self.all,
+            ids: self.ids.clone(),
+            reason: self.reason.clone(),
+        }
     }
 
     fn body(&self) -> serde_json::Value {
@@ -63,16 +68,56 @@ impl Which {
     }
 }
 
-fn report(verb: &'static str) -> impl FnMut(Progress) {
-    move |p: Progress| {
-        eprintln!(
-            "invalid {verb}: {} of {} looked at, {} taken",
-            p.seen, p.depth, p.taken
+/// How far a parking-queue job is: messages looked at of the queue's depth, and what
+/// it did with them. The same for a job run here and one followed through the API.
+pub fn gauge(job: &serde_json::Value) -> (u64, u64, String) {
+    let count = |key: &str| job[key].as_u64().unwrap_or(0);
+    let note = if job["kind"] == "purge" {
+        format!("{} purged", count("purged"))
+    } else {
+        format!(
+            "{} reingested, {} skipped",
+            count("reingested"),
+            count("skipped")
         )
-    }
+    };
+    (count("seen"), count("depth"), note)
 }
 
-pub async fn run(settings: &Settings, command: InvalidCommand) -> anyhow::Result<()> {
+/// Runs a parking-queue job in the foreground: progress on stderr, the finished job on
+/// stdout; fails when ids asked for were not in the queue.
+async fn job(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    kind: Kind,
+    which: &Which,
+    confirmed: bool,
+) -> anyhow::Result<()> {
+    let job = jobs::start(pool, &Caller::Admin, kind, which.selected(), confirmed).await?;
+    let mut progress = Progress::new(format!("{} {}", job.kind, job.id), 0);
+    let mut show = |job: &Job, end: bool| {
+        let (done, total, note) = gauge(&serde_json::to_value(job).unwrap_or_default());
+        progress.set_total(total);
+        if end {
+            progress.finish(done, &note);
+        } else {
+            progress.update(done, &note);
+        }
+    };
+    let done = jobs::run(settings, pool, job, |job| show(job, false)).await?;
+    show(&done, true);
+    print_json(&done)?;
+    if !done.not_found.is_empty() {
+        anyhow::bail!("{} id(s) not in the parking queue", done.not_found.len());
+    }
+    Ok(())
+}
+
+pub async fn run(
+    settings: &Settings,
+    pool: &sqlx::PgPool,
+    command: InvalidCommand,
+) -> anyhow::Result<()> {
     let admin = &Caller::Admin;
     match command {
         InvalidCommand::List { reason, limit } => {
@@ -90,26 +135,12 @@ pub async fn run(settings: &Settings, command: InvalidCommand) -> anyhow::Result
             }
             print_json(&rows)
         }
-        InvalidCommand::Reingest(which) => {
-            let done =
-                invalid::reingest(settings, admin, which.selection()?, report("reingest")).await?;
-            print_json(&done)?;
-            if !done.not_found.is_empty() {
-                anyhow::bail!("{} id(s) not in the parking queue", done.not_found.len());
-            }
-            Ok(())
-        }
+        InvalidCommand::Reingest(which) => job(settings, pool, Kind::Reingest, &which, false).await,
         InvalidCommand::Purge { which, yes } => {
             if !yes {
                 anyhow::bail!("purge drops messages for good: add --yes");
             }
-            let selection = which.selection()?;
-            let done = invalid::purge(settings, admin, selection, yes, report("purge")).await?;
-            print_json(&done)?;
-            if !done.not_found.is_empty() {
-                anyhow::bail!("{} id(s) not in the parking queue", done.not_found.len());
-            }
-            Ok(())
+            job(settings, pool, Kind::Purge, &which, yes).await
         }
     }
 }
@@ -120,16 +151,18 @@ pub fn remote_call(command: &InvalidCommand) -> anyhow::Result<Call> {
         InvalidCommand::List { reason, limit } => Call::new(Method::GET, "/invalid")
             .query("reason", reason.as_ref())
             .list(Some(*limit)),
-        InvalidCommand::Reingest(which) => {
-            Call::new(Method::POST, "/invalid/reingest").body(which.body())
-        }
+        InvalidCommand::Reingest(which) => Call::new(Method::POST, "/invalid/reingest")
+            .body(which.body())
+            .follow("/invalid/jobs", gauge),
         InvalidCommand::Purge { which, yes } => {
             if !yes {
                 anyhow::bail!("purge drops messages for good: add --yes");
             }
             let mut body = which.body();
             body["confirm"] = json!(true);
-            Call::new(Method::POST, "/invalid/purge").body(body)
+            Call::new(Method::POST, "/invalid/purge")
+                .body(body)
+                .follow("/invalid/jobs", gauge)
         }
     })
 }

@@ -609,7 +609,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 show(resend::retry(&settings, pool, caller, id).await?)
             }
         },
-        Command::Invalid(command) => super::invalid::run(&settings, command).await,
+        Command::Invalid(command) => super::invalid::run(&settings, pool, command).await,
         Command::Secrets(SecretsCommand::Reencrypt) => {
             let keys = keys(&settings, pool).await?;
             if keys.is_empty() {
@@ -820,14 +820,14 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 enable_endpoints,
             } => Call::new(Method::POST, "/dlq/redrive")
                 .body(selection.body(("enable_endpoints", *enable_endpoints)))
-                .follow("/dlq/jobs"),
+                .follow("/dlq/jobs", super::remote::dlq_gauge),
             DlqCommand::Purge { selection, yes } => {
                 if !yes {
                     anyhow::bail!("a purge cannot be undone: add --yes");
                 }
                 Call::new(Method::POST, "/dlq/purge")
                     .body(selection.body(("confirm", true)))
-                    .follow("/dlq/jobs")
+                    .follow("/dlq/jobs", super::remote::dlq_gauge)
             }
         },
     })

@@ -39,6 +39,14 @@ impl Progress {
         }
     }
 
+    /// The total, once known (a walk of a queue knows it when it began).
+    pub fn set_total(&mut self, total: u64) {
+        self.total = total;
+        if let Some(bar) = &self.bar {
+            bar.set_length(total);
+        }
+    }
+
     /// `done` of the total are through (processed or refused); `note` says how.
     pub fn update(&mut self, done: u64, note: &str) {
         if let Some(bar) = &self.bar {

@@ -13,6 +13,25 @@ use super::progress::Progress;
 /// How often a followed job is polled.
 const POLL: Duration = Duration::from_millis(500);
 
+/// How far a followed job is, read from its JSON: how many are through, of how many,
+/// and a note on how.
+pub type Gauge = fn(&Value) -> (u64, u64, String);
+
+/// A dead-letter job: through are the deliveries processed or refused, of those matched.
+pub fn dlq_gauge(job: &Value) -> (u64, u64, String) {
+    let count = |key: &str| job[key].as_u64().unwrap_or(0);
+    let note = format!(
+        "{} processed, {} refused",
+        count("processed"),
+        count("refused")
+    );
+    (
+        count("processed") + count("refused"),
+        count("matched"),
+        note,
+    )
+}
+
 /// One API call a command makes.
 pub struct Call {
     pub method: Method,
@@ -23,8 +42,8 @@ pub struct Call {
     /// (with the `total` when the list gives one).
     pub list: Option<Option<usize>>,
     /// The answer is a job: follow it at `{follow}/{id}` until it ends, showing its
-    /// progress, and print it finished.
-    pub follow: Option<&'static str>,
+    /// progress by the gauge, and print it finished.
+    pub follow: Option<(&'static str, Gauge)>,
 }
 
 impl Call {
@@ -39,8 +58,8 @@ impl Call {
         }
     }
 
-    pub fn follow(mut self, jobs: &'static str) -> Self {
-        self.follow = Some(jobs);
+    pub fn follow(mut self, jobs: &'static str, gauge: Gauge) -> Self {
+        self.follow = Some((jobs, gauge));
         self
     }
 
@@ -70,7 +89,7 @@ pub async fn call(api: &str, token: &str, call: Call) -> anyhow::Result<Value> {
     let Some(limit) = call.list else {
         let answer = send(&client, &url, token, &call, &call.query).await?;
         return match call.follow {
-            Some(jobs) => follow(&client, api, token, jobs, answer).await,
+            Some((jobs, gauge)) => follow(&client, api, token, jobs, gauge, answer).await,
             None => Ok(answer),
         };
     };
@@ -105,33 +124,25 @@ async fn follow(
     api: &str,
     token: &str,
     jobs: &str,
+    gauge: Gauge,
     mut job: Value,
 ) -> anyhow::Result<Value> {
     let id = job["id"].as_str().unwrap_or_default().to_string();
     let url = format!("{}/api/v1{jobs}/{id}", api.trim_end_matches('/'));
     let label = format!("{} {id}", job["kind"].as_str().unwrap_or("job"));
-    let count = |job: &Value, key: &str| job[key].as_u64().unwrap_or(0);
-    let mut progress = Progress::new(label, count(&job, "matched"));
-    let note = |job: &Value| {
-        format!(
-            "{} processed, {} refused",
-            count(job, "processed"),
-            count(job, "refused")
-        )
-    };
+    let (_, total, _) = gauge(&job);
+    let mut progress = Progress::new(label, total);
     let get = Call::new(Method::GET, String::new());
     while job["state"] == "running" {
         tokio::time::sleep(POLL).await;
         job = send(client, &url, token, &get, &[]).await?;
-        progress.update(
-            count(&job, "processed") + count(&job, "refused"),
-            &note(&job),
-        );
+        let (done, total, note) = gauge(&job);
+        progress.set_total(total);
+        progress.update(done, &note);
     }
-    progress.finish(
-        count(&job, "processed") + count(&job, "refused"),
-        &note(&job),
-    );
+    let (done, total, note) = gauge(&job);
+    progress.set_total(total);
+    progress.finish(done, &note);
     if job["state"] == "failed" {
         anyhow::bail!(
             "job {id} failed: {}",

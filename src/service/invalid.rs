@@ -26,11 +26,15 @@
 //! recognises the repeat by its event id. A message still refused is parked again by
 //! ingest, with a new id, behind the ones being walked, so it is not walked again.
 //!
+//! Reingest and purge run as jobs (`crate::service::invalid_jobs`): an [`Observer`]
+//! records their progress after each chunk and may stop them.
+//!
 //! The walk holds what it has not yet given back until it ends: on a very large queue
 //! that must end within the broker's `consumer_timeout` (30 minutes by default), or the
 //! broker closes the channel and returns them itself.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions};
@@ -43,6 +47,7 @@ use crate::broker::parked::{self, ParkedMessage};
 use crate::broker::{self, Outgoing, Publisher};
 use crate::config::Settings;
 use crate::envelope::ParkReason;
+use crate::store::invalid_jobs::Selected;
 use crate::topology;
 
 /// Most messages republished per confirm round.
@@ -75,6 +80,11 @@ impl Selection {
         }
     }
 
+    /// The selection a job was given (`crate::store::invalid_jobs::Selected`).
+    pub fn of(given: &Selected) -> Result<Self, ServiceError> {
+        Self::new(given.all, given.ids.clone(), given.reason.clone())
+    }
+
     fn takes(&self, id: Uuid, reason: Option<&str>) -> bool {
         match self {
             Selection::All => true,
@@ -105,7 +115,7 @@ pub fn check_reason(reason: &str) -> Result<(), ServiceError> {
 }
 
 /// How far a reingest or purge is, reported after each chunk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Messages looked at so far.
     pub seen: u32,
@@ -113,10 +123,32 @@ pub struct Progress {
     pub depth: u32,
     /// Messages reingested or purged so far.
     pub taken: u64,
+    /// Selected messages a reingest left (`malformed_task`).
+    pub skipped: u64,
+    /// Taken so far, by reason.
+    pub by_reason: BTreeMap<String, u64>,
+}
+
+/// Sees a reingest or purge after each chunk (and at its end, once the held messages
+/// are back). An error stops it: the messages it holds go back to the queue, and the
+/// operation returns that error.
+pub trait Observer: Send {
+    fn progress(
+        &mut self,
+        progress: Progress,
+    ) -> impl Future<Output = Result<(), ServiceError>> + Send;
+}
+
+/// A closure sees the progress and never stops the walk.
+impl<F: FnMut(Progress) + Send> Observer for F {
+    async fn progress(&mut self, progress: Progress) -> Result<(), ServiceError> {
+        self(progress);
+        Ok(())
+    }
 }
 
 /// What a reingest did.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ReingestReport {
     /// Messages sent back through ingest.
     pub reingested: u64,
@@ -130,7 +162,7 @@ pub struct ReingestReport {
 }
 
 /// What a purge did.
-#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PurgeReport {
     /// Messages dropped.
     pub purged: u64,
@@ -178,21 +210,39 @@ pub async fn list(
     Ok(Page::of(rows, &page, |m| m.position))
 }
 
+/// A reingest may start: the admin asks, and not for what cannot go through ingest.
+pub fn check_reingest(caller: &Caller, selection: &Selection) -> Result<(), ServiceError> {
+    caller.require_admin()?;
+    if *selection == Selection::Reason(parked::MALFORMED_TASK.into()) {
+        return Err(ServiceError::invalid(
+            "reason",
+            "a malformed delivery task is no event and cannot go through ingest; purge it",
+        ));
+    }
+    Ok(())
+}
+
+/// A purge may start: the admin asks, and confirmed it (`--yes`, `"confirm": true`).
+pub fn check_purge(caller: &Caller, confirmed: bool) -> Result<(), ServiceError> {
+    caller.require_admin()?;
+    if !confirmed {
+        return Err(ServiceError::invalid(
+            "confirm",
+            "purging drops messages for good: confirm it (`--yes`, \"confirm\": true)",
+        ));
+    }
+    Ok(())
+}
+
 /// Sends the selected messages back through ingest, each with its original body and
 /// properties (without the parking headers), confirmed before its parked copy goes.
 pub async fn reingest(
     settings: &Settings,
     caller: &Caller,
     selection: Selection,
-    mut progress: impl FnMut(Progress),
+    observer: &mut impl Observer,
 ) -> Result<ReingestReport, ServiceError> {
-    caller.require_admin()?;
-    if selection == Selection::Reason(parked::MALFORMED_TASK.into()) {
-        return Err(ServiceError::invalid(
-            "reason",
-            "a malformed delivery task is no event and cannot go through ingest; purge it",
-        ));
-    }
+    check_reingest(caller, &selection)?;
     let mut walk = Walk::open(settings).await?;
     let ingest_queue = crate::delivery::topology(settings).ingest_queue();
     let mut tally = Tally::default();
@@ -237,9 +287,9 @@ pub async fn reingest(
                     tally.count(reason);
                 }
                 bytes = 0;
-                progress(walk.progress(tally.taken));
+                observer.progress(walk.progress(&tally)).await?;
             } else if walk.seen % CHUNK as u32 == 0 && !end {
-                progress(walk.progress(tally.taken));
+                observer.progress(walk.progress(&tally)).await?;
             }
             if end {
                 return Ok::<_, ServiceError>(());
@@ -247,10 +297,10 @@ pub async fn reingest(
         }
     }
     .await;
-    let last = walk.progress(tally.taken);
+    let last = walk.progress(&tally);
     walk.finish(done.is_ok()).await?;
     done?;
-    progress(last);
+    observer.progress(last).await?;
     tracing::info!(reingested = tally.taken, "parked messages reingested");
     let skipped = tally.skipped;
     let (reingested, by_reason, not_found) = tally.report(&selection);
@@ -268,15 +318,9 @@ pub async fn purge(
     caller: &Caller,
     selection: Selection,
     confirmed: bool,
-    mut progress: impl FnMut(Progress),
+    observer: &mut impl Observer,
 ) -> Result<PurgeReport, ServiceError> {
-    caller.require_admin()?;
-    if !confirmed {
-        return Err(ServiceError::invalid(
-            "confirm",
-            "purging drops messages for good: confirm it (`--yes`, \"confirm\": true)",
-        ));
-    }
+    check_purge(caller, confirmed)?;
     let mut walk = Walk::open(settings).await?;
     let mut tally = Tally::default();
     let done = async {
@@ -286,16 +330,16 @@ pub async fn purge(
                 tally.count(reason);
             }
             if walk.seen % CHUNK as u32 == 0 {
-                progress(walk.progress(tally.taken));
+                observer.progress(walk.progress(&tally)).await?;
             }
         }
         Ok::<_, ServiceError>(())
     }
     .await;
-    let last = walk.progress(tally.taken);
+    let last = walk.progress(&tally);
     walk.finish(done.is_ok()).await?;
     done?;
-    progress(last);
+    observer.progress(last).await?;
     tracing::info!(purged = tally.taken, "parked messages purged");
     let (purged, by_reason, not_found) = tally.report(&selection);
     Ok(PurgeReport {
@@ -421,11 +465,13 @@ impl Walk {
         Ok(())
     }
 
-    fn progress(&self, taken: u64) -> Progress {
+    fn progress(&self, tally: &Tally) -> Progress {
         Progress {
             seen: self.seen,
             depth: self.depth,
-            taken,
+            taken: tally.taken,
+            skipped: tally.skipped,
+            by_reason: tally.by_reason.clone(),
         }
     }
 
@@ -518,8 +564,13 @@ mod tests {
     #[tokio::test]
     async fn malformed_tasks_are_never_reingested_by_reason() {
         let selection = Selection::new(false, vec![], Some("malformed_task".into())).unwrap();
-        let Err(ServiceError::Invalid(fields)) =
-            reingest(&Settings::default(), &Caller::Admin, selection, |_| {}).await
+        let Err(ServiceError::Invalid(fields)) = reingest(
+            &Settings::default(),
+            &Caller::Admin,
+            selection,
+            &mut |_: Progress| {},
+        )
+        .await
         else {
             panic!("refused before the broker is asked")
         };
@@ -536,11 +587,18 @@ mod tests {
             Err(ServiceError::Forbidden)
         ));
         assert!(matches!(
-            reingest(&settings, &tenant, Selection::All, |_| {}).await,
+            reingest(&settings, &tenant, Selection::All, &mut |_: Progress| {}).await,
             Err(ServiceError::Forbidden)
         ));
         assert!(matches!(
-            purge(&settings, &tenant, Selection::All, true, |_| {}).await,
+            purge(
+                &settings,
+                &tenant,
+                Selection::All,
+                true,
+                &mut |_: Progress| {}
+            )
+            .await,
             Err(ServiceError::Forbidden)
         ));
     }

@@ -10,6 +10,7 @@ pub mod endpoints;
 mod error;
 pub mod events;
 pub mod invalid;
+pub mod invalid_jobs;
 mod page;
 pub mod replay;
 pub mod resend;

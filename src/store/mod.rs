@@ -9,6 +9,7 @@ pub mod dlq_jobs;
 pub mod endpoints;
 pub mod events;
 pub mod health;
+pub mod invalid_jobs;
 mod migrate;
 pub mod ops;
 pub mod replays;

@@ -1,7 +1,9 @@
 //! The parking queue `<prefix>.invalid` from an SRE's side, through the real broker and
 //! database: listing leaves it as it was, reingest after a fix delivers exactly once and
-//! takes only what it names, purge needs confirmation, the command line does the same
-//! locally and through the API, and bad input is a problem.
+//! takes only what it names, purge needs confirmation, both are jobs the API answers
+//! `202` for at once and any `api` process follows, a job whose process stopped is
+//! failed and stays so, the command line does the same locally and through the API,
+//! and bad input is a problem.
 
 use std::time::Duration;
 
@@ -97,6 +99,26 @@ fn without_counts(list: &Value) -> Value {
         message.as_object_mut().unwrap().remove("delivery_count");
     }
     list
+}
+
+/// Starts a reingest or purge job through the API and polls it until it ends.
+async fn finished_job(api: &Api, path: &str, body: Value) -> Value {
+    let (status, job) = api.call(Method::POST, path, Some(ADMIN), Some(body)).await;
+    assert_eq!(status, 202, "{path}: {job}");
+    follow(api, job).await
+}
+
+/// Polls a parking-queue job until it is no longer running.
+async fn follow(api: &Api, mut job: Value) -> Value {
+    let path = format!("/invalid/jobs/{}", job["id"].as_str().unwrap());
+    let started = std::time::Instant::now();
+    while job["state"] == "running" {
+        assert!(started.elapsed() < Duration::from_secs(30), "{job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        job = api.ok(Method::GET, &path, ADMIN, None).await;
+    }
+    assert_eq!(job["state"], "done", "{job}");
+    job
 }
 
 /// The same app settings with the size limit raised: the fix.
@@ -207,14 +229,7 @@ async fn a_message_reingested_after_the_fix_reaches_the_receiver_exactly_once() 
     let before = api.ok(Method::GET, "/invalid", ADMIN, None).await["data"].clone();
 
     // By reason: only the too-large one goes, and now it is accepted.
-    let done = api
-        .ok(
-            Method::POST,
-            "/invalid/reingest",
-            ADMIN,
-            Some(json!({"reason": "too_large"})),
-        )
-        .await;
+    let done = finished_job(&api, "/invalid/reingest", json!({"reason": "too_large"})).await;
     assert_eq!(done["reingested"], 1, "{done}");
     assert_eq!(done["by_reason"], json!({"too_large": 1}));
     eventually(
@@ -239,15 +254,7 @@ async fn a_message_reingested_after_the_fix_reaches_the_receiver_exactly_once() 
     // unknown id is reported.
     let bad_id = by_message_id(&before, "bad-json")["id"].clone();
     let unknown = uuid::Uuid::now_v7();
-    let (status, done) = api
-        .call(
-            Method::POST,
-            "/invalid/reingest",
-            Some(ADMIN),
-            Some(json!({"ids": [bad_id, unknown]})),
-        )
-        .await;
-    assert_eq!(status, 200, "{done}");
+    let done = finished_job(&api, "/invalid/reingest", json!({"ids": [bad_id, unknown]})).await;
     assert_eq!(done["reingested"], 1, "{done}");
     assert_eq!(done["not_found"], json!([unknown]));
     let invalid = env.topology().invalid_queue();
@@ -291,14 +298,7 @@ async fn a_message_reingested_after_the_fix_reaches_the_receiver_exactly_once() 
         env.queue_depth(&invalid).await == 3
     })
     .await;
-    let done = api
-        .ok(
-            Method::POST,
-            "/invalid/reingest",
-            ADMIN,
-            Some(json!({"all": true})),
-        )
-        .await;
+    let done = finished_job(&api, "/invalid/reingest", json!({"all": true})).await;
     assert_eq!(
         (&done["reingested"], &done["skipped"]),
         (&json!(2), &json!(1)),
@@ -366,23 +366,19 @@ async fn a_purge_needs_confirmation_and_takes_only_what_it_names() {
     assert_eq!(problem["errors"][0]["field"], "confirm");
     depth_settles_at(&env, 4).await;
 
-    let by_id = api
-        .ok(
-            Method::POST,
-            "/invalid/purge",
-            ADMIN,
-            Some(json!({"ids": [old["id"]], "confirm": true})),
-        )
-        .await;
+    let by_id = finished_job(
+        &api,
+        "/invalid/purge",
+        json!({"ids": [old["id"]], "confirm": true}),
+    )
+    .await;
     assert_eq!(by_id["purged"], 1, "{by_id}");
-    let by_reason = api
-        .ok(
-            Method::POST,
-            "/invalid/purge",
-            ADMIN,
-            Some(json!({"reason": "not_json", "confirm": true})),
-        )
-        .await;
+    let by_reason = finished_job(
+        &api,
+        "/invalid/purge",
+        json!({"reason": "not_json", "confirm": true}),
+    )
+    .await;
     assert_eq!(by_reason["purged"], 1, "{by_reason}");
     let left = api.ok(Method::GET, "/invalid", ADMIN, None).await["data"].clone();
     let mut reasons: Vec<&str> = left
@@ -393,14 +389,12 @@ async fn a_purge_needs_confirmation_and_takes_only_what_it_names() {
         .collect();
     reasons.sort();
     assert_eq!(reasons, ["no_type", "too_large"]);
-    let rest = api
-        .ok(
-            Method::POST,
-            "/invalid/purge",
-            ADMIN,
-            Some(json!({"all": true, "confirm": true})),
-        )
-        .await;
+    let rest = finished_job(
+        &api,
+        "/invalid/purge",
+        json!({"all": true, "confirm": true}),
+    )
+    .await;
     assert_eq!(rest["purged"], 2);
     assert_eq!(rest["by_reason"], json!({"no_type": 1, "too_large": 1}));
     depth_settles_at(&env, 0).await;
@@ -446,6 +440,27 @@ async fn bad_input_on_the_invalid_routes_is_a_problem_and_a_tenant_token_is_refu
             422,
             "validation",
         ),
+        (
+            Method::POST,
+            "/invalid/reingest",
+            Some(json!({"reason": "malformed_task"})),
+            422,
+            "validation",
+        ),
+        (
+            Method::GET,
+            &format!("/invalid/jobs/{}", uuid::Uuid::now_v7()),
+            None,
+            404,
+            "not-found",
+        ),
+        (
+            Method::GET,
+            "/invalid/jobs/not-a-uuid",
+            None,
+            404,
+            "not-found",
+        ),
     ];
     for (method, path, body, status, kind) in cases {
         let (got, problem) = api.call(method.clone(), path, Some(ADMIN), body).await;
@@ -464,8 +479,19 @@ async fn bad_input_on_the_invalid_routes_is_a_problem_and_a_tenant_token_is_refu
         )
         .await;
     let tenant = created["token"].as_str().unwrap();
+    let (status, job) = api
+        .call(
+            Method::POST,
+            "/invalid/purge",
+            Some(ADMIN),
+            Some(json!({"ids": [uuid::Uuid::now_v7()], "confirm": true})),
+        )
+        .await;
+    assert_eq!(status, 202, "{job}");
+    let job_path = format!("/invalid/jobs/{}", job["id"].as_str().unwrap());
     for (method, path, body) in [
         (Method::GET, "/invalid", None),
+        (Method::GET, job_path.as_str(), None),
         (
             Method::POST,
             "/invalid/reingest",
@@ -527,9 +553,16 @@ async fn the_command_line_lists_reingests_and_purges_parked_messages() {
         ],
     );
     assert!(ok, "{err}");
-    assert_eq!(done["reingested"], 1, "{done}");
+    assert_eq!(
+        (&done["state"], &done["reingested"], &done["seen"]),
+        (&json!("done"), &json!(1), &json!(3)),
+        "{done}"
+    );
     assert!(
-        err.contains("invalid reingest: 3 of 3 looked at, 1 taken"),
+        err.contains(&format!(
+            "reingest {}: 3/3 1 reingested, 0 skipped, finished",
+            done["id"].as_str().unwrap()
+        )),
         "progress: {err}"
     );
     eventually(
@@ -560,7 +593,12 @@ async fn the_command_line_lists_reingests_and_purges_parked_messages() {
         ],
     );
     assert!(ok, "{err}");
-    assert_eq!(purged["purged"], 1, "{purged}");
+    assert_eq!(
+        (&purged["state"], &purged["purged"]),
+        (&json!("done"), &json!(1)),
+        "followed to its end: {purged}"
+    );
+    assert!(err.contains("1 purged, finished"), "progress: {err}");
     let (ok, purged, err) = cli(&env, &["invalid", "purge", "--all", "--yes"]);
     assert!(ok, "{err}");
     assert_eq!(purged["purged"], 1, "{purged}");
@@ -571,6 +609,135 @@ async fn the_command_line_lists_reingests_and_purges_parked_messages() {
         2,
         "the good event and the fixed one, once each"
     );
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reingest_is_answered_202_at_once_and_another_api_process_follows_it_to_done() {
+    let env = TestEnv::with(|s| s.ingest.max_body_bytes = SMALL_LIMIT).await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/all"), &["#"], None).await;
+    let app = env.start_ready().await;
+    park_three(&env, &receiver).await;
+    let app = restart_fixed(&env, app).await;
+    // A second api process, sharing only the database and the broker.
+    let other = env.start(Role::Api).await;
+    wait_ready(&other).await;
+
+    let response = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/invalid/reingest", app.address()))
+        .bearer_auth(ADMIN)
+        .json(&json!({"all": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let job: Value = response.json().await.unwrap();
+    assert_eq!(
+        location,
+        format!("/api/v1/invalid/jobs/{}", job["id"].as_str().unwrap())
+    );
+    assert_eq!(
+        (&job["kind"], &job["state"], &job["reingested"]),
+        (&json!("reingest"), &json!("running"), &json!(0)),
+        "answered before the walk: {job}"
+    );
+    assert_eq!(
+        job["selection"],
+        json!({"all": true, "ids": [], "reason": null})
+    );
+
+    let done = follow(&Api::new(&other), job).await;
+    assert_eq!(
+        (
+            &done["depth"],
+            &done["seen"],
+            &done["reingested"],
+            &done["purged"],
+            &done["skipped"]
+        ),
+        (&json!(3), &json!(3), &json!(3), &json!(0), &json!(0)),
+        "{done}"
+    );
+    assert_eq!(
+        done["by_reason"],
+        json!({"not_json": 1, "too_large": 1, "no_type": 1})
+    );
+    assert_eq!(done["not_found"], json!([]));
+    assert_eq!(done["error"], Value::Null);
+    assert!(done["finished_at"].is_string(), "{done}");
+    // The one the fix lets through is delivered; the two still refused are parked again.
+    eventually(
+        "the fixed message delivered",
+        Duration::from_secs(15),
+        || async { receiver.count() == 2 },
+    )
+    .await;
+    depth_settles_at(&env, 2).await;
+    other.stop().await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_failed_for_want_of_progress_stays_failed_when_its_slow_process_comes_back() {
+    use herald::service::invalid_jobs::{self, Kind, STALE, STALE_ERROR};
+    use herald::store::invalid_jobs::{self as store, Selected};
+
+    let env = TestEnv::with(|s| s.ingest.max_body_bytes = SMALL_LIMIT).await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/all"), &["#"], None).await;
+    let app = env.start_ready().await;
+    let api = Api::new(&app);
+    park_three(&env, &receiver).await;
+
+    let given = Selected {
+        ids: vec![uuid::Uuid::now_v7()],
+        ..Selected::default()
+    };
+    let admin = herald::service::Caller::Admin;
+    let job = invalid_jobs::start(&env.pool, &admin, Kind::Purge, given, true)
+        .await
+        .unwrap();
+    let stale = chrono::Duration::from_std(STALE).unwrap();
+    assert!(
+        store::fail_stale(&env.pool, stale, STALE_ERROR)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a job just started is not stale"
+    );
+    // Its process went quiet for two minutes.
+    sqlx::query(
+        "UPDATE herald.invalid_jobs SET updated_at = now() - interval '2 minutes' WHERE id = $1",
+    )
+    .bind(job.id)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let swept = store::fail_stale(&env.pool, stale, STALE_ERROR)
+        .await
+        .unwrap();
+    assert_eq!(swept, vec![job.id]);
+    let path = format!("/invalid/jobs/{}", job.id);
+    let failed = api.ok(Method::GET, &path, ADMIN, None).await;
+    assert_eq!(
+        (&failed["state"], &failed["error"]),
+        (&json!("failed"), &json!(STALE_ERROR)),
+        "{failed}"
+    );
+
+    // The process was only slow: at its next chunk it finds the job failed and stops.
+    let resumed = invalid_jobs::run(&env.settings, &env.pool, job, |_| {}).await;
+    assert!(
+        matches!(resumed, Err(herald::service::ServiceError::Conflict(_))),
+        "{resumed:?}"
+    );
+    let after = api.ok(Method::GET, &path, ADMIN, None).await;
+    assert_eq!(after, failed, "still failed, as the sweep left it");
+    depth_settles_at(&env, 3).await;
     app.stop().await;
     env.cleanup().await;
 }

@@ -223,6 +223,78 @@ async fn the_served_document_describes_every_route_and_what_they_answer() {
     let (status, value, ct) = call(&http, &base, Method::DELETE, &one, Some(ADMIN), None).await;
     check("/endpoints/{id}", Method::DELETE, status, &value, &ct);
 
+    // The parking queue, the admin's: a job started, followed to its end, and refusals.
+    let (status, job, ct) = call(
+        &http,
+        &base,
+        Method::POST,
+        "/invalid/reingest",
+        Some(ADMIN),
+        Some(json!({"ids": [nil]})),
+    )
+    .await;
+    check("/invalid/reingest", Method::POST, status, &job, &ct);
+    assert_eq!(status, 202, "{job}");
+    let job_path = format!("/invalid/jobs/{}", job["id"].as_str().unwrap());
+    let mut finished = job;
+    while finished["state"] == "running" {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let (status, value, ct) =
+            call(&http, &base, Method::GET, &job_path, Some(ADMIN), None).await;
+        check("/invalid/jobs/{id}", Method::GET, status, &value, &ct);
+        finished = value;
+    }
+    assert_eq!(finished["not_found"], json!([nil]), "{finished}");
+    for (route, method, path, token, body) in [
+        ("/invalid", Method::GET, "/invalid".to_string(), ADMIN, None),
+        (
+            "/invalid",
+            Method::GET,
+            "/invalid".to_string(),
+            tenant_token.as_str(),
+            None,
+        ),
+        (
+            "/invalid/purge",
+            Method::POST,
+            "/invalid/purge".to_string(),
+            ADMIN,
+            Some(json!({"all": true, "confirm": true})),
+        ),
+        (
+            "/invalid/purge",
+            Method::POST,
+            "/invalid/purge".to_string(),
+            ADMIN,
+            Some(json!({"all": true})),
+        ),
+        (
+            "/invalid/reingest",
+            Method::POST,
+            "/invalid/reingest".to_string(),
+            tenant_token.as_str(),
+            Some(json!({"all": true})),
+        ),
+        (
+            "/invalid/jobs/{id}",
+            Method::GET,
+            job_path.clone(),
+            tenant_token.as_str(),
+            None,
+        ),
+        (
+            "/invalid/jobs/{id}",
+            Method::GET,
+            format!("/invalid/jobs/{nil}"),
+            ADMIN,
+            None,
+        ),
+    ] {
+        let (status, value, ct) =
+            call(&http, &base, method.clone(), &path, Some(token), body).await;
+        check(route, method, status, &value, &ct);
+    }
+
     app.stop().await;
     env.cleanup().await;
 }

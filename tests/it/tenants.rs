@@ -85,6 +85,8 @@ struct Theirs {
     token_id: String,
     replay_id: String,
     dlq_job_id: String,
+    /// The admin's: a parking-queue job is no tenant's.
+    invalid_job_id: String,
     endpoint_id: String,
     event_id: String,
     delivery_id: String,
@@ -154,9 +156,18 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
             Some(json!({"all": true})),
         )
         .await;
+    let invalid_job = api
+        .ok(
+            Method::POST,
+            "/invalid/purge",
+            ADMIN,
+            Some(json!({"ids": [uuid::Uuid::now_v7()], "confirm": true})),
+        )
+        .await;
     let theirs = Theirs {
         replay_id: replay["id"].as_str().unwrap().to_string(),
         dlq_job_id: dlq_job["id"].as_str().unwrap().to_string(),
+        invalid_job_id: invalid_job["id"].as_str().unwrap().to_string(),
         token_id: token_b_id,
         endpoint_id: endpoint_of["tenant-b"].clone(),
         event_id: "b-only".into(),
@@ -193,6 +204,10 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
             .replace(
                 "/dlq/jobs/{id}",
                 &format!("/dlq/jobs/{}", theirs.dlq_job_id),
+            )
+            .replace(
+                "/invalid/jobs/{id}",
+                &format!("/invalid/jobs/{}", theirs.invalid_job_id),
             );
         assert!(
             !path.contains('{'),

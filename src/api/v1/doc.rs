@@ -62,6 +62,7 @@ pub const DOCUMENT: &str = "/openapi.json";
         invalid::list,
         invalid::reingest,
         invalid::purge,
+        invalid::get_job,
         tokens::list,
         tokens::create,
         tokens::revoke,

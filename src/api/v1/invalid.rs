@@ -1,22 +1,27 @@
-//! `/invalid`: the parking queue `<prefix>.invalid` — list, reingest, purge
-//! (`crate::service::invalid`). The admin's only: a tenant token is answered 403.
+//! `/invalid`: the parking queue `<prefix>.invalid` — list, and reingest or purge as
+//! background jobs (`202` with the job; `GET /invalid/jobs/{id}` follows it)
+//! (`crate::service::invalid`, `crate::service::invalid_jobs`). The admin's only: a
+//! tenant token is answered 403.
 
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::api::extract::{Json, Query};
+use crate::api::extract::{Json, Path, Query};
 use crate::api::problem::Problem;
 use crate::api::v1::responses::{
-    Forbidden, Malformed, TooLarge, Unavailable, UnsupportedMediaType, Validation,
+    Forbidden, Malformed, NotFound, TooLarge, Unavailable, UnsupportedMediaType, Validation,
 };
 use crate::api::ApiState;
-use crate::service::invalid::{self as service, Selection};
+use crate::service::invalid as service;
+use crate::service::invalid_jobs::{self as jobs, Kind};
 use crate::service::{Caller, PageRequest};
+use crate::store::invalid_jobs::{Job, Selected};
 
 #[derive(Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -71,8 +76,31 @@ pub struct ReingestBody {
     reason: Option<String>,
 }
 
-/// Sends parked messages back through ingest (original body and properties); one
-/// still refused is parked again with a new id.
+/// Records a job and walks the queue for it in the background; answers `202` with
+/// the job and where to follow it.
+async fn start(
+    state: Arc<ApiState>,
+    caller: Caller,
+    kind: Kind,
+    given: Selected,
+    confirmed: bool,
+) -> Result<impl IntoResponse, Problem> {
+    let job = jobs::start(&state.pool, &caller, kind, given, confirmed).await?;
+    let location = format!("/api/v1/invalid/jobs/{}", job.id);
+    let answer = job.clone();
+    let (settings, pool) = (state.settings.clone(), state.pool.clone());
+    tokio::spawn(async move {
+        let _ = jobs::run(&settings, &pool, job, |_| {}).await;
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        axum::Json(answer),
+    ))
+}
+
+/// Sends parked messages back through ingest (original body and properties), in the
+/// background; one still refused is parked again with a new id.
 #[utoipa::path(
     post,
     path = "/invalid/reingest",
@@ -80,7 +108,7 @@ pub struct ReingestBody {
     operation_id = "reingest_invalid",
     request_body = ReingestBody,
     responses(
-        (status = 200, description = "What was sent back", body = crate::service::invalid::ReingestReport),
+        (status = 202, description = "The job, started; `Location` follows it", body = Job),
         (status = 400, response = Malformed),
         (status = 403, response = Forbidden),
         (status = 413, response = TooLarge),
@@ -94,11 +122,12 @@ pub async fn reingest(
     caller: Caller,
     Json(body): Json<ReingestBody>,
 ) -> Result<impl IntoResponse, Problem> {
-    caller.require_admin()?;
-    let selection = Selection::new(body.all, body.ids, body.reason)?;
-    Ok(axum::Json(
-        service::reingest(&state.settings, &caller, selection, |_| {}).await?,
-    ))
+    let given = Selected {
+        all: body.all,
+        ids: body.ids,
+        reason: body.reason,
+    };
+    start(state, caller, Kind::Reingest, given, false).await
 }
 
 /// Which parked messages to drop, as for reingest, and `"confirm": true`.
@@ -116,7 +145,7 @@ pub struct PurgeBody {
     confirm: bool,
 }
 
-/// Drops parked messages for good.
+/// Drops parked messages for good, in the background.
 #[utoipa::path(
     post,
     path = "/invalid/purge",
@@ -124,7 +153,7 @@ pub struct PurgeBody {
     operation_id = "purge_invalid",
     request_body = PurgeBody,
     responses(
-        (status = 200, description = "What was dropped", body = crate::service::invalid::PurgeReport),
+        (status = 202, description = "The job, started; `Location` follows it", body = Job),
         (status = 400, response = Malformed),
         (status = 403, response = Forbidden),
         (status = 413, response = TooLarge),
@@ -138,9 +167,31 @@ pub async fn purge(
     caller: Caller,
     Json(body): Json<PurgeBody>,
 ) -> Result<impl IntoResponse, Problem> {
-    caller.require_admin()?;
-    let selection = Selection::new(body.all, body.ids, body.reason)?;
-    Ok(axum::Json(
-        service::purge(&state.settings, &caller, selection, body.confirm, |_| {}).await?,
-    ))
+    let given = Selected {
+        all: body.all,
+        ids: body.ids,
+        reason: body.reason,
+    };
+    start(state, caller, Kind::Purge, given, body.confirm).await
+}
+
+/// A reingest or purge job and its progress, from any `api` process.
+#[utoipa::path(
+    get,
+    path = "/invalid/jobs/{id}",
+    tag = "invalid",
+    operation_id = "get_invalid_job",
+    params(("id" = Uuid, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 403, response = Forbidden),
+        (status = 404, response = NotFound),
+    )
+)]
+pub async fn get_job(
+    State(state): State<Arc<ApiState>>,
+    caller: Caller,
+    Path(id): Path<Uuid>,
+) -> Result<impl IntoResponse, Problem> {
+    Ok(axum::Json(jobs::get(&state.pool, &caller, id).await?))
 }

@@ -79,6 +79,7 @@ fn table() -> Table {
         .add(Method::GET, "/invalid", invalid::list)
         .add(Method::POST, "/invalid/reingest", invalid::reingest)
         .add(Method::POST, "/invalid/purge", invalid::purge)
+        .add(Method::GET, "/invalid/jobs/{id}", invalid::get_job)
         .add(Method::GET, "/tokens", tokens::list)
         .add(Method::POST, "/tokens", tokens::create)
         .add(Method::DELETE, "/tokens/{id}", tokens::revoke)
