@@ -204,6 +204,7 @@ impl Run<'_> {
             &made.response,
             self.task.retries_done(),
             &self.d.retry,
+            endpoint.retry_schedule(),
             SystemTime::now(),
             &mut rand::thread_rng(),
         );
@@ -242,10 +243,11 @@ impl Run<'_> {
         d.metrics.in_flight.inc();
         let attempt = d
             .client
-            .post(
+            .post_within(
                 &endpoint.url,
                 request_headers(endpoint, self.task, traceparent),
                 self.task.body.clone(),
+                endpoint.timeout(),
             )
             .await;
         // The endpoint's and the process's slots are for the request only, not for

@@ -1,7 +1,7 @@
 //! The benchmark tool on tiny numbers, so that `make bench` cannot rot: one Herald run
-//! and one baseline run of the steady and fan-out scenarios, and a small redrive,
-//! against the real services; nothing lost, and `results.json` has every field the
-//! report promises.
+//! and one baseline run of the steady and fan-out scenarios, a small redrive and a
+//! small replay, against the real services; nothing lost, and `results.json` has every
+//! field the report promises.
 
 use std::process::Command;
 
@@ -15,7 +15,7 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
             "--mode",
             "tiny",
             "--scenarios",
-            "steady,fanout,redrive",
+            "steady,fanout,redrive,replay",
             "--database",
         ])
         .arg(&database)
@@ -32,7 +32,7 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
     let text = std::fs::read_to_string(&json).expect("results.json written");
     let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
     let scenarios = results["scenarios"].as_array().expect("scenarios array");
-    assert_eq!(scenarios.len(), 3, "{text}");
+    assert_eq!(scenarios.len(), 4, "{text}");
     for s in scenarios {
         for field in [
             "name",
@@ -53,10 +53,13 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
         }
         assert_eq!(s["lost"], 0, "{s}");
         assert!(s["deliveries"].as_u64().unwrap_or(0) > 0, "{s}");
-        if s["name"] == "redrive" {
+        if s["name"] == "redrive" || s["name"] == "replay" {
             // Compared with live traffic alone, not with the relay.
             assert_eq!(s["detail"]["job"]["state"], "done", "{s}");
-            assert!(s["detail"]["live_latency_before_ms"]["p99"].is_number(), "{s}");
+            assert!(
+                s["detail"]["live_latency_before_ms"]["p99"].is_number(),
+                "{s}"
+            );
         } else {
             assert!(s["baseline_per_s"].is_number(), "{s}");
         }

@@ -17,6 +17,7 @@ mod cluster;
 mod configuration;
 mod delivery;
 mod dlq;
+mod endpoint_options;
 mod fan_out;
 mod filters;
 mod health;
