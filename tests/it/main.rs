@@ -28,6 +28,7 @@ mod migrations;
 mod observability;
 mod openapi;
 mod properties;
+mod rate_limits;
 mod receivers;
 mod resend;
 mod ssrf;
