@@ -23,6 +23,7 @@ mod filters;
 mod health;
 mod ingest;
 mod invalid;
+mod key_rotation;
 mod lifecycle;
 mod migrations;
 mod observability;
