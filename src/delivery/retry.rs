@@ -191,8 +191,9 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let mut rng = StdRng::seed_from_u64(5);
-        // (own schedule, retries done, Retry-After, expected tier or none)
-        let cases: &[(&[u64], u32, Option<u64>, Option<u64>)] = &[
+        /// Own schedule (s), retries done, Retry-After (s), the tier expected (s) or none.
+        type Case = (&'static [u64], u32, Option<u64>, Option<u64>);
+        let cases: &[Case] = &[
             (&[30, 1800], 0, None, Some(30)),
             (&[30, 1800], 1, None, Some(1800)),
             (&[30, 1800], 2, None, None),

@@ -170,6 +170,11 @@ impl Gcra {
         self.reserve_every(share_interval(per_minute, 1), now)
     }
 
+    /// How long the next slot is away, reserving nothing.
+    pub fn peek(&self, now: Instant) -> Duration {
+        self.tat.saturating_duration_since(now)
+    }
+
     /// Reserves the next slot, one per `interval`, and returns how long to wait for it.
     pub fn reserve_every(&mut self, interval: Duration, now: Instant) -> Duration {
         let slot = self.tat.max(now);
@@ -312,6 +317,22 @@ impl Throttle {
                 })
             })
             .clone()
+    }
+
+    /// Would a task for this endpoint get a rate slot of this process's share at once
+    /// (always, without a `rate_limit`)? Reserves nothing.
+    pub fn has_rate_slot(&self, endpoint: Uuid, rate_limit: Option<i32>) -> bool {
+        if rate_limit.is_none_or(|r| r <= 0) {
+            return true;
+        }
+        self.senders.count().is_some()
+            && self
+                .limits(endpoint)
+                .rate
+                .lock()
+                .expect("lock not poisoned")
+                .peek(Instant::now())
+                <= MAX_INLINE_WAIT
     }
 
     /// Waits (at most `MAX_INLINE_WAIT` for a rate slot or a turn, the endpoint's
@@ -846,11 +867,18 @@ mod tests {
             Admission::Go(_)
         ));
         // Three processes: 60 a minute is one every 3 s for each.
+        assert!(!throttle.has_rate_slot(endpoint, Some(60)), "share unknown");
+        assert!(throttle.has_rate_slot(endpoint, None));
         senders.set_for_test(3);
+        assert!(throttle.has_rate_slot(endpoint, Some(60)));
         assert!(matches!(
             throttle.admit(endpoint, Some(60), None, None).await,
             Admission::Go(_)
         ));
+        assert!(
+            !throttle.has_rate_slot(endpoint, Some(60)),
+            "the next slot is 3 s away"
+        );
         match throttle.admit(endpoint, Some(60), None, None).await {
             Admission::Defer { delay, .. } => assert!(
                 delay > Duration::from_millis(2900) && delay <= Duration::from_secs(3),

@@ -152,7 +152,12 @@ mod tests {
     #[test]
     fn a_schedule_is_drawn_from_the_declared_delays_only() {
         let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let cases: &[(&[&str], Result<&[u64], Option<usize>>)] = &[
+        /// The steps given; the delays taken (s), or the step refused (`None`: the list).
+        type Case = (
+            &'static [&'static str],
+            Result<&'static [u64], Option<usize>>,
+        );
+        let cases: &[Case] = &[
             (&["1m", "5m", "30m"], Ok(&[60, 300, 1800])),
             (&["1s", "1s", "1s"], Ok(&[1, 1, 1])),
             (&["30m", "1m"], Ok(&[1800, 60])),
