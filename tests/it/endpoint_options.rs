@@ -359,3 +359,45 @@ async fn timeouts_and_schedules_the_configuration_does_not_allow_are_refused_as_
     );
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn endpoints_of_a_database_from_before_the_options_keep_the_deployments() {
+    let env = TestEnv::unmigrated().await;
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(
+            herald::store::MIGRATOR
+                .iter()
+                .filter(|m| m.version < 20261207000004)
+                .cloned()
+                .collect(),
+        ),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    before.run(&env.pool).await.expect("the earlier migrations");
+    sqlx::query(
+        "INSERT INTO herald.endpoints (id, url, event_types, secret)
+         VALUES ($1, 'https://example.com/hook', '{sales.#}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')",
+    )
+    .bind(uuid::Uuid::new_v4())
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    herald::store::migrate(&env.pool)
+        .await
+        .expect("migrate to the latest");
+    let active = herald::store::endpoints::load_active(&env.pool, &env.keys())
+        .await
+        .unwrap();
+    assert_eq!(active.len(), 1);
+    assert!(active[0].delivery.is_none(), "no options: the deployment's");
+    assert_eq!(
+        (active[0].timeout(), active[0].retry_schedule()),
+        (None, None)
+    );
+    // The database refuses what the edge would (a zero or negative delay).
+    let refused = sqlx::query("UPDATE herald.endpoints SET retry_schedule_ms = '{1000,0}'")
+        .execute(&env.pool)
+        .await;
+    assert!(refused.is_err(), "a zero delay is refused by the CHECK");
+    env.cleanup().await;
+}
