@@ -40,6 +40,7 @@ fn endpoints(count: usize, tenants: usize) -> Vec<ActiveEndpoint> {
             headers: Default::default(),
             rate_limit: None,
             filter: None,
+            delivery: None,
         })
         .collect()
 }

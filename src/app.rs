@@ -24,6 +24,7 @@ use crate::delivery::health::Health;
 use crate::delivery::put_off::PutOffs;
 use crate::delivery::recorder::Recorder;
 use crate::delivery::retry::RetryPolicy;
+use crate::delivery::share::Senders;
 use crate::delivery::throttle::Throttle;
 use crate::ingest::{self, Ingestor};
 use crate::keyring::Keyring;
@@ -76,6 +77,14 @@ impl App {
                 BreakerPolicy::from_settings(&settings.delivery),
             );
             workers.spawn(health.clone().keep_fresh(shutdown.clone()));
+            // Counted among the processes that share each endpoint's rate limit.
+            let senders = Senders::unknown();
+            workers.spawn(crate::delivery::share::keep_counted(
+                senders.clone(),
+                settings.clone(),
+                topology.clone(),
+                shutdown.clone(),
+            ));
             Some(Arc::new(Deliverer {
                 settings: settings.clone(),
                 topology: topology.clone(),
@@ -86,7 +95,8 @@ impl App {
                 throttle: Throttle::new(
                     usize::from(settings.delivery.max_in_flight_per_endpoint),
                     usize::from(settings.delivery.concurrency),
-                ),
+                )
+                .sharing(senders),
                 requests: Semaphore::new(usize::from(settings.delivery.concurrency)),
                 attempts: Arc::new(Semaphore::new(settings.delivery.attempts_in_progress())),
                 put_offs: PutOffs::new(metrics.clone()),

@@ -5,13 +5,14 @@
 //! `delivery.retry_schedule`) are comma-separated strings or TOML arrays; durations
 //! accept `ms`, `s`, `m`, `h`. A bad value stops startup with an error naming the key.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::domain::{Secret, TopicPattern};
+use crate::domain::{DeliveryBounds, Secret, TopicPattern};
 use crate::keyring::Keyring;
 
 /// Why settings could not be loaded; always names the key at fault.
@@ -192,8 +193,19 @@ impl Default for TopologySettings {
 pub struct DeliverySettings {
     #[serde(deserialize_with = "duration_list")]
     pub retry_schedule: Vec<Duration>,
+    /// Delays besides those of `retry_schedule` that endpoints' own schedules may use:
+    /// each one gets its delay queues too (one per jitter step), so an endpoint's
+    /// schedule never needs a queue of its own. Empty: endpoints choose among the
+    /// steps of `retry_schedule`.
+    #[serde(deserialize_with = "duration_list")]
+    pub retry_delays: Vec<Duration>,
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
+    /// The longest request timeout an endpoint may ask for (its own `timeout`); at
+    /// least `timeout`. A slow endpoint holds one of the process's request slots that
+    /// long, so this bounds what one endpoint can take from the others.
+    #[serde(deserialize_with = "duration")]
+    pub max_timeout: Duration,
     pub allow_private_networks: bool,
     /// Networks exempt from the SSRF guard (CIDRs, or single addresses), for receivers
     /// in a known private range: `10.20.0.0/16, fd12:3456::/48`.
@@ -244,6 +256,24 @@ pub struct DeliverySettings {
 pub const ATTEMPTS_PER_REQUEST: usize = 4;
 
 impl DeliverySettings {
+    /// What an endpoint's own timeout and retry schedule may be: up to `max_timeout`,
+    /// and delays the topology declares a queue for.
+    pub fn bounds(&self) -> DeliveryBounds {
+        DeliveryBounds {
+            max_timeout: self.max_timeout,
+            delays: self.declared_delays(),
+        }
+    }
+
+    /// Every delay with delay queues: `retry_schedule` ∪ `retry_delays`.
+    pub fn declared_delays(&self) -> BTreeSet<Duration> {
+        self.retry_schedule
+            .iter()
+            .chain(&self.retry_delays)
+            .copied()
+            .collect()
+    }
+
     /// Attempts one role holds in progress at once (requests plus outcomes being
     /// recorded): the ingest role's first attempts, the deliver role's work prefetch.
     pub fn attempts_in_progress(&self) -> usize {
@@ -258,7 +288,9 @@ impl Default for DeliverySettings {
                 .iter()
                 .map(|s| humantime::parse_duration(s).expect("literal duration"))
                 .collect(),
+            retry_delays: Vec::new(),
             timeout: Duration::from_secs(10),
+            max_timeout: Duration::from_secs(30),
             allow_private_networks: false,
             allowed_networks: Vec::new(),
             require_https: true,
@@ -370,8 +402,14 @@ impl Settings {
         if self.delivery.retry_schedule.iter().any(|d| d.is_zero()) {
             return invalid("delivery.retry_schedule", "delays must be above 0");
         }
+        if self.delivery.retry_delays.iter().any(|d| d.is_zero()) {
+            return invalid("delivery.retry_delays", "delays must be above 0");
+        }
         if self.delivery.timeout.is_zero() {
             return invalid("delivery.timeout", "must be above 0");
+        }
+        if self.delivery.max_timeout < self.delivery.timeout {
+            return invalid("delivery.max_timeout", "must be at least delivery.timeout");
         }
         if self.delivery.concurrency == 0 {
             return invalid("delivery.concurrency", "must be above 0");
@@ -715,6 +753,41 @@ mod tests {
             assert!(err.contains("amqp.url"), "{list}: {err}");
             assert!(err.contains(expected), "{list}: {err}");
             assert!(!err.contains("s3cret"), "{list}: {err}");
+        }
+    }
+
+    #[test]
+    fn endpoint_delivery_bounds_come_from_the_schedule_the_extra_delays_and_max_timeout() {
+        let settings = from_environment(&[
+            ("HERALD__DELIVERY__RETRY_SCHEDULE", "1m,5m"),
+            ("HERALD__DELIVERY__RETRY_DELAYS", "30s, 5m, 30m"),
+            ("HERALD__DELIVERY__MAX_TIMEOUT", "20s"),
+        ])
+        .unwrap();
+        let bounds = settings.delivery.bounds();
+        assert_eq!(bounds.max_timeout, Duration::from_secs(20));
+        assert_eq!(
+            bounds.delays.into_iter().collect::<Vec<_>>(),
+            [30, 60, 300, 1800].map(Duration::from_secs)
+        );
+        let defaults = Settings::default().delivery;
+        assert!(defaults.retry_delays.is_empty());
+        assert_eq!(defaults.max_timeout, Duration::from_secs(30));
+        assert_eq!(defaults.declared_delays().len(), 5);
+        for (key, value, named) in [
+            (
+                "HERALD__DELIVERY__MAX_TIMEOUT",
+                "5s",
+                "delivery.max_timeout",
+            ),
+            (
+                "HERALD__DELIVERY__RETRY_DELAYS",
+                "1m,0s",
+                "delivery.retry_delays",
+            ),
+        ] {
+            let err = from_environment(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{value}: {err}");
         }
     }
 

@@ -325,6 +325,7 @@ mod tests {
             headers: Default::default(),
             rate_limit: None,
             filter: None,
+            delivery: None,
         }
     }
 

@@ -11,6 +11,9 @@
 //!                                                       per-endpoint throttle)
 //!                                  <prefix>.dlq      (retries exhausted)
 //!                                  <prefix>.invalid  (messages Herald cannot accept)
+//!                                  <prefix>.senders  (nothing published: one consumer
+//!                                                     per process that delivers, counted
+//!                                                     to share the rate limits)
 //! ```
 //! Declaring is idempotent; every Herald process declares at startup.
 
@@ -98,6 +101,13 @@ impl Topology {
         format!("{}.invalid", self.prefix)
     }
 
+    /// Nothing is published here: every process that delivers holds one consumer on
+    /// it, and its consumer count is how many share each endpoint's rate limit
+    /// (`crate::delivery::share`).
+    pub fn senders_queue(&self) -> String {
+        format!("{}.senders", self.prefix)
+    }
+
     /// Every queue Herald owns.
     pub fn queues(&self) -> Vec<String> {
         let mut queues = vec![
@@ -105,6 +115,7 @@ impl Topology {
             self.work_queue(),
             self.dlq(),
             self.invalid_queue(),
+            self.senders_queue(),
         ];
         queues.extend(self.delays.iter().map(|d| self.delay_queue(*d)));
         queues.extend(self.defers.iter().map(|d| self.defer_queue(*d)));
@@ -180,6 +191,8 @@ impl Topology {
         }
         declare_queue(channel, &self.dlq(), quorum()).await?;
         declare_queue(channel, &self.invalid_queue(), quorum()).await?;
+        // Quorum too, so that the count survives the loss of a node of a cluster.
+        declare_queue(channel, &self.senders_queue(), quorum()).await?;
         Ok(())
     }
 

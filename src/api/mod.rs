@@ -43,9 +43,9 @@ pub struct ApiState {
 }
 
 impl ApiState {
-    /// What endpoint URLs must be.
-    pub fn url_policy(&self) -> crate::service::endpoints::UrlPolicy {
-        crate::service::endpoints::UrlPolicy::from_settings(&self.settings.delivery)
+    /// What an endpoint may be (its URL, its own timeout and retry schedule).
+    pub fn endpoint_policy(&self) -> crate::service::endpoints::EndpointPolicy {
+        crate::service::endpoints::EndpointPolicy::from_settings(&self.settings.delivery)
     }
 }
 

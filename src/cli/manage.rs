@@ -80,6 +80,13 @@ pub enum EndpointCommand {
         /// A payload filter, JSON (docs/filters.md): `{"data.amount": {"$gte": 1000}}`.
         #[arg(long, value_name = "JSON", value_parser = filter_json)]
         filter: Option<Value>,
+        /// Its own request timeout (`5s`), at most `delivery.max_timeout`.
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Its own delays before each retry, comma-separated (`1m,5m,30m`), each one of
+        /// `delivery.retry_schedule` or `delivery.retry_delays`; `none`: no retry.
+        #[arg(long, value_name = "DELAYS")]
+        retry_schedule: Option<String>,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
@@ -134,6 +141,19 @@ pub enum EndpointCommand {
         /// Removes the payload filter: every event of its types again.
         #[arg(long)]
         no_filter: bool,
+        /// Its own request timeout (`5s`), at most `delivery.max_timeout`.
+        #[arg(long, value_name = "DURATION", conflicts_with = "default_timeout")]
+        timeout: Option<String>,
+        /// Back to the deployment's `delivery.timeout`.
+        #[arg(long)]
+        default_timeout: bool,
+        /// Its own delays before each retry, comma-separated (`1m,5m,30m`); `none`: no
+        /// retry.
+        #[arg(long, value_name = "DELAYS", conflicts_with = "default_retry_schedule")]
+        retry_schedule: Option<String>,
+        /// Back to the deployment's `delivery.retry_schedule`.
+        #[arg(long)]
+        default_retry_schedule: bool,
     },
     /// Stop delivering to an endpoint; its records stay.
     Delete { id: Uuid },
@@ -378,6 +398,27 @@ fn filter_json(text: &str) -> Result<Value, String> {
     serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
 }
 
+/// `--retry-schedule 1m,5m,30m` as its steps; `none` (or nothing) is no retry.
+fn schedule_steps(text: &str) -> Vec<String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Vec::new();
+    }
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// A value flag and its `--default-…` flag: set, back to the default, or leave.
+fn own_or_default<T: Clone>(value: &Option<T>, default: bool) -> Option<Option<T>> {
+    if default {
+        Some(None)
+    } else {
+        value.clone().map(Some)
+    }
+}
+
 /// `--filter` / `--no-filter` of an update: replace, remove, or leave.
 fn filter_change(filter: &Option<Value>, no_filter: bool) -> Option<Option<Value>> {
     if no_filter {
@@ -433,7 +474,7 @@ fn show(value: impl Serialize) -> anyhow::Result<()> {
 
 pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
     let pool = store::pool(&settings.database)?;
-    let policy = endpoints::UrlPolicy::from_settings(&settings.delivery);
+    let policy = endpoints::EndpointPolicy::from_settings(&settings.delivery);
     let admin = Caller::Admin;
     let caller = &admin;
     let pool = &pool;
@@ -448,6 +489,8 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 headers,
                 rate_limit,
                 filter,
+                timeout,
+                retry_schedule,
                 name,
                 description,
             } => {
@@ -460,6 +503,8 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     headers: Some(header_map(&headers)?),
                     rate_limit,
                     filter,
+                    timeout,
+                    retry_schedule: retry_schedule.as_deref().map(schedule_steps),
                     name,
                     description,
                 };
@@ -500,6 +545,10 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 no_headers,
                 filter,
                 no_filter,
+                timeout,
+                default_timeout,
+                retry_schedule,
+                default_retry_schedule,
             } => {
                 let headers = if no_headers {
                     Some(Default::default())
@@ -518,6 +567,11 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     signature,
                     headers,
                     filter: filter_change(&filter, no_filter),
+                    timeout: own_or_default(&timeout, default_timeout),
+                    retry_schedule: own_or_default(
+                        &retry_schedule.as_deref().map(schedule_steps),
+                        default_retry_schedule,
+                    ),
                 };
                 show(
                     endpoints::update(
@@ -710,12 +764,15 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 headers,
                 rate_limit,
                 filter,
+                timeout,
+                retry_schedule,
                 name,
                 description,
             } => Call::new(Method::POST, "/endpoints").body(json!({
                 "url": url, "event_types": event_types, "tenant_id": tenant, "secret": secret,
                 "signature": signature, "headers": header_map(headers)?,
-                "rate_limit": rate_limit, "filter": filter, "name": name,
+                "rate_limit": rate_limit, "filter": filter, "timeout": timeout,
+                "retry_schedule": retry_schedule.as_deref().map(schedule_steps), "name": name,
                 "description": description,
             })),
             EndpointCommand::List {
@@ -742,6 +799,10 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 no_headers,
                 filter,
                 no_filter,
+                timeout,
+                default_timeout,
+                retry_schedule,
+                default_retry_schedule,
             } => {
                 let mut body = serde_json::Map::new();
                 let mut put = |key: &str, value: Value| {
@@ -763,6 +824,13 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 }
                 if let Some(filter) = filter_change(filter, *no_filter) {
                     body.insert("filter".into(), json!(filter));
+                }
+                if let Some(timeout) = own_or_default(timeout, *default_timeout) {
+                    body.insert("timeout".into(), json!(timeout));
+                }
+                let steps = retry_schedule.as_deref().map(schedule_steps);
+                if let Some(schedule) = own_or_default(&steps, *default_retry_schedule) {
+                    body.insert("retry_schedule".into(), json!(schedule));
                 }
                 Call::new(Method::PATCH, format!("/endpoints/{id}")).body(Value::Object(body))
             }

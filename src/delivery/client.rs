@@ -227,15 +227,34 @@ impl WebhookClient {
 
     /// POSTs one signed webhook and reads at most `max_response_body_bytes` of the answer.
     pub async fn post(&self, url: &EndpointUrl, headers: HeaderMap, body: bytes::Bytes) -> Attempt {
+        self.post_within(url, headers, body, None).await
+    }
+
+    /// As [`Self::post`], within `timeout` (an endpoint's own) instead of
+    /// `delivery.timeout` when given: the same pooled client, the deadline set on the
+    /// one request.
+    pub async fn post_within(
+        &self,
+        url: &EndpointUrl,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+        timeout: Option<Duration>,
+    ) -> Attempt {
         let started = Instant::now();
-        let response = self.send(url, headers, body).await;
+        let response = self.send(url, headers, body, timeout).await;
         Attempt {
             response,
             duration: started.elapsed(),
         }
     }
 
-    async fn send(&self, url: &EndpointUrl, headers: HeaderMap, body: bytes::Bytes) -> Response {
+    async fn send(
+        &self,
+        url: &EndpointUrl,
+        headers: HeaderMap,
+        body: bytes::Bytes,
+        timeout: Option<Duration>,
+    ) -> Response {
         let url = match url.to_url() {
             Ok(url) => url,
             Err(invalid) => {
@@ -258,14 +277,16 @@ impl WebhookClient {
                 };
             }
         }
-        let result = self
+        let mut request = self
             .http
             .post(url)
             .headers(headers)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .body(body)
-            .send()
-            .await;
+            .body(body);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let result = request.send().await;
         let mut response = match result {
             Ok(r) => r,
             Err(error) => {

@@ -56,11 +56,13 @@ pub enum Decision {
 }
 
 /// The decision for `response`, after `retries_done` retries of this run of the
-/// schedule. A `Retry-After` counts on 429 and 503 only; `now` dates its HTTP-date form.
+/// schedule: the endpoint's `own` schedule when it has one, else the configured one.
+/// A `Retry-After` counts on 429 and 503 only; `now` dates its HTTP-date form.
 pub fn decide(
     response: &Response,
     retries_done: u32,
     retry: &RetryPolicy,
+    own: Option<&[Duration]>,
     now: SystemTime,
     rng: &mut impl Rng,
 ) -> Decision {
@@ -78,7 +80,11 @@ pub fn decide(
             .and_then(|value| parse_retry_after(value, now)),
         Response::Answered { .. } | Response::Failed { .. } => None,
     };
-    match retry.next_delay(retries_done, retry_after, rng) {
+    let next = match own {
+        Some(schedule) => retry.next_delay_in(schedule, retries_done, retry_after, rng),
+        None => retry.next_delay(retries_done, retry_after, rng),
+    };
+    match next {
         Some(delay) => Decision::Retry { delay },
         None => Decision::DeadLetter(DeadLetterReason::RetriesExhausted),
     }
@@ -102,7 +108,9 @@ mod tests {
 
     #[test]
     fn each_answer_leads_to_its_decision() {
-        let retry = RetryPolicy::new(vec![Duration::from_secs(60), Duration::from_secs(300)], 0.0);
+        let retry = RetryPolicy::new(vec![Duration::from_secs(60), Duration::from_secs(300)], 0.0)
+            .with_delays([Duration::from_secs(10)]);
+        let own: &[Duration] = &[Duration::from_secs(10)];
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let failed = Response::Failed {
             class: FailureClass::Timeout,
@@ -113,6 +121,25 @@ mod tests {
         };
         let cases: Vec<(&str, Response, u32, Decision)> = vec![
             ("200 is done", answered(200, None), 0, Decision::Done),
+            ("own: 200 is done", answered(200, None), 0, Decision::Done),
+            (
+                "own: 500 retries on its schedule",
+                answered(500, None),
+                0,
+                retry_in(10),
+            ),
+            (
+                "own: its schedule runs out",
+                answered(500, None),
+                1,
+                Decision::DeadLetter(DeadLetterReason::RetriesExhausted),
+            ),
+            (
+                "own: 410 is gone at once",
+                answered(410, None),
+                0,
+                Decision::DeadLetter(DeadLetterReason::Gone),
+            ),
             ("204 is done", answered(204, None), 1, Decision::Done),
             ("299 is done", answered(299, None), 2, Decision::Done),
             ("500 retries", answered(500, None), 0, retry_in(60)),
@@ -157,8 +184,9 @@ mod tests {
         ];
         for (what, response, retries_done, expected) in cases {
             let mut rng = StdRng::seed_from_u64(1);
+            let own = what.starts_with("own:").then_some(own);
             assert_eq!(
-                decide(&response, retries_done, &retry, now, &mut rng),
+                decide(&response, retries_done, &retry, own, now, &mut rng),
                 expected,
                 "{what}"
             );

@@ -204,6 +204,7 @@ impl Run<'_> {
             &made.response,
             self.task.retries_done(),
             &self.d.retry,
+            endpoint.retry_schedule(),
             SystemTime::now(),
             &mut rand::thread_rng(),
         );
@@ -214,6 +215,15 @@ impl Run<'_> {
     /// putting the task off.
     async fn admit(&self, endpoint: &ActiveEndpoint) -> Result<Slot, Result<(), Unsettled>> {
         let task = self.task;
+        if self.origin == Origin::Ingest
+            && task.not_before_ms.is_none()
+            && !self
+                .d
+                .throttle
+                .has_rate_slot(endpoint.id, endpoint.rate_limit)
+        {
+            return Err(self.hand_on().await);
+        }
         match self
             .d
             .throttle
@@ -242,10 +252,11 @@ impl Run<'_> {
         d.metrics.in_flight.inc();
         let attempt = d
             .client
-            .post(
+            .post_within(
                 &endpoint.url,
                 request_headers(endpoint, self.task, traceparent),
                 self.task.body.clone(),
+                endpoint.timeout(),
             )
             .await;
         // The endpoint's and the process's slots are for the request only, not for
@@ -450,6 +461,23 @@ impl Run<'_> {
             .await?;
         self.d.metrics.deferred.with_label_values(&[reason]).inc();
         tracing::debug!(reason, put_off = ?tier, "delivery put off");
+        Ok(())
+    }
+
+    /// A first attempt over this process's share of its endpoint's rate limit goes to
+    /// the work queue as it is, without a reserved slot: whichever deliver process takes
+    /// it reserves one from its own share, so every process's share is used (put off
+    /// with a reservation, the ingest process's share alone would pace the endpoint).
+    /// One message per task, so the work queue shares them out.
+    async fn hand_on(&self) -> Result<(), Unsettled> {
+        let exchange = self.d.topology.work_exchange();
+        self.publisher.publish(self.task.to_work(&exchange)).await?;
+        self.d
+            .metrics
+            .deferred
+            .with_label_values(&["rate_limit"])
+            .inc();
+        tracing::debug!("first attempt over this process's rate share; handed on");
         Ok(())
     }
 

@@ -11,6 +11,7 @@ pub mod health;
 pub mod put_off;
 pub mod recorder;
 pub mod retry;
+pub mod share;
 pub mod task;
 pub mod throttle;
 

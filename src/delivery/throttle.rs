@@ -15,10 +15,13 @@
 //!   of cycling through the queues. A task carries its turn, not a time: when the pace
 //!   changes (the endpoint slows down, or may borrow idle slots) every turn still ahead
 //!   comes due at the new pace.
-//! - Rate: an endpoint's `rate_limit` (requests per minute, per deliver process) is
-//!   enforced with GCRA. A task over the limit reserves the next free slot and is put
-//!   off until then (`x-herald-not-before-ms`); when it comes back it goes without
-//!   queueing again, so a backlog drains at the limit rather than churning.
+//! - Rate: an endpoint's `rate_limit` (requests per minute for the whole deployment) is
+//!   enforced with GCRA, each process at its share of the limit: the limit divided by
+//!   the live number of processes delivering ([`super::share`]). A task over the
+//!   process's share reserves the next free slot and is put off until then
+//!   (`x-herald-not-before-ms`); when it comes back — to whichever process — it goes
+//!   without queueing again, so a backlog drains at the limit rather than churning,
+//!   and every slot is reserved in one process only.
 //!
 //! Putting a task off is not an attempt: nothing is sent or recorded.
 
@@ -29,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
+
+use super::share::{share_interval, Senders};
 
 /// Longest a task waits in-process (for a rate slot, or a slow endpoint's concurrency
 /// slot) before it is put off through a defer queue instead.
@@ -49,6 +54,10 @@ pub const SLOW_ENDPOINT: Duration = Duration::from_millis(250);
 /// fill them; a turn handed out by another process (or before a restart) means little
 /// here. Put-offs travel in bulk, so checking back costs little.
 pub const BUSY_RECHECK: Duration = Duration::from_secs(5);
+
+/// How long a task for a rate-limited endpoint is put off while this process does not
+/// know its share of the limit (it is not counted among the senders yet).
+pub const SHARE_UNKNOWN_DELAY: Duration = Duration::from_secs(1);
 
 /// Delays of the defer queues.
 pub const DEFER_TIERS: [Duration; 5] = [
@@ -158,7 +167,12 @@ impl Gcra {
     /// Reserves the next slot for `per_minute` requests a minute (bursts of one) and
     /// returns how long to wait for it.
     pub fn reserve(&mut self, per_minute: u32, now: Instant) -> Duration {
-        self.reserve_every(Duration::from_secs(60) / per_minute.max(1), now)
+        self.reserve_every(share_interval(per_minute, 1), now)
+    }
+
+    /// How long the next slot is away, reserving nothing.
+    pub fn peek(&self, now: Instant) -> Duration {
+        self.tat.saturating_duration_since(now)
     }
 
     /// Reserves the next slot, one per `interval`, and returns how long to wait for it.
@@ -246,6 +260,8 @@ pub struct Throttle {
     in_flight: Arc<AtomicUsize>,
     borrow_below: usize,
     endpoints: Mutex<HashMap<Uuid, Arc<EndpointLimits>>>,
+    /// How many processes share each rate limit.
+    senders: Arc<Senders>,
 }
 
 /// What to do with a task.
@@ -275,7 +291,15 @@ impl Throttle {
             in_flight: Arc::new(AtomicUsize::new(0)),
             borrow_below: concurrency / 2,
             endpoints: Mutex::new(HashMap::new()),
+            senders: Senders::alone(),
         }
+    }
+
+    /// Rate limits shared with the other processes `senders` counts (the whole limit
+    /// is this process's own without it).
+    pub fn sharing(mut self, senders: Arc<Senders>) -> Self {
+        self.senders = senders;
+        self
     }
 
     fn limits(&self, endpoint: Uuid) -> Arc<EndpointLimits> {
@@ -295,6 +319,22 @@ impl Throttle {
             .clone()
     }
 
+    /// Would a task for this endpoint get a rate slot of this process's share at once
+    /// (always, without a `rate_limit`)? Reserves nothing.
+    pub fn has_rate_slot(&self, endpoint: Uuid, rate_limit: Option<i32>) -> bool {
+        if rate_limit.is_none_or(|r| r <= 0) {
+            return true;
+        }
+        self.senders.count().is_some()
+            && self
+                .limits(endpoint)
+                .rate
+                .lock()
+                .expect("lock not poisoned")
+                .peek(Instant::now())
+                <= MAX_INLINE_WAIT
+    }
+
     /// Waits (at most `MAX_INLINE_WAIT` for a rate slot or a turn, the endpoint's
     /// patience for a concurrency slot) for the endpoint to take one more request, or
     /// says how long to put the task off. `not_before_ms` is a rate slot reserved
@@ -311,11 +351,21 @@ impl Throttle {
         // A slot reserved earlier is kept; otherwise reserve one now.
         let wait = match (not_before_ms, rate_limit) {
             (Some(at), _) => Duration::from_millis(u64::try_from(at - now_ms).unwrap_or(0)),
-            (None, Some(per_minute)) if per_minute > 0 => limits
-                .rate
-                .lock()
-                .expect("lock not poisoned")
-                .reserve(per_minute as u32, Instant::now()),
+            (None, Some(per_minute)) if per_minute > 0 => {
+                let Some(senders) = self.senders.count() else {
+                    return Admission::Defer {
+                        delay: SHARE_UNKNOWN_DELAY,
+                        not_before_ms: None,
+                        turn,
+                        reason: "rate_limit",
+                    };
+                };
+                limits
+                    .rate
+                    .lock()
+                    .expect("lock not poisoned")
+                    .reserve_every(share_interval(per_minute as u32, senders), Instant::now())
+            }
             _ => Duration::ZERO,
         };
         if wait > MAX_INLINE_WAIT {
@@ -786,5 +836,55 @@ mod tests {
             throttle.admit(endpoint, Some(6), Some(now), None).await,
             Admission::Go(_)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_process_takes_its_share_of_the_rate_and_waits_while_it_does_not_know_it() {
+        let senders = Senders::unknown();
+        let throttle = Throttle::new(10, 10).sharing(senders.clone());
+        let endpoint = Uuid::new_v4();
+        match throttle.admit(endpoint, Some(60), None, None).await {
+            Admission::Defer {
+                delay,
+                not_before_ms,
+                reason,
+                ..
+            } => {
+                assert_eq!((delay, reason), (SHARE_UNKNOWN_DELAY, "rate_limit"));
+                assert_eq!(not_before_ms, None, "no slot reserved without a share");
+            }
+            Admission::Go(_) => panic!("not counted: its share is unknown"),
+        }
+        // A slot reserved earlier (by any process) is still kept.
+        let now = chrono::Utc::now().timestamp_millis();
+        assert!(matches!(
+            throttle.admit(endpoint, Some(60), Some(now), None).await,
+            Admission::Go(_)
+        ));
+        // Unlimited endpoints never wait for the count.
+        assert!(matches!(
+            throttle.admit(Uuid::new_v4(), None, None, None).await,
+            Admission::Go(_)
+        ));
+        // Three processes: 60 a minute is one every 3 s for each.
+        assert!(!throttle.has_rate_slot(endpoint, Some(60)), "share unknown");
+        assert!(throttle.has_rate_slot(endpoint, None));
+        senders.set_for_test(3);
+        assert!(throttle.has_rate_slot(endpoint, Some(60)));
+        assert!(matches!(
+            throttle.admit(endpoint, Some(60), None, None).await,
+            Admission::Go(_)
+        ));
+        assert!(
+            !throttle.has_rate_slot(endpoint, Some(60)),
+            "the next slot is 3 s away"
+        );
+        match throttle.admit(endpoint, Some(60), None, None).await {
+            Admission::Defer { delay, .. } => assert!(
+                delay > Duration::from_millis(2900) && delay <= Duration::from_secs(3),
+                "{delay:?}"
+            ),
+            Admission::Go(_) => panic!("a third of 60 a minute"),
+        }
     }
 }

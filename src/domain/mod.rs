@@ -1,5 +1,6 @@
 //! Domain types that cannot be invalid: parsed once at the edge, trusted inside.
 
+mod delivery_options;
 mod event_type;
 mod filter;
 mod headers;
@@ -9,6 +10,9 @@ mod signature;
 mod signing_secret;
 mod url;
 
+pub use delivery_options::{
+    format as format_duration, DeliveryBounds, DeliveryOptions, ScheduleError, MAX_RETRY_STEPS,
+};
 pub use event_type::EventType;
 pub use filter::{FilterError, PayloadFilter, Subject};
 pub use headers::{parse_header, StaticHeaders};

@@ -14,8 +14,8 @@ use super::validate::Check;
 use super::{Caller, Page, PageRequest, ServiceError};
 use crate::delivery::client::Guard;
 use crate::domain::{
-    parse_header, EndpointUrl, PayloadFilter, SignatureScheme, Signing, SigningSecret,
-    StaticHeaders, TopicPattern,
+    parse_header, DeliveryBounds, EndpointUrl, PayloadFilter, SignatureScheme, Signing,
+    SigningSecret, StaticHeaders, TopicPattern,
 };
 use crate::keyring::Keyring;
 use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
@@ -27,20 +27,23 @@ pub const MAX_RATE_LIMIT: i64 = 1_000_000;
 pub const MAX_GRACE_HOURS: i64 = 24 * 30;
 const MAX_PATTERNS: usize = 100;
 
-/// What endpoint URLs must be, from the configuration (`delivery.require_https`, and
-/// the SSRF guard unless `delivery.allow_private_networks`).
+/// What an endpoint may be, from the configuration: its URL (`delivery.require_https`,
+/// and the SSRF guard unless `delivery.allow_private_networks`), its own timeout and
+/// retry schedule (`delivery.max_timeout`, the delays with queues).
 #[derive(Debug, Clone)]
-pub struct UrlPolicy {
+pub struct EndpointPolicy {
     pub require_https: bool,
     pub guard: Option<Guard>,
+    pub bounds: DeliveryBounds,
 }
 
-impl UrlPolicy {
+impl EndpointPolicy {
     pub fn from_settings(settings: &crate::config::DeliverySettings) -> Self {
         Self {
             require_https: settings.require_https,
             guard: (!settings.allow_private_networks)
                 .then(|| Guard::new(&settings.allowed_networks)),
+            bounds: settings.bounds(),
         }
     }
 }
@@ -52,7 +55,7 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// an address the SSRF guard refuses: the owner hears it now, not at the first
 /// delivery. A name that does not resolve yet is accepted (every connect is checked
 /// again, so a later resolution to a forbidden address is refused then).
-async fn refuse_private(policy: &UrlPolicy, url: &EndpointUrl) -> Result<(), ServiceError> {
+async fn refuse_private(policy: &EndpointPolicy, url: &EndpointUrl) -> Result<(), ServiceError> {
     let Some(guard) = &policy.guard else {
         return Ok(());
     };
@@ -95,7 +98,7 @@ async fn refuse_private(policy: &UrlPolicy, url: &EndpointUrl) -> Result<(), Ser
 }
 
 /// The endpoint URL, checked against the policy.
-fn url(check: &mut Check, policy: &UrlPolicy, text: &str) -> Option<EndpointUrl> {
+fn url(check: &mut Check, policy: &EndpointPolicy, text: &str) -> Option<EndpointUrl> {
     let url = check.field("url", text.parse::<EndpointUrl>())?;
     if policy.require_https && !url.is_https() {
         check.fail(
@@ -123,6 +126,11 @@ pub struct EndpointInput {
     pub rate_limit: Option<i64>,
     /// A payload filter (docs/filters.md); none: every event of its types.
     pub filter: Option<serde_json::Value>,
+    /// Its own request timeout (`5s`); none: `delivery.timeout`.
+    pub timeout: Option<String>,
+    /// Its own delays before each retry (`1m`, `5m`, `30m`); none:
+    /// `delivery.retry_schedule`.
+    pub retry_schedule: Option<Vec<String>>,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -141,6 +149,10 @@ pub struct EndpointChanges {
     pub headers: Option<BTreeMap<String, String>>,
     /// Replaces the payload filter; `Some(None)` removes it.
     pub filter: Option<Option<serde_json::Value>>,
+    /// `Some(None)`: back to `delivery.timeout`.
+    pub timeout: Option<Option<String>>,
+    /// `Some(None)`: back to `delivery.retry_schedule`.
+    pub retry_schedule: Option<Option<Vec<String>>>,
 }
 
 /// A created endpoint, with its secret: the only time the secret is shown.
@@ -252,6 +264,31 @@ fn filter(check: &mut Check, given: Option<serde_json::Value>) -> Option<Payload
     check.field("filter", PayloadFilter::parse(given?))
 }
 
+/// The endpoint's own request timeout, within `delivery.max_timeout`.
+fn timeout(check: &mut Check, policy: &EndpointPolicy, given: Option<String>) -> Option<Duration> {
+    check.field("timeout", policy.bounds.timeout(&given?))
+}
+
+/// The endpoint's own retry schedule, each step one of the delays with queues; a step
+/// refused is a field error on `retry_schedule[n]`.
+fn retry_schedule(
+    check: &mut Check,
+    policy: &EndpointPolicy,
+    given: Option<Vec<String>>,
+) -> Option<Vec<Duration>> {
+    match policy.bounds.retry_schedule(&given?) {
+        Ok(schedule) => Some(schedule.into_vec()),
+        Err(refused) => {
+            let field = match refused.step {
+                Some(n) => format!("retry_schedule[{n}]"),
+                None => "retry_schedule".to_string(),
+            };
+            check.fail(&field, refused.problem.0);
+            None
+        }
+    }
+}
+
 /// The endpoint's tenant: a tenant token's own, never another (which is refused).
 fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<String> {
     let asked = check.tenant("tenant_id", asked.filter(|t| !t.is_empty()));
@@ -272,7 +309,7 @@ fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<St
 pub async fn create(
     pool: &PgPool,
     keys: &Keyring,
-    policy: UrlPolicy,
+    policy: EndpointPolicy,
     caller: &Caller,
     input: EndpointInput,
 ) -> Result<Created, ServiceError> {
@@ -284,6 +321,8 @@ pub async fn create(
     let headers = headers(&mut check, input.headers.unwrap_or_default());
     let rate_limit = rate_limit(&mut check, input.rate_limit);
     let filter = filter(&mut check, input.filter);
+    let own_timeout = timeout(&mut check, &policy, input.timeout);
+    let own_schedule = retry_schedule(&mut check, &policy, input.retry_schedule);
     let name = check.text("name", input.name, 200);
     let description = check.text("description", input.description, 2_000);
     check.finish()?;
@@ -305,6 +344,8 @@ pub async fn create(
             headers,
             rate_limit,
             filter,
+            timeout: own_timeout,
+            retry_schedule: own_schedule,
             name,
             description,
         },
@@ -393,7 +434,7 @@ pub async fn list(
 pub async fn update(
     pool: &PgPool,
     keys: &Keyring,
-    policy: UrlPolicy,
+    policy: EndpointPolicy,
     caller: &Caller,
     id: Uuid,
     changes: EndpointChanges,
@@ -414,6 +455,10 @@ pub async fn update(
         .and_then(|s| check.field("signature", s.parse::<SignatureScheme>()));
     let new_headers = changes.headers.map(|h| headers(&mut check, h));
     let new_filter = changes.filter.map(|f| filter(&mut check, f));
+    let new_timeout = changes.timeout.map(|t| timeout(&mut check, &policy, t));
+    let new_schedule = changes
+        .retry_schedule
+        .map(|s| retry_schedule(&mut check, &policy, s));
     check.finish()?;
     if let Some(url) = &url {
         refuse_private(&policy, url).await?;
@@ -459,6 +504,8 @@ pub async fn update(
             signature,
             headers: new_headers.flatten(),
             filter: new_filter,
+            timeout: new_timeout,
+            retry_schedule: new_schedule,
         },
     )
     .await?

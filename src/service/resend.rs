@@ -70,7 +70,14 @@ pub async fn test(
     let span = tracing::info_span!("test_send", endpoint_id = %id);
     let traceparent = crate::telemetry::link(&span, None);
     let headers = request_headers(&endpoint, &task, &traceparent);
-    let attempt = client.post(&endpoint.url, headers, task.body.clone()).await;
+    let attempt = client
+        .post_within(
+            &endpoint.url,
+            headers,
+            task.body.clone(),
+            endpoint.timeout(),
+        )
+        .await;
     let duration_ms = attempt.duration.as_millis();
     Ok(match attempt.response {
         Response::Answered { status, body, .. } => TestOutcome {

@@ -1,6 +1,7 @@
 //! `herald.endpoints`: subscribers, their patterns, secrets and state.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -10,8 +11,8 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
-    parse_header, EndpointUrl, InvalidValue, PayloadFilter, SignatureScheme, Signing,
-    SigningSecret, StaticHeaders, TopicPattern,
+    format_duration, parse_header, DeliveryOptions, EndpointUrl, InvalidValue, PayloadFilter,
+    SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
 };
 use crate::keyring::{Keyring, OpenError};
 
@@ -34,6 +35,10 @@ pub struct Endpoint {
     pub rate_limit: Option<i32>,
     /// The payload filter (docs/filters.md), if any.
     pub filter: Option<PayloadFilter>,
+    /// Its own request timeout; `None`: `delivery.timeout`.
+    pub timeout: Option<Duration>,
+    /// Its own retry schedule; `None`: `delivery.retry_schedule`.
+    pub retry_schedule: Option<Vec<Duration>>,
     pub name: Option<String>,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -59,6 +64,23 @@ pub struct ActiveEndpoint {
     /// Events of its types that it receives only if they pass (docs/filters.md); boxed,
     /// so an endpoint without one costs a pointer.
     pub filter: Option<Box<PayloadFilter>>,
+    /// Its own timeout and retry schedule; boxed, so an endpoint keeping the
+    /// deployment's costs a pointer.
+    pub delivery: Option<Box<DeliveryOptions>>,
+}
+
+impl ActiveEndpoint {
+    /// Its own request timeout, if it has one.
+    pub fn timeout(&self) -> Option<Duration> {
+        self.delivery.as_ref().and_then(|d| d.timeout)
+    }
+
+    /// Its own retry schedule, if it has one.
+    pub fn retry_schedule(&self) -> Option<&[Duration]> {
+        self.delivery
+            .as_ref()
+            .and_then(|d| d.retry_schedule.as_deref())
+    }
 }
 
 /// What the CLI and API show of an endpoint: never its secret.
@@ -89,6 +111,14 @@ pub struct EndpointView {
     /// The payload filter (docs/filters.md); `null`: every event of its types.
     #[schema(required = true, value_type = Option<Object>)]
     pub filter: Option<serde_json::Value>,
+    /// Its own request timeout (`5s`, `500ms`); `null`: the deployment's
+    /// `delivery.timeout`.
+    #[schema(required = true)]
+    pub timeout: Option<String>,
+    /// Its own delays before each retry (`["1m", "5m", "30m"]`); `null`: the
+    /// deployment's `delivery.retry_schedule`; `[]`: no retry.
+    #[schema(required = true)]
+    pub retry_schedule: Option<Vec<String>>,
     #[schema(required = true)]
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -120,6 +150,11 @@ impl From<&Endpoint> for EndpointView {
             disabled_reason: e.disabled_reason.clone(),
             rate_limit: e.rate_limit,
             filter: e.filter.as_ref().map(|f| f.source().clone()),
+            timeout: e.timeout.map(format_duration),
+            retry_schedule: e
+                .retry_schedule
+                .as_ref()
+                .map(|s| s.iter().copied().map(format_duration).collect()),
             name: e.name.clone(),
             description: e.description.clone(),
             created_at: e.created_at,
@@ -139,6 +174,8 @@ struct EndpointRow {
     headers: Json<BTreeMap<String, String>>,
     rate_limit: Option<i32>,
     filter: Option<Json<serde_json::Value>>,
+    timeout_ms: Option<i32>,
+    retry_schedule_ms: Option<Vec<i32>>,
     enabled: bool,
     failing: bool,
     disabled_reason: Option<String>,
@@ -166,6 +203,8 @@ impl TryFrom<EndpointRow> for Endpoint {
             deleted: row.deleted_at.is_some(),
             rate_limit: row.rate_limit,
             filter: parse_filter(row.filter)?,
+            timeout: parse_timeout(row.timeout_ms)?,
+            retry_schedule: parse_schedule(row.retry_schedule_ms)?.map(Vec::from),
             name: row.name,
             description: row.description,
             created_at: row.created_at,
@@ -174,7 +213,8 @@ impl TryFrom<EndpointRow> for Endpoint {
     }
 }
 
-const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, filter, enabled, \
+const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, filter, \
+    timeout_ms, retry_schedule_ms, enabled, \
     disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at, \
     EXISTS (SELECT 1 FROM herald.endpoint_health h \
             WHERE h.endpoint_id = endpoints.id AND h.open_since IS NOT NULL) AS failing";
@@ -193,6 +233,8 @@ struct ActiveRow {
     headers: Json<BTreeMap<String, String>>,
     rate_limit: Option<i32>,
     filter: Option<Json<serde_json::Value>>,
+    timeout_ms: Option<i32>,
+    retry_schedule_ms: Option<Vec<i32>>,
 }
 
 impl ActiveRow {
@@ -227,6 +269,10 @@ impl ActiveRow {
             headers: static_headers(headers)?,
             rate_limit: self.rate_limit,
             filter: parse_filter(self.filter)?.map(Box::new),
+            delivery: DeliveryOptions::boxed(
+                parse_timeout(self.timeout_ms)?,
+                parse_schedule(self.retry_schedule_ms)?,
+            ),
         })
     }
 }
@@ -242,7 +288,8 @@ fn header_place(id: Uuid, name: &str) -> String {
 }
 
 const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, signature, secret, \
-    previous_secret, previous_secret_expires_at, headers, rate_limit, filter";
+    previous_secret, previous_secret_expires_at, headers, rate_limit, filter, timeout_ms, \
+    retry_schedule_ms";
 const ACTIVE: &str = "enabled AND deleted_at IS NULL";
 
 /// A stored filter, compiled again as at the edge.
@@ -250,6 +297,35 @@ fn parse_filter(
     stored: Option<Json<serde_json::Value>>,
 ) -> Result<Option<PayloadFilter>, InvalidValue> {
     Ok(stored.map(|f| PayloadFilter::parse(f.0)).transpose()?)
+}
+
+/// A stored timeout (milliseconds).
+fn parse_timeout(stored: Option<i32>) -> Result<Option<Duration>, InvalidValue> {
+    stored.map(millis).transpose()
+}
+
+/// A stored retry schedule (milliseconds per step).
+fn parse_schedule(stored: Option<Vec<i32>>) -> Result<Option<Box<[Duration]>>, InvalidValue> {
+    stored
+        .map(|steps| steps.into_iter().map(millis).collect())
+        .transpose()
+}
+
+fn millis(stored: i32) -> Result<Duration, InvalidValue> {
+    u64::try_from(stored)
+        .ok()
+        .filter(|ms| *ms > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| InvalidValue(format!("a stored duration of {stored} ms")))
+}
+
+/// A duration as stored: whole milliseconds (the edge allows at most days).
+fn stored_millis(duration: Duration) -> i32 {
+    i32::try_from(duration.as_millis()).unwrap_or(i32::MAX)
+}
+
+fn stored_schedule(schedule: &[Duration]) -> Vec<i32> {
+    schedule.iter().copied().map(stored_millis).collect()
 }
 
 fn parse_patterns(patterns: &[String]) -> Result<Box<[TopicPattern]>, InvalidValue> {
@@ -306,6 +382,8 @@ pub struct NewEndpoint {
     pub headers: StaticHeaders,
     pub rate_limit: Option<i32>,
     pub filter: Option<PayloadFilter>,
+    pub timeout: Option<Duration>,
+    pub retry_schedule: Option<Vec<Duration>>,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -334,8 +412,8 @@ pub async fn insert(
     let row: EndpointRow = sqlx::query_as(&format!(
         "INSERT INTO herald.endpoints
              (id, url, tenant_id, event_types, secret, rate_limit, name, description,
-              signature, headers, filter)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING {COLUMNS}"
+              signature, headers, filter, timeout_ms, retry_schedule_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(new.url.as_str())
@@ -348,6 +426,8 @@ pub async fn insert(
     .bind(new.signing.scheme().as_str())
     .bind(stored_headers(keys, id, &new.headers))
     .bind(new.filter.as_ref().map(|f| Json(f.source())))
+    .bind(new.timeout.map(stored_millis))
+    .bind(new.retry_schedule.as_deref().map(stored_schedule))
     .fetch_one(pool)
     .await?;
     Endpoint::try_from(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -530,6 +610,10 @@ pub struct EndpointPatch {
     pub headers: Option<StaticHeaders>,
     /// `Some(None)` removes the filter.
     pub filter: Option<Option<PayloadFilter>>,
+    /// `Some(None)`: back to `delivery.timeout`.
+    pub timeout: Option<Option<Duration>>,
+    /// `Some(None)`: back to `delivery.retry_schedule`.
+    pub retry_schedule: Option<Option<Vec<Duration>>>,
 }
 
 pub async fn update(
@@ -554,6 +638,8 @@ pub async fn update(
             signature = COALESCE($12, signature),
             headers = COALESCE($13, headers),
             filter = CASE WHEN $14 THEN $15 ELSE filter END,
+            timeout_ms = CASE WHEN $16 THEN $17 ELSE timeout_ms END,
+            retry_schedule_ms = CASE WHEN $18 THEN $19 ELSE retry_schedule_ms END,
             updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND ($11::text IS NULL OR tenant_id = $11)
          RETURNING {COLUMNS}"
@@ -578,6 +664,16 @@ pub async fn update(
             .flatten()
             .as_ref()
             .map(|f| Json(f.source().clone())),
+    )
+    .bind(patch.timeout.is_some())
+    .bind(patch.timeout.flatten().map(stored_millis))
+    .bind(patch.retry_schedule.is_some())
+    .bind(
+        patch
+            .retry_schedule
+            .flatten()
+            .as_deref()
+            .map(stored_schedule),
     )
     .fetch_optional(pool)
     .await?;

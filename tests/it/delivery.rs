@@ -491,6 +491,8 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
             headers: Default::default(),
             rate_limit: Some(60), // one a second
             filter: None,
+            timeout: None,
+            retry_schedule: None,
             name: None,
             description: None,
         },

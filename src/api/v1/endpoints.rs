@@ -45,6 +45,15 @@ pub struct CreateBody {
     /// Left out or `null`: every event of its types.
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
+    /// Its own request timeout (`5s`, `500ms`), at most the deployment's
+    /// `delivery.max_timeout`; left out: `delivery.timeout`.
+    #[schema(example = "5s")]
+    timeout: Option<String>,
+    /// Its own delays before each retry (`["1m", "5m", "30m"]`), at most 20, each one
+    /// of the delays the deployment declares queues for (`delivery.retry_schedule` and
+    /// `delivery.retry_delays`); `[]`: no retry. Left out: `delivery.retry_schedule`.
+    #[schema(example = json!(["1m", "5m", "15m"]))]
+    retry_schedule: Option<Vec<String>>,
     name: Option<String>,
     description: Option<String>,
 }
@@ -80,11 +89,19 @@ pub async fn create(
         headers: body.headers,
         rate_limit: body.rate_limit,
         filter: body.filter,
+        timeout: body.timeout,
+        retry_schedule: body.retry_schedule,
         name: body.name,
         description: body.description,
     };
-    let created =
-        service::create(&state.pool, &state.keys, state.url_policy(), &caller, input).await?;
+    let created = service::create(
+        &state.pool,
+        &state.keys,
+        state.endpoint_policy(),
+        &caller,
+        input,
+    )
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(created)))
 }
 
@@ -155,7 +172,7 @@ pub async fn get(
 }
 
 /// Changes to an endpoint: a field left out stays; `null` clears `rate_limit`,
-/// `filter`, `name` and `description`.
+/// `filter`, `timeout`, `retry_schedule`, `name` and `description`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = EndpointChanges)]
@@ -177,6 +194,16 @@ pub struct UpdateBody {
     #[serde(default, with = "double_option")]
     #[schema(value_type = Option<Object>)]
     filter: Option<Option<serde_json::Value>>,
+    /// Its own request timeout, at most `delivery.max_timeout`; `null`: back to
+    /// `delivery.timeout`.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<String>, example = "5s")]
+    timeout: Option<Option<String>>,
+    /// Its own delays before each retry, each one the deployment declares queues for;
+    /// `null`: back to `delivery.retry_schedule`.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<Vec<String>>, example = json!(["1m", "5m", "15m"]))]
+    retry_schedule: Option<Option<Vec<String>>>,
 }
 
 /// `absent` → None, `null` → Some(None), value → Some(Some(value)).
@@ -222,12 +249,14 @@ pub async fn update(
         signature: body.signature,
         headers: body.headers,
         filter: body.filter,
+        timeout: body.timeout,
+        retry_schedule: body.retry_schedule,
     };
     Ok(axum::Json(
         service::update(
             &state.pool,
             &state.keys,
-            state.url_policy(),
+            state.endpoint_policy(),
             &caller,
             id,
             changes,

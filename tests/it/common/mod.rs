@@ -206,6 +206,8 @@ impl TestEnv {
                 headers: Default::default(),
                 rate_limit: None,
                 filter: None,
+                timeout: None,
+                retry_schedule: None,
                 name: None,
                 description: None,
             },
