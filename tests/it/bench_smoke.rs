@@ -10,7 +10,9 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
     let dir = std::env::temp_dir().join(format!("herald-bench-smoke-{}", std::process::id()));
     let json = dir.join("results.json");
     let database = format!("herald_bench_smoke_{}", std::process::id());
-    let output = Command::new(env!("CARGO_BIN_EXE_herald-bench"))
+    // Bounded: a run that hangs fails here rather than holding the whole suite.
+    let output = Command::new("timeout")
+        .args(["--kill-after=10", "300", env!("CARGO_BIN_EXE_herald-bench")])
         .args([
             "--mode",
             "tiny",

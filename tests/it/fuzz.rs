@@ -74,7 +74,9 @@ async fn generated_requests_get_no_server_error_and_only_documented_answers() {
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             ])
             .args(["--phases", "examples,coverage,fuzzing"])
-            .args(["--max-examples", "8", "--seed", "7", "--workers", "2"])
+            // One worker: hypothesis parsing lambdas in two threads trips a CPython 3.11
+            // bug ("AST constructor recursion depth mismatch").
+            .args(["--max-examples", "8", "--seed", "7", "--workers", "1"])
             .args(["--request-timeout", "20", "--max-time", "45"])
             .args(["--no-color"])
             .kill_on_drop(true);

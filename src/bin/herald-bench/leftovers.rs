@@ -1,6 +1,40 @@
 //! Queues left on the broker by an earlier bench run that was aborted before its
 //! clean-up (`hb<8 hex>r<n>.…`). One of them holding a backlog weighs on every later
-//! run's broker, so the bench deletes them before it starts.
+//! run's broker, so the bench deletes them before it starts — but never those of a
+//! bench still running on this machine (`make test`'s smoke run beside a `make bench`):
+//! each invocation marks its tag with a file holding its process id while it lives.
+
+use std::path::PathBuf;
+
+fn live_dir() -> PathBuf {
+    std::env::temp_dir().join("herald-bench-live")
+}
+
+/// Marks `tag_base` as in use by this process until the mark is dropped.
+pub struct Live(PathBuf);
+
+impl Live {
+    pub fn mark(tag_base: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(live_dir())?;
+        let path = live_dir().join(tag_base);
+        std::fs::write(&path, std::process::id().to_string())?;
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Whether a bench process that marked `tag_base` is still running.
+fn in_use(tag_base: &str) -> bool {
+    std::fs::read_to_string(live_dir().join(tag_base))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
 
 /// Deletes the leftover bench queues through the management API; returns how many.
 pub async fn delete_queues(management_url: &str) -> anyhow::Result<usize> {
@@ -18,7 +52,7 @@ pub async fn delete_queues(management_url: &str) -> anyhow::Result<usize> {
         let (Some(name), Some(vhost)) = (queue["name"].as_str(), queue["vhost"].as_str()) else {
             continue;
         };
-        if !is_bench_queue(name) {
+        if !is_bench_queue(name) || in_use(&name[..10]) {
             continue;
         }
         client

@@ -134,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
         "herald-bench ({mode}): {} · RabbitMQ {} · PostgreSQL {}",
         system.cpu, system.rabbitmq, system.postgresql
     );
+    let _live = leftovers::Live::mark(&bench.tag_base)?;
     match leftovers::delete_queues(&args.management_url).await {
         Ok(0) => {}
         Ok(n) => eprintln!("deleted {n} queues left by earlier aborted bench runs"),

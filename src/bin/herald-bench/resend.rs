@@ -165,7 +165,8 @@ pub async fn resend(bench: &Bench, size: Size, kind: Resend) -> anyhow::Result<R
         let (stdout, cli_rss) = redrive.await??;
         let job: serde_json::Value = serde_json::from_str(&stdout)?;
         let expected = dead as usize + (published - alone);
-        let deadline = Instant::now() + Duration::from_secs(600);
+        let deadline = Instant::now()
+            + Duration::from_secs(if size == Size::Tiny { 60 } else { 900 });
         while bench.receiver.unique() < expected && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
