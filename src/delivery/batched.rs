@@ -14,7 +14,9 @@
 
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use futures_util::future::join_all;
+use reqwest::header::HeaderMap;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -22,7 +24,8 @@ use uuid::Uuid;
 use super::batch::{batch_body, Joined, Leading, Member, BATCH_TYPE};
 use super::client::header;
 use super::decision::decide;
-use super::engine::{send, sign_into, static_headers, Deliverer, Run, Signed, Unsettled};
+use super::engine::{send, sign_into, static_headers, Deliverer, Origin, Run, Signed, Unsettled};
+use super::task::DeliveryTask;
 use super::throttle::Admission;
 use crate::broker::Publisher;
 use crate::domain::Batching;
@@ -85,12 +88,40 @@ async fn attempt_batch(
     }
 }
 
+/// The body and headers of one batch's request, signed at this moment: the webhook
+/// bodies of `tasks` in a `herald.batch` body, a `webhook-id` of the batch's own
+/// (`batch_…`, new for every request: a retried event may travel with others), the
+/// highest attempt number among them and how many they are.
+pub(crate) fn batch_request(
+    endpoint: &ActiveEndpoint,
+    tasks: &[&DeliveryTask],
+    traceparent: &str,
+) -> (Bytes, HeaderMap) {
+    let body = batch_body(tasks.iter().map(|t| &t.body));
+    let batch_id = format!("batch_{}", Uuid::now_v7().simple());
+    let mut headers = static_headers(endpoint);
+    sign_into(
+        &mut headers,
+        endpoint,
+        Signed {
+            msg_id: &batch_id,
+            event_type: BATCH_TYPE,
+            body: &body,
+            attempt: tasks.iter().map(|t| t.attempt).max().unwrap_or(1),
+            traceparent,
+        },
+    );
+    let (name, value) = header(BATCH_SIZE_HEADER, &tasks.len().to_string());
+    headers.insert(name, value);
+    (body, headers)
+}
+
 /// Admission, the request and every task's outcome: one result per task, in order.
 async fn settle(
     d: &Deliverer,
     publisher: &Publisher,
     endpoint: &ActiveEndpoint,
-    tasks: &[(super::task::DeliveryTask, super::engine::Origin)],
+    tasks: &[(DeliveryTask, Origin)],
     traceparent: &str,
 ) -> Vec<Result<(), Unsettled>> {
     // The request speaks for the endpoint's health through one task: the first that is
@@ -132,25 +163,14 @@ async fn settle(
         }
     };
 
-    let body = batch_body(tasks.iter().map(|(t, _)| &t.body));
-    let batch_id = format!("batch_{}", Uuid::now_v7().simple());
-    let mut headers = static_headers(endpoint);
-    sign_into(
-        &mut headers,
-        endpoint,
-        Signed {
-            msg_id: &batch_id,
-            event_type: BATCH_TYPE,
-            body: &body,
-            attempt: tasks.iter().map(|(t, _)| t.attempt).max().unwrap_or(1),
-            traceparent,
-        },
-    );
-    let (name, value) = header(BATCH_SIZE_HEADER, &tasks.len().to_string());
-    headers.insert(name, value);
+    let members: Vec<&DeliveryTask> = tasks.iter().map(|(t, _)| t).collect();
+    let (body, headers) = batch_request(endpoint, &members, traceparent);
     let made = send(d, endpoint, slot, headers, body).await;
-    tracing::debug!(%batch_id, events = tasks.len(), duration_ms = made.duration_ms,
-        "batch sent");
+    tracing::debug!(
+        events = tasks.len(),
+        duration_ms = made.duration_ms,
+        "batch sent"
+    );
 
     let decisions: Vec<_> = {
         let mut rng = rand::thread_rng();

@@ -434,3 +434,106 @@ async fn batch_options_outside_the_configured_bounds_are_refused() {
     );
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_signed_as_one_body_under_both_schemes_and_a_test_send_is_a_batch_of_one() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let app = env.start_ready().await;
+    let base = format!("http://{}/api/v1", app.address());
+    let (id, secret) = create(
+        &base,
+        json!({"url": receiver.url("/both"), "event_types": ["sales.#"], "signature": "both",
+               "batch": {"max_events": 10, "window": "300ms"}}),
+    )
+    .await;
+    eventually("the endpoint cached", Duration::from_secs(10), || async {
+        app.subscriptions().snapshot().len() == 1
+    })
+    .await;
+    let ids: Vec<String> = (0..4).map(|n| format!("evt-both-{n}")).collect();
+    for id in &ids {
+        env.publish("sales.order.created", Some(id), None, b"{\"k\":\"v\"}")
+            .await;
+    }
+    eventually("all delivered", Duration::from_secs(20), || async {
+        env.count("SELECT count(*) FROM herald.deliveries WHERE status = 'success'")
+            .await
+            == 4
+    })
+    .await;
+    let requests = receiver.received_at("/both");
+    let mut seen = Vec::new();
+    for request in &requests {
+        assert!(reference_accepts(&secret, request), "webhook-signature");
+        assert!(
+            crate::receivers::old_receiver_accepts(&secret, request),
+            "X-Signature over the same body"
+        );
+        assert_eq!(request.header("x-event"), "herald.batch");
+        seen.extend(batch_events(request));
+    }
+    seen.sort();
+    assert_eq!(seen, ids);
+    assert!(requests.len() <= 2, "{} requests", requests.len());
+
+    // `herald endpoint test` sends what the receiver always gets: a batch (of one).
+    let (status, outcome) = call(&base, Method::POST, &format!("/endpoints/{id}/test"), None).await;
+    assert_eq!(status, 200, "{outcome}");
+    assert_eq!(outcome["success"], true, "{outcome}");
+    let test = receiver.received_at("/both").pop().unwrap();
+    assert!(reference_accepts(&secret, &test));
+    let body: Value = serde_json::from_slice(&test.body).unwrap();
+    assert_eq!(body["type"], "herald.batch");
+    assert_eq!(body["data"][0]["type"], "herald.test", "{body}");
+    assert_eq!(test.header("x-herald-batch-size"), "1");
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answered_410_fails_every_event_and_disables_the_endpoint() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::scripted(|_, _| Reply::status(410)).await;
+    let app = env.start_ready().await;
+    let base = format!("http://{}/api/v1", app.address());
+    let (id, _) = create(
+        &base,
+        json!({"url": receiver.url("/gone"), "event_types": ["sales.#"],
+               "batch": {"max_events": 10, "window": "300ms"}}),
+    )
+    .await;
+    eventually("the endpoint cached", Duration::from_secs(10), || async {
+        app.subscriptions().snapshot().len() == 1
+    })
+    .await;
+    for n in 0..3 {
+        env.publish(
+            "sales.order.created",
+            Some(&format!("evt-gone-{n}")),
+            None,
+            b"{}",
+        )
+        .await;
+    }
+    eventually("all failed", Duration::from_secs(20), || async {
+        env.count("SELECT count(*) FROM herald.deliveries WHERE status = 'failed'")
+            .await
+            == 3
+    })
+    .await;
+    assert_eq!(
+        receiver.received_at("/gone").len(),
+        1,
+        "one request for all three"
+    );
+    let (_, shown) = call(&base, Method::GET, &format!("/endpoints/{id}"), None).await;
+    assert_eq!(shown["state"], "disabled", "{shown}");
+    assert_eq!(
+        env.count("SELECT count(*) FROM herald.deliveries WHERE dead_reason = 'gone'")
+            .await,
+        3
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
