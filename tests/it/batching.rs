@@ -86,8 +86,19 @@ async fn deliveries_of(env: &TestEnv, endpoint: &str) -> Vec<(String, i32, i64)>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_batching_endpoint_gets_25_events_in_a_few_signed_requests_and_its_neighbour_one_each() {
-    let env = TestEnv::new().await;
+async fn a_batching_endpoint_gets_25_first_attempts_from_ingest_in_a_few_signed_requests() {
+    twenty_five_events_batched_beside_one_request_each(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batching_endpoint_gets_25_tasks_of_the_work_queue_in_a_few_signed_requests() {
+    twenty_five_events_batched_beside_one_request_each(false).await;
+}
+
+/// 25 events to an endpoint batching 10 at a time and to one that does not batch, the
+/// first attempts made by the ingest role or by the deliver role from the work queue.
+async fn twenty_five_events_batched_beside_one_request_each(first_attempt_in_ingest: bool) {
+    let env = TestEnv::with(|s| s.ingest.deliver_first_attempt = first_attempt_in_ingest).await;
     let receiver = Receiver::start().await;
     let app = env.start_ready().await;
     let base = format!("http://{}/api/v1", app.address());
