@@ -163,6 +163,7 @@ async fn settle(
         }
     };
 
+    d.metrics.batch_events.observe(tasks.len() as f64);
     let members: Vec<&DeliveryTask> = tasks.iter().map(|(t, _)| t).collect();
     let (body, headers) = batch_request(endpoint, &members, traceparent);
     let made = send(d, endpoint, slot, headers, body).await;

@@ -212,6 +212,7 @@ impl Run<'_> {
         // The one branch batching costs an endpoint that does not batch.
         if let Some(batching) = endpoint.batch() {
             if fits_in_batch(&self.task.body) {
+                let batching = batching.within(self.d.settings.delivery.batch_bounds());
                 return self.join_batch(&endpoint, batching).await;
             }
         }

@@ -83,6 +83,15 @@ impl BatchBounds {
 }
 
 impl Batching {
+    /// The option within `bounds`: an endpoint stored under wider bounds than the
+    /// deployment's now (the configuration was lowered since) gets the deployment's.
+    pub fn within(self, bounds: BatchBounds) -> Batching {
+        Batching {
+            max_events: self.max_events.min(bounds.max_events.max(MIN_BATCH_EVENTS)),
+            window: self.window.min(bounds.max_window),
+        }
+    }
+
     /// As stored: the number of events and the window in whole milliseconds.
     pub fn stored(&self) -> (i32, i32) {
         (
@@ -164,6 +173,26 @@ mod tests {
         let errors = bounds().batching(51, "2s").unwrap_err();
         assert!(errors[0].problem.0.contains("delivery.batch_max_events"));
         assert!(errors[1].problem.0.contains("1s"), "{}", errors[1].problem);
+    }
+
+    #[test]
+    fn a_stored_batch_is_held_to_bounds_lowered_since() {
+        let stored = Batching {
+            max_events: 80,
+            window: Duration::from_secs(5),
+        };
+        assert_eq!(
+            stored.within(bounds()),
+            Batching {
+                max_events: 50,
+                window: Duration::from_secs(1)
+            }
+        );
+        let small = Batching {
+            max_events: 3,
+            window: Duration::from_millis(10),
+        };
+        assert_eq!(small.within(bounds()), small);
     }
 
     #[test]

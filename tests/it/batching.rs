@@ -365,6 +365,17 @@ async fn batch_options_outside_the_configured_bounds_are_refused() {
     .await;
     assert_eq!(status, 422, "a batch without its window: {problem}");
     assert_eq!(env.count("SELECT count(*) FROM herald.endpoints").await, 0);
+    // The database keeps the pair whole, whatever writes it.
+    let half = sqlx::query(
+        "INSERT INTO herald.endpoints (id, url, event_types, secret, batch_max_events)
+         VALUES (gen_random_uuid(), 'https://example.com/h', '{a.b}', 'whsec_x', 10)",
+    )
+    .execute(&env.pool)
+    .await;
+    assert!(
+        half.is_err(),
+        "a batch without its window is refused by the CHECK"
+    );
 
     // Set, changed, refused without a change, and removed again.
     let (id, _) = create(&base, endpoint(json!({"max_events": 5, "window": "1s"}))).await;
