@@ -100,6 +100,7 @@ impl App {
                 requests: Semaphore::new(usize::from(settings.delivery.concurrency)),
                 attempts: Arc::new(Semaphore::new(settings.delivery.attempts_in_progress())),
                 put_offs: PutOffs::new(metrics.clone()),
+                batches: Default::default(),
                 health,
                 metrics: metrics.clone(),
                 pool: pool.clone(),

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::domain::{DeliveryBounds, Secret, TopicPattern};
+use crate::domain::{
+    BatchBounds, DeliveryBounds, Secret, TopicPattern, MAX_BATCH_EVENTS, MIN_BATCH_EVENTS,
+};
 use crate::keyring::Keyring;
 
 /// Why settings could not be loaded; always names the key at fault.
@@ -246,6 +248,14 @@ pub struct DeliverySettings {
     /// since) is disabled (contract §2, default `5d`).
     #[serde(deserialize_with = "duration")]
     pub disable_after: Duration,
+    /// The most events an endpoint's batch may hold (its `batch.max_events`), 2 to 100.
+    /// Each event waiting in a batch holds one of the process's attempts in progress,
+    /// so this also bounds what one batching endpoint holds of them.
+    pub batch_max_events: u16,
+    /// The longest window an endpoint's batch may gather for (its `batch.window`): the
+    /// most latency batching adds to an event.
+    #[serde(deserialize_with = "duration")]
+    pub batch_max_window: Duration,
 }
 
 /// Attempts a process holds in progress per request slot. A request slot is held for
@@ -262,6 +272,14 @@ impl DeliverySettings {
         DeliveryBounds {
             max_timeout: self.max_timeout,
             delays: self.declared_delays(),
+        }
+    }
+
+    /// What an endpoint's batching option may be.
+    pub fn batch_bounds(&self) -> BatchBounds {
+        BatchBounds {
+            max_events: self.batch_max_events,
+            max_window: self.batch_max_window,
         }
     }
 
@@ -303,6 +321,8 @@ impl Default for DeliverySettings {
             breaker_failures: 10,
             probe_interval: Duration::from_secs(30),
             disable_after: Duration::from_secs(5 * 24 * 3600),
+            batch_max_events: MAX_BATCH_EVENTS,
+            batch_max_window: Duration::from_secs(1),
         }
     }
 }
@@ -425,6 +445,17 @@ impl Settings {
         }
         if self.delivery.disable_after.is_zero() {
             return invalid("delivery.disable_after", "must be above 0");
+        }
+        if !(MIN_BATCH_EVENTS..=MAX_BATCH_EVENTS).contains(&self.delivery.batch_max_events) {
+            return invalid("delivery.batch_max_events", "must be from 2 to 100");
+        }
+        if self.delivery.batch_max_window.is_zero()
+            || self.delivery.batch_max_window > Duration::from_secs(60)
+        {
+            return invalid(
+                "delivery.batch_max_window",
+                "must be above 0 and at most 1m",
+            );
         }
         if !(0.0..=1.0).contains(&self.delivery.jitter) {
             return invalid("delivery.jitter", "must be between 0 and 1");
@@ -753,6 +784,48 @@ mod tests {
             assert!(err.contains("amqp.url"), "{list}: {err}");
             assert!(err.contains(expected), "{list}: {err}");
             assert!(!err.contains("s3cret"), "{list}: {err}");
+        }
+    }
+
+    #[test]
+    fn batch_bounds_default_to_100_events_in_1s_and_are_checked() {
+        let defaults = Settings::default().delivery.batch_bounds();
+        assert_eq!(defaults.max_events, 100);
+        assert_eq!(defaults.max_window, Duration::from_secs(1));
+        let settings = from_environment(&[
+            ("HERALD__DELIVERY__BATCH_MAX_EVENTS", "20"),
+            ("HERALD__DELIVERY__BATCH_MAX_WINDOW", "500ms"),
+        ])
+        .unwrap();
+        assert_eq!(settings.delivery.batch_bounds().max_events, 20);
+        assert_eq!(
+            settings.delivery.batch_bounds().max_window,
+            Duration::from_millis(500)
+        );
+        for (key, value, named) in [
+            (
+                "HERALD__DELIVERY__BATCH_MAX_EVENTS",
+                "1",
+                "delivery.batch_max_events",
+            ),
+            (
+                "HERALD__DELIVERY__BATCH_MAX_EVENTS",
+                "101",
+                "delivery.batch_max_events",
+            ),
+            (
+                "HERALD__DELIVERY__BATCH_MAX_WINDOW",
+                "0s",
+                "delivery.batch_max_window",
+            ),
+            (
+                "HERALD__DELIVERY__BATCH_MAX_WINDOW",
+                "2m",
+                "delivery.batch_max_window",
+            ),
+        ] {
+            let err = from_environment(&[(key, value)]).unwrap_err().to_string();
+            assert!(err.contains(named), "{value}: {err}");
         }
     }
 

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub deliveries_filtered: IntCounter,
     pub parked: IntCounterVec,
     pub fanout_size: Histogram,
+    /// Events per request to endpoints that batch.
+    pub batch_events: Histogram,
     pub in_flight: IntGauge,
     pub attempts_in_progress: IntGauge,
     pub endpoints_disabled: IntCounterVec,
@@ -179,6 +181,11 @@ impl Metrics {
                 "herald_fanout_size",
                 "Endpoints matched per event",
                 vec![0.0, 1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0],
+            ),
+            batch_events: r.histogram(
+                "herald_batch_events",
+                "Events per request to endpoints that batch (docs/receivers.md, Batches)",
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0],
             ),
             in_flight: r.gauge(
                 "herald_deliveries_in_flight",

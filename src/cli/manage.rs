@@ -19,6 +19,7 @@ use crate::service::{
     self, deliveries, dlq, endpoints, events, replay, resend, tokens, Caller, Page, PageRequest,
 };
 use crate::store;
+use crate::store::endpoints::BatchView;
 
 #[derive(Subcommand)]
 pub enum Command {
@@ -87,6 +88,14 @@ pub enum EndpointCommand {
         /// `delivery.retry_schedule` or `delivery.retry_delays`; `none`: no retry.
         #[arg(long, value_name = "DELAYS")]
         retry_schedule: Option<String>,
+        /// Batch its events: at most N in one request (2 to `delivery.batch_max_events`);
+        /// with `--batch-window`.
+        #[arg(long, value_name = "N", requires = "batch_window")]
+        batch_max: Option<i64>,
+        /// How long the first event of a batch waits for others (`200ms`), at most
+        /// `delivery.batch_max_window`; with `--batch-max`.
+        #[arg(long, value_name = "DURATION", requires = "batch_max")]
+        batch_window: Option<String>,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
@@ -154,6 +163,26 @@ pub enum EndpointCommand {
         /// Back to the deployment's `delivery.retry_schedule`.
         #[arg(long)]
         default_retry_schedule: bool,
+        /// Batch its events: at most N in one request; with `--batch-window`.
+        #[arg(
+            long,
+            value_name = "N",
+            requires = "batch_window",
+            conflicts_with = "no_batch"
+        )]
+        batch_max: Option<i64>,
+        /// How long the first event of a batch waits for others (`200ms`); with
+        /// `--batch-max`.
+        #[arg(
+            long,
+            value_name = "DURATION",
+            requires = "batch_max",
+            conflicts_with = "no_batch"
+        )]
+        batch_window: Option<String>,
+        /// One event per request again.
+        #[arg(long)]
+        no_batch: bool,
     },
     /// Stop delivering to an endpoint; its records stay.
     Delete { id: Uuid },
@@ -410,6 +439,14 @@ fn schedule_steps(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `--batch-max` and `--batch-window` as the option they make (clap requires both).
+fn batch_of(max: &Option<i64>, window: &Option<String>) -> Option<BatchView> {
+    Some(BatchView {
+        max_events: (*max)?,
+        window: window.clone()?,
+    })
+}
+
 /// A value flag and its `--default-…` flag: set, back to the default, or leave.
 fn own_or_default<T: Clone>(value: &Option<T>, default: bool) -> Option<Option<T>> {
     if default {
@@ -491,6 +528,8 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 filter,
                 timeout,
                 retry_schedule,
+                batch_max,
+                batch_window,
                 name,
                 description,
             } => {
@@ -505,6 +544,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     filter,
                     timeout,
                     retry_schedule: retry_schedule.as_deref().map(schedule_steps),
+                    batch: batch_of(&batch_max, &batch_window),
                     name,
                     description,
                 };
@@ -549,6 +589,9 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 default_timeout,
                 retry_schedule,
                 default_retry_schedule,
+                batch_max,
+                batch_window,
+                no_batch,
             } => {
                 let headers = if no_headers {
                     Some(Default::default())
@@ -572,6 +615,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                         &retry_schedule.as_deref().map(schedule_steps),
                         default_retry_schedule,
                     ),
+                    batch: own_or_default(&batch_of(&batch_max, &batch_window), no_batch),
                 };
                 show(
                     endpoints::update(
@@ -766,13 +810,16 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 filter,
                 timeout,
                 retry_schedule,
+                batch_max,
+                batch_window,
                 name,
                 description,
             } => Call::new(Method::POST, "/endpoints").body(json!({
                 "url": url, "event_types": event_types, "tenant_id": tenant, "secret": secret,
                 "signature": signature, "headers": header_map(headers)?,
                 "rate_limit": rate_limit, "filter": filter, "timeout": timeout,
-                "retry_schedule": retry_schedule.as_deref().map(schedule_steps), "name": name,
+                "retry_schedule": retry_schedule.as_deref().map(schedule_steps),
+                "batch": batch_of(batch_max, batch_window), "name": name,
                 "description": description,
             })),
             EndpointCommand::List {
@@ -803,6 +850,9 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 default_timeout,
                 retry_schedule,
                 default_retry_schedule,
+                batch_max,
+                batch_window,
+                no_batch,
             } => {
                 let mut body = serde_json::Map::new();
                 let mut put = |key: &str, value: Value| {
@@ -831,6 +881,9 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 let steps = retry_schedule.as_deref().map(schedule_steps);
                 if let Some(schedule) = own_or_default(&steps, *default_retry_schedule) {
                     body.insert("retry_schedule".into(), json!(schedule));
+                }
+                if let Some(batch) = own_or_default(&batch_of(batch_max, batch_window), *no_batch) {
+                    body.insert("batch".into(), json!(batch));
                 }
                 Call::new(Method::PATCH, format!("/endpoints/{id}")).body(Value::Object(body))
             }

@@ -55,7 +55,7 @@ enum Command {
     /// Send an endpoint every stored event of a window again; progress on stderr.
     Replay(manage::ReplayArgs),
     #[command(flatten)]
-    Manage(manage::Command),
+    Manage(Box<manage::Command>),
 }
 
 #[derive(Args)]
@@ -124,7 +124,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Publish(args) => publish(settings, args).await,
         Command::Replay(args) => manage::replay(settings, args).await,
-        Command::Manage(command) => manage::run(settings, command).await,
+        Command::Manage(command) => manage::run(settings, *command).await,
     }
 }
 

@@ -1,7 +1,9 @@
 //! The attempt engine, driven by the deliver role (work-queue tasks) and the ingest
 //! role (first attempts) alike. One attempt, in named steps:
 //!
-//! 1. find the endpoint (a disabled or deleted one dead-letters the task at once);
+//! 1. find the endpoint (a disabled or deleted one dead-letters the task at once); a
+//!    task for an endpoint that batches joins a batch here instead ([`super::batched`]),
+//!    which goes through the same steps once per request;
 //! 2. take a place in the endpoint's throttle, or put the task off through a defer
 //!    queue;
 //! 3. sign and send ([`send`]), holding one of the process's request slots;
@@ -19,6 +21,7 @@ use reqwest::header::HeaderMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use super::batch::{fits_in_batch, Batches};
 use super::breaker::{failure_reason, held_delay};
 use super::client::{header, Response, WebhookClient};
 use super::decision::{decide, DeadLetterReason, Decision};
@@ -58,6 +61,8 @@ pub struct Deliverer {
     /// most: first attempts and work-queue tasks alike.
     pub attempts: Arc<Semaphore>,
     pub put_offs: PutOffs,
+    /// The open batches of the endpoints that batch their events.
+    pub batches: Batches,
     /// Every endpoint's failure streak and circuit breaker, shared by the deployment.
     pub health: Arc<Health>,
     pub metrics: Arc<Metrics>,
@@ -105,6 +110,9 @@ pub enum Unsettled {
     Database(#[from] sqlx::Error),
     #[error(transparent)]
     PutOff(#[from] PutOffError),
+    /// The batch the task was in was dropped unsent (the process is stopping).
+    #[error("the task's batch was abandoned")]
+    BatchAbandoned,
 }
 
 /// Where a task came from, which decides the order of the writes after a failed attempt.
@@ -137,6 +145,7 @@ pub async fn attempt(
         publisher,
         task,
         origin,
+        counts_request: true,
     };
     async {
         let result = run.deliver(&traceparent).await;
@@ -150,18 +159,23 @@ pub async fn attempt(
 }
 
 /// One attempt of one task: what every step needs.
-struct Run<'a> {
-    d: &'a Deliverer,
-    publisher: &'a Publisher,
-    task: &'a DeliveryTask,
-    origin: Origin,
+pub(super) struct Run<'a> {
+    pub(super) d: &'a Deliverer,
+    pub(super) publisher: &'a Publisher,
+    pub(super) task: &'a DeliveryTask,
+    pub(super) origin: Origin,
+    /// Whether this task's outcome speaks for the request in the endpoint's health
+    /// (its failure streak and breaker, a 410's disabling): every task sent alone, one
+    /// task of a batch.
+    pub(super) counts_request: bool,
 }
 
 /// An attempt that was made, as it is recorded.
-struct Made {
-    response: Response,
-    duration_ms: i32,
-    at: DateTime<Utc>,
+#[derive(Clone)]
+pub(super) struct Made {
+    pub(super) response: Response,
+    pub(super) duration_ms: i32,
+    pub(super) at: DateTime<Utc>,
 }
 
 impl Run<'_> {
@@ -195,6 +209,13 @@ impl Run<'_> {
                 return self.put_off(delay, None, None, "circuit_open").await;
             }
         }
+        // The one branch batching costs an endpoint that does not batch.
+        if let Some(batching) = endpoint.batch() {
+            if fits_in_batch(&self.task.body) {
+                let batching = batching.within(self.d.settings.delivery.batch_bounds());
+                return self.join_batch(&endpoint, batching).await;
+            }
+        }
         let slot = match self.admit(&endpoint).await {
             Ok(slot) => slot,
             Err(put_off) => return put_off,
@@ -215,13 +236,7 @@ impl Run<'_> {
     /// putting the task off.
     async fn admit(&self, endpoint: &ActiveEndpoint) -> Result<Slot, Result<(), Unsettled>> {
         let task = self.task;
-        if self.origin == Origin::Ingest
-            && task.not_before_ms.is_none()
-            && !self
-                .d
-                .throttle
-                .has_rate_slot(endpoint.id, endpoint.rate_limit)
-        {
+        if self.over_ingest_share(endpoint) {
             return Err(self.hand_on().await);
         }
         match self
@@ -245,49 +260,25 @@ impl Run<'_> {
         }
     }
 
+    /// A first attempt over this process's share of its endpoint's rate limit, which
+    /// is handed on (see [`Self::hand_on`]).
+    pub(super) fn over_ingest_share(&self, endpoint: &ActiveEndpoint) -> bool {
+        self.origin == Origin::Ingest
+            && self.task.not_before_ms.is_none()
+            && !self
+                .d
+                .throttle
+                .has_rate_slot(endpoint.id, endpoint.rate_limit)
+    }
+
     /// Signs and sends the webhook, holding a request slot for the request alone.
     async fn send(&self, endpoint: &ActiveEndpoint, slot: Slot, traceparent: &str) -> Made {
-        let d = self.d;
-        let request = d.requests.acquire().await.expect("never closed");
-        d.metrics.in_flight.inc();
-        let attempt = d
-            .client
-            .post_within(
-                &endpoint.url,
-                request_headers(endpoint, self.task, traceparent),
-                self.task.body.clone(),
-                endpoint.timeout(),
-            )
-            .await;
-        // The endpoint's and the process's slots are for the request only, not for
-        // recording its outcome.
-        drop(slot);
-        drop(request);
-        d.metrics.in_flight.dec();
-        d.metrics
-            .delivery_duration
-            .observe(attempt.duration.as_secs_f64());
-        match &attempt.response {
-            Response::Answered { status, .. } => d
-                .metrics
-                .http_status
-                .with_label_values(&[&status.to_string()])
-                .inc(),
-            Response::Failed { class, .. } => d
-                .metrics
-                .delivery_errors
-                .with_label_values(&[class.as_str()])
-                .inc(),
-        }
-        Made {
-            response: attempt.response,
-            duration_ms: i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX),
-            at: Utc::now(),
-        }
+        let headers = request_headers(endpoint, self.task, traceparent);
+        send(self.d, endpoint, slot, headers, self.task.body.clone()).await
     }
 
     /// Records the attempt and carries the decision out.
-    async fn carry_out(&self, made: Made, decision: Decision) -> Result<(), Unsettled> {
+    pub(super) async fn carry_out(&self, made: Made, decision: Decision) -> Result<(), Unsettled> {
         let (d, task) = (self.d, self.task);
         let retry_reason = failure_reason(&made.response);
         let (status_code, error_text, record) =
@@ -311,7 +302,9 @@ impl Run<'_> {
             }
             d.recorder.record(outcome).await?;
             tracing::debug!(duration_ms = made.duration_ms, "delivered");
-            self.count_success().await;
+            if self.counts_request {
+                self.count_success().await;
+            }
             return Ok(());
         }
         d.metrics.deliveries.with_label_values(&["failure"]).inc();
@@ -328,11 +321,13 @@ impl Run<'_> {
                 self.follow_up(outcome, next_task.to_queue(&queue)).await?;
                 d.metrics.retries.with_label_values(&[retry_reason]).inc();
                 tracing::info!(error = %error_text, retry_in = ?delay, "attempt failed; retry scheduled");
-                self.count_failure(status_code, &error_text).await;
+                if self.counts_request {
+                    self.count_failure(status_code, &error_text).await;
+                }
                 Ok(())
             }
             Decision::DeadLetter(reason) => {
-                if reason.disables_endpoint() {
+                if reason.disables_endpoint() && self.counts_request {
                     self.disable_endpoint().await?;
                 }
                 let failure = Failure {
@@ -341,7 +336,7 @@ impl Run<'_> {
                     error: error_text.clone(),
                 };
                 self.park(failure, Some(outcome)).await?;
-                if !reason.disables_endpoint() {
+                if !reason.disables_endpoint() && self.counts_request {
                     self.count_failure(status_code, &error_text).await;
                 }
                 Ok(())
@@ -365,7 +360,7 @@ impl Run<'_> {
     /// Deliveries of Herald's own operational events (an endpoint subscribed to
     /// `<prefix>.ops` through ingest) neither feed the breaker nor cause operational
     /// events: no operational event may cause another.
-    fn about_ops(&self) -> bool {
+    pub(super) fn about_ops(&self) -> bool {
         envelope::webhook_event_type(&self.task.body).is_some_and(|t| t.starts_with("herald."))
     }
 
@@ -434,7 +429,7 @@ impl Run<'_> {
     }
 
     /// Puts the task off through a defer queue: no attempt, nothing recorded.
-    async fn put_off(
+    pub(super) async fn put_off(
         &self,
         delay: Duration,
         not_before_ms: Option<i64>,
@@ -469,7 +464,7 @@ impl Run<'_> {
     /// it reserves one from its own share, so every process's share is used (put off
     /// with a reservation, the ingest process's share alone would pace the endpoint).
     /// One message per task, so the work queue shares them out.
-    async fn hand_on(&self) -> Result<(), Unsettled> {
+    pub(super) async fn hand_on(&self) -> Result<(), Unsettled> {
         let exchange = self.d.topology.work_exchange();
         self.publisher.publish(self.task.to_work(&exchange)).await?;
         self.d
@@ -561,6 +556,48 @@ impl Run<'_> {
     }
 }
 
+/// Sends one request, holding one of the process's request slots for the request
+/// alone, and counts it in the metrics.
+pub(super) async fn send(
+    d: &Deliverer,
+    endpoint: &ActiveEndpoint,
+    slot: Slot,
+    headers: HeaderMap,
+    body: bytes::Bytes,
+) -> Made {
+    let request = d.requests.acquire().await.expect("never closed");
+    d.metrics.in_flight.inc();
+    let attempt = d
+        .client
+        .post_within(&endpoint.url, headers, body, endpoint.timeout())
+        .await;
+    // The endpoint's and the process's slots are for the request only, not for
+    // recording its outcome.
+    drop(slot);
+    drop(request);
+    d.metrics.in_flight.dec();
+    d.metrics
+        .delivery_duration
+        .observe(attempt.duration.as_secs_f64());
+    match &attempt.response {
+        Response::Answered { status, .. } => d
+            .metrics
+            .http_status
+            .with_label_values(&[&status.to_string()])
+            .inc(),
+        Response::Failed { class, .. } => d
+            .metrics
+            .delivery_errors
+            .with_label_values(&[class.as_str()])
+            .inc(),
+    }
+    Made {
+        response: attempt.response,
+        duration_ms: i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX),
+        at: Utc::now(),
+    }
+}
+
 /// Why a delivery ends `failed`.
 struct Failure {
     reason: DeadLetterReason,
@@ -595,40 +632,69 @@ fn attempt_record(
     (status_code, error_text, record)
 }
 
+/// The owner's static headers: their names never clash with Herald's (reserved).
+/// Cloning a name or a value shares its bytes; nothing is copied.
+pub(super) fn static_headers(endpoint: &ActiveEndpoint) -> HeaderMap {
+    let mut headers = HeaderMap::with_capacity(9 + endpoint.headers.len());
+    for (name, value) in endpoint.headers.iter() {
+        headers.insert(name.clone(), value.clone());
+    }
+    headers
+}
+
 /// The endpoint's signature headers plus Herald's own, signed at this moment.
 pub(crate) fn request_headers(
     endpoint: &ActiveEndpoint,
     task: &DeliveryTask,
     traceparent: &str,
 ) -> HeaderMap {
-    let mut headers = HeaderMap::with_capacity(8 + endpoint.headers.len());
-    // The owner's static headers: their names never clash with Herald's (reserved).
-    // Cloning a name or a value shares its bytes; nothing is copied.
-    for (name, value) in endpoint.headers.iter() {
-        headers.insert(name.clone(), value.clone());
-    }
+    let mut headers = static_headers(endpoint);
     // Legacy signatures name the event type, which the body Herald made starts with;
     // only they pay for reading it.
     let event_type = match endpoint.signing.scheme() {
         SignatureScheme::Standard => "",
         _ => envelope::webhook_event_type(&task.body).unwrap_or_default(),
     };
+    sign_into(
+        &mut headers,
+        endpoint,
+        Signed {
+            msg_id: &task.event_id,
+            event_type,
+            body: &task.body,
+            attempt: task.attempt,
+            traceparent,
+        },
+    );
+    headers
+}
+
+/// What one request's signature and Herald's headers are made of.
+pub(super) struct Signed<'a> {
+    pub msg_id: &'a str,
+    pub event_type: &'a str,
+    pub body: &'a [u8],
+    pub attempt: u32,
+    pub traceparent: &'a str,
+}
+
+/// Adds the endpoint's signature headers, signed at this moment, and Herald's own.
+pub(super) fn sign_into(headers: &mut HeaderMap, endpoint: &ActiveEndpoint, signed: Signed<'_>) {
     signing::signature_headers(
         &endpoint.signing,
-        &task.event_id,
-        event_type,
+        signed.msg_id,
+        signed.event_type,
         Utc::now().timestamp(),
-        &task.body,
+        signed.body,
         |name, value| {
             let (name, value) = header(name, value);
             headers.insert(name, value);
         },
     );
     for (name, value) in [
-        header("x-herald-attempt", &task.attempt.to_string()),
-        header("traceparent", traceparent),
+        header("x-herald-attempt", &signed.attempt.to_string()),
+        header("traceparent", signed.traceparent),
     ] {
         headers.insert(name, value);
     }
-    headers
 }

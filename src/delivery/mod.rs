@@ -2,6 +2,8 @@
 //! client, the outcome recorder, the attempt engine that ties them together, and the
 //! deliver role's consumer.
 
+pub mod batch;
+pub mod batched;
 pub mod breaker;
 pub mod client;
 pub mod consumer;

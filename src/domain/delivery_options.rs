@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use super::InvalidValue;
+use super::{Batching, InvalidValue};
 
 /// Most retries one endpoint's schedule may hold.
 pub const MAX_RETRY_STEPS: usize = 20;
@@ -82,6 +82,8 @@ impl DeliveryBounds {
 pub struct DeliveryOptions {
     pub timeout: Option<Duration>,
     pub retry_schedule: Option<Box<[Duration]>>,
+    /// Its events gathered into requests of several (docs/receivers.md, Batches).
+    pub batch: Option<Batching>,
 }
 
 impl DeliveryOptions {
@@ -90,11 +92,13 @@ impl DeliveryOptions {
     pub fn boxed(
         timeout: Option<Duration>,
         retry_schedule: Option<Box<[Duration]>>,
+        batch: Option<Batching>,
     ) -> Option<Box<Self>> {
-        (timeout.is_some() || retry_schedule.is_some()).then(|| {
+        (timeout.is_some() || retry_schedule.is_some() || batch.is_some()).then(|| {
             Box::new(Self {
                 timeout,
                 retry_schedule,
+                batch,
             })
         })
     }
@@ -195,9 +199,9 @@ mod tests {
 
     #[test]
     fn an_endpoint_keeping_every_default_carries_nothing() {
-        assert!(DeliveryOptions::boxed(None, None).is_none());
-        let own = DeliveryOptions::boxed(Some(Duration::from_secs(5)), None).unwrap();
+        assert!(DeliveryOptions::boxed(None, None, None).is_none());
+        let own = DeliveryOptions::boxed(Some(Duration::from_secs(5)), None, None).unwrap();
         assert_eq!(own.timeout, Some(Duration::from_secs(5)));
-        assert!(DeliveryOptions::boxed(None, Some(Box::new([]))).is_some());
+        assert!(DeliveryOptions::boxed(None, Some(Box::new([])), None).is_some());
     }
 }

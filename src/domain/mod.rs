@@ -1,5 +1,6 @@
 //! Domain types that cannot be invalid: parsed once at the edge, trusted inside.
 
+mod batching;
 mod delivery_options;
 mod event_type;
 mod filter;
@@ -10,6 +11,7 @@ mod signature;
 mod signing_secret;
 mod url;
 
+pub use batching::{BatchBounds, BatchError, Batching, MAX_BATCH_EVENTS, MIN_BATCH_EVENTS};
 pub use delivery_options::{
     format as format_duration, DeliveryBounds, DeliveryOptions, ScheduleError, MAX_RETRY_STEPS,
 };

@@ -14,11 +14,11 @@ use super::validate::Check;
 use super::{Caller, Page, PageRequest, ServiceError};
 use crate::delivery::client::Guard;
 use crate::domain::{
-    parse_header, DeliveryBounds, EndpointUrl, PayloadFilter, SignatureScheme, Signing,
-    SigningSecret, StaticHeaders, TopicPattern,
+    parse_header, BatchBounds, Batching, DeliveryBounds, EndpointUrl, PayloadFilter,
+    SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
 };
 use crate::keyring::Keyring;
-use crate::store::endpoints::{self, EndpointPatch, EndpointView, NewEndpoint};
+use crate::store::endpoints::{self, BatchView, EndpointPatch, EndpointView, NewEndpoint};
 use crate::store::health;
 
 /// Highest `rate_limit` (requests per minute) an endpoint may ask for.
@@ -29,12 +29,14 @@ const MAX_PATTERNS: usize = 100;
 
 /// What an endpoint may be, from the configuration: its URL (`delivery.require_https`,
 /// and the SSRF guard unless `delivery.allow_private_networks`), its own timeout and
-/// retry schedule (`delivery.max_timeout`, the delays with queues).
+/// retry schedule (`delivery.max_timeout`, the delays with queues), its batching
+/// (`delivery.batch_max_events`, `delivery.batch_max_window`).
 #[derive(Debug, Clone)]
 pub struct EndpointPolicy {
     pub require_https: bool,
     pub guard: Option<Guard>,
     pub bounds: DeliveryBounds,
+    pub batch: BatchBounds,
 }
 
 impl EndpointPolicy {
@@ -44,6 +46,7 @@ impl EndpointPolicy {
             guard: (!settings.allow_private_networks)
                 .then(|| Guard::new(&settings.allowed_networks)),
             bounds: settings.bounds(),
+            batch: settings.batch_bounds(),
         }
     }
 }
@@ -131,6 +134,8 @@ pub struct EndpointInput {
     /// Its own delays before each retry (`1m`, `5m`, `30m`); none:
     /// `delivery.retry_schedule`.
     pub retry_schedule: Option<Vec<String>>,
+    /// Its events batched; none: one event per request.
+    pub batch: Option<BatchView>,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -153,6 +158,8 @@ pub struct EndpointChanges {
     pub timeout: Option<Option<String>>,
     /// `Some(None)`: back to `delivery.retry_schedule`.
     pub retry_schedule: Option<Option<Vec<String>>>,
+    /// `Some(None)`: one event per request again.
+    pub batch: Option<Option<BatchView>>,
 }
 
 /// A created endpoint, with its secret: the only time the secret is shown.
@@ -289,6 +296,21 @@ fn retry_schedule(
     }
 }
 
+/// The endpoint's batching, within the deployment's bounds; a refusal is a field
+/// error on `batch.max_events` or `batch.window`.
+fn batch(check: &mut Check, policy: &EndpointPolicy, given: Option<BatchView>) -> Option<Batching> {
+    let given = given?;
+    match policy.batch.batching(given.max_events, &given.window) {
+        Ok(batching) => Some(batching),
+        Err(refused) => {
+            for error in refused {
+                check.fail(&format!("batch.{}", error.field), error.problem.0);
+            }
+            None
+        }
+    }
+}
+
 /// The endpoint's tenant: a tenant token's own, never another (which is refused).
 fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<String> {
     let asked = check.tenant("tenant_id", asked.filter(|t| !t.is_empty()));
@@ -323,6 +345,7 @@ pub async fn create(
     let filter = filter(&mut check, input.filter);
     let own_timeout = timeout(&mut check, &policy, input.timeout);
     let own_schedule = retry_schedule(&mut check, &policy, input.retry_schedule);
+    let own_batch = batch(&mut check, &policy, input.batch);
     let name = check.text("name", input.name, 200);
     let description = check.text("description", input.description, 2_000);
     check.finish()?;
@@ -346,6 +369,7 @@ pub async fn create(
             filter,
             timeout: own_timeout,
             retry_schedule: own_schedule,
+            batch: own_batch,
             name,
             description,
         },
@@ -459,6 +483,7 @@ pub async fn update(
     let new_schedule = changes
         .retry_schedule
         .map(|s| retry_schedule(&mut check, &policy, s));
+    let new_batch = changes.batch.map(|b| batch(&mut check, &policy, b));
     check.finish()?;
     if let Some(url) = &url {
         refuse_private(&policy, url).await?;
@@ -506,6 +531,7 @@ pub async fn update(
             filter: new_filter,
             timeout: new_timeout,
             retry_schedule: new_schedule,
+            batch: new_batch,
         },
     )
     .await?

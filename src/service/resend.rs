@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::{Caller, ServiceError};
 use crate::broker::{self, Publisher};
 use crate::config::Settings;
+use crate::delivery::batched::batch_request;
 use crate::delivery::client::{Response, WebhookClient};
 use crate::delivery::engine::request_headers;
 use crate::delivery::task::DeliveryTask;
@@ -69,14 +70,17 @@ pub async fn test(
         .map_err(|e| ServiceError::Internal(anyhow::anyhow!("HTTP client: {e}")))?;
     let span = tracing::info_span!("test_send", endpoint_id = %id);
     let traceparent = crate::telemetry::link(&span, None);
-    let headers = request_headers(&endpoint, &task, &traceparent);
-    let attempt = client
-        .post_within(
-            &endpoint.url,
-            headers,
+    // A batching endpoint gets the test event as its receiver gets every event: in a
+    // batch (of one).
+    let (body, headers) = match endpoint.batch() {
+        Some(_) => batch_request(&endpoint, &[&task], &traceparent),
+        None => (
             task.body.clone(),
-            endpoint.timeout(),
-        )
+            request_headers(&endpoint, &task, &traceparent),
+        ),
+    };
+    let attempt = client
+        .post_within(&endpoint.url, headers, body, endpoint.timeout())
         .await;
     let duration_ms = attempt.duration.as_millis();
     Ok(match attempt.response {

@@ -11,8 +11,8 @@ use sqlx::{FromRow, PgPool};
 use uuid::Uuid;
 
 use crate::domain::{
-    format_duration, parse_header, DeliveryOptions, EndpointUrl, InvalidValue, PayloadFilter,
-    SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
+    format_duration, parse_header, Batching, DeliveryOptions, EndpointUrl, InvalidValue,
+    PayloadFilter, SignatureScheme, Signing, SigningSecret, StaticHeaders, TopicPattern,
 };
 use crate::keyring::{Keyring, OpenError};
 
@@ -39,6 +39,8 @@ pub struct Endpoint {
     pub timeout: Option<Duration>,
     /// Its own retry schedule; `None`: `delivery.retry_schedule`.
     pub retry_schedule: Option<Vec<Duration>>,
+    /// Its events gathered into batches; `None`: one event per request.
+    pub batch: Option<Batching>,
     pub name: Option<String>,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -64,7 +66,7 @@ pub struct ActiveEndpoint {
     /// Events of its types that it receives only if they pass (docs/filters.md); boxed,
     /// so an endpoint without one costs a pointer.
     pub filter: Option<Box<PayloadFilter>>,
-    /// Its own timeout and retry schedule; boxed, so an endpoint keeping the
+    /// Its own timeout, retry schedule and batching; boxed, so an endpoint keeping the
     /// deployment's costs a pointer.
     pub delivery: Option<Box<DeliveryOptions>>,
 }
@@ -80,6 +82,35 @@ impl ActiveEndpoint {
         self.delivery
             .as_ref()
             .and_then(|d| d.retry_schedule.as_deref())
+    }
+
+    /// How its events are batched, if they are: for an endpoint without options of
+    /// its own, one pointer test.
+    pub fn batch(&self) -> Option<Batching> {
+        self.delivery.as_ref().and_then(|d| d.batch)
+    }
+}
+
+/// An endpoint's batching option as the API shows and takes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Batch)]
+pub struct BatchView {
+    /// Most events in one request: 2 to `delivery.batch_max_events` (at most 100).
+    #[schema(example = 10)]
+    pub max_events: i64,
+    /// Longest the first event of a batch waits for others (`200ms`), at most
+    /// `delivery.batch_max_window`.
+    #[schema(example = "200ms")]
+    pub window: String,
+}
+
+impl From<Batching> for BatchView {
+    fn from(b: Batching) -> Self {
+        Self {
+            max_events: i64::from(b.max_events),
+            window: format_duration(b.window),
+        }
     }
 }
 
@@ -119,6 +150,10 @@ pub struct EndpointView {
     /// deployment's `delivery.retry_schedule`; `[]`: no retry.
     #[schema(required = true)]
     pub retry_schedule: Option<Vec<String>>,
+    /// Its events batched, up to `max_events` in one request (docs/receivers.md);
+    /// `null`: one event per request.
+    #[schema(required = true)]
+    pub batch: Option<BatchView>,
     #[schema(required = true)]
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -155,6 +190,7 @@ impl From<&Endpoint> for EndpointView {
                 .retry_schedule
                 .as_ref()
                 .map(|s| s.iter().copied().map(format_duration).collect()),
+            batch: e.batch.map(BatchView::from),
             name: e.name.clone(),
             description: e.description.clone(),
             created_at: e.created_at,
@@ -176,6 +212,8 @@ struct EndpointRow {
     filter: Option<Json<serde_json::Value>>,
     timeout_ms: Option<i32>,
     retry_schedule_ms: Option<Vec<i32>>,
+    batch_max_events: Option<i32>,
+    batch_window_ms: Option<i32>,
     enabled: bool,
     failing: bool,
     disabled_reason: Option<String>,
@@ -205,6 +243,7 @@ impl TryFrom<EndpointRow> for Endpoint {
             filter: parse_filter(row.filter)?,
             timeout: parse_timeout(row.timeout_ms)?,
             retry_schedule: parse_schedule(row.retry_schedule_ms)?.map(Vec::from),
+            batch: Batching::from_stored(row.batch_max_events, row.batch_window_ms)?,
             name: row.name,
             description: row.description,
             created_at: row.created_at,
@@ -214,7 +253,7 @@ impl TryFrom<EndpointRow> for Endpoint {
 }
 
 const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, filter, \
-    timeout_ms, retry_schedule_ms, enabled, \
+    timeout_ms, retry_schedule_ms, batch_max_events, batch_window_ms, enabled, \
     disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at, \
     EXISTS (SELECT 1 FROM herald.endpoint_health h \
             WHERE h.endpoint_id = endpoints.id AND h.open_since IS NOT NULL) AS failing";
@@ -235,6 +274,8 @@ struct ActiveRow {
     filter: Option<Json<serde_json::Value>>,
     timeout_ms: Option<i32>,
     retry_schedule_ms: Option<Vec<i32>>,
+    batch_max_events: Option<i32>,
+    batch_window_ms: Option<i32>,
 }
 
 impl ActiveRow {
@@ -272,6 +313,7 @@ impl ActiveRow {
             delivery: DeliveryOptions::boxed(
                 parse_timeout(self.timeout_ms)?,
                 parse_schedule(self.retry_schedule_ms)?,
+                Batching::from_stored(self.batch_max_events, self.batch_window_ms)?,
             ),
         })
     }
@@ -289,7 +331,7 @@ fn header_place(id: Uuid, name: &str) -> String {
 
 const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, signature, secret, \
     previous_secret, previous_secret_expires_at, headers, rate_limit, filter, timeout_ms, \
-    retry_schedule_ms";
+    retry_schedule_ms, batch_max_events, batch_window_ms";
 const ACTIVE: &str = "enabled AND deleted_at IS NULL";
 
 /// A stored filter, compiled again as at the edge.
@@ -384,6 +426,7 @@ pub struct NewEndpoint {
     pub filter: Option<PayloadFilter>,
     pub timeout: Option<Duration>,
     pub retry_schedule: Option<Vec<Duration>>,
+    pub batch: Option<Batching>,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -412,8 +455,10 @@ pub async fn insert(
     let row: EndpointRow = sqlx::query_as(&format!(
         "INSERT INTO herald.endpoints
              (id, url, tenant_id, event_types, secret, rate_limit, name, description,
-              signature, headers, filter, timeout_ms, retry_schedule_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLUMNS}"
+              signature, headers, filter, timeout_ms, retry_schedule_ms, batch_max_events,
+              batch_window_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         RETURNING {COLUMNS}"
     ))
     .bind(id)
     .bind(new.url.as_str())
@@ -428,6 +473,8 @@ pub async fn insert(
     .bind(new.filter.as_ref().map(|f| Json(f.source())))
     .bind(new.timeout.map(stored_millis))
     .bind(new.retry_schedule.as_deref().map(stored_schedule))
+    .bind(new.batch.map(|b| b.stored().0))
+    .bind(new.batch.map(|b| b.stored().1))
     .fetch_one(pool)
     .await?;
     Endpoint::try_from(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -614,6 +661,8 @@ pub struct EndpointPatch {
     pub timeout: Option<Option<Duration>>,
     /// `Some(None)`: back to `delivery.retry_schedule`.
     pub retry_schedule: Option<Option<Vec<Duration>>>,
+    /// `Some(None)`: one event per request again.
+    pub batch: Option<Option<Batching>>,
 }
 
 pub async fn update(
@@ -640,6 +689,8 @@ pub async fn update(
             filter = CASE WHEN $14 THEN $15 ELSE filter END,
             timeout_ms = CASE WHEN $16 THEN $17 ELSE timeout_ms END,
             retry_schedule_ms = CASE WHEN $18 THEN $19 ELSE retry_schedule_ms END,
+            batch_max_events = CASE WHEN $20 THEN $21 ELSE batch_max_events END,
+            batch_window_ms = CASE WHEN $20 THEN $22 ELSE batch_window_ms END,
             updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND ($11::text IS NULL OR tenant_id = $11)
          RETURNING {COLUMNS}"
@@ -675,6 +726,9 @@ pub async fn update(
             .as_deref()
             .map(stored_schedule),
     )
+    .bind(patch.batch.is_some())
+    .bind(patch.batch.flatten().map(|b| b.stored().0))
+    .bind(patch.batch.flatten().map(|b| b.stored().1))
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))

@@ -493,6 +493,7 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
             filter: None,
             timeout: None,
             retry_schedule: None,
+            batch: None,
             name: None,
             description: None,
         },

@@ -96,6 +96,7 @@ async fn a_key_rotation_with_traffic_flowing_loses_nothing() {
                 filter: None,
                 timeout: None,
                 retry_schedule: None,
+                batch: None,
                 name: None,
                 description: None,
             },

@@ -19,6 +19,7 @@ use crate::api::ApiState;
 use crate::service::endpoints::{self as service, EndpointChanges, EndpointInput, ListFilter};
 use crate::service::replay::{self, ReplayInput};
 use crate::service::{resend, Caller, PageRequest};
+use crate::store::endpoints::BatchView;
 
 /// A new endpoint.
 #[derive(Deserialize, ToSchema)]
@@ -54,6 +55,11 @@ pub struct CreateBody {
     /// `delivery.retry_delays`); `[]`: no retry. Left out: `delivery.retry_schedule`.
     #[schema(example = json!(["1m", "5m", "15m"]))]
     retry_schedule: Option<Vec<String>>,
+    /// Batch its events: up to `max_events` (2 to `delivery.batch_max_events`) in one
+    /// request, gathered for at most `window` (up to `delivery.batch_max_window`) after
+    /// the first is ready; the format is in docs/receivers.md. Left out or `null`: one
+    /// event per request.
+    batch: Option<BatchView>,
     name: Option<String>,
     description: Option<String>,
 }
@@ -91,6 +97,7 @@ pub async fn create(
         filter: body.filter,
         timeout: body.timeout,
         retry_schedule: body.retry_schedule,
+        batch: body.batch,
         name: body.name,
         description: body.description,
     };
@@ -172,7 +179,7 @@ pub async fn get(
 }
 
 /// Changes to an endpoint: a field left out stays; `null` clears `rate_limit`,
-/// `filter`, `timeout`, `retry_schedule`, `name` and `description`.
+/// `filter`, `timeout`, `retry_schedule`, `batch`, `name` and `description`.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = EndpointChanges)]
@@ -204,6 +211,11 @@ pub struct UpdateBody {
     #[serde(default, with = "double_option")]
     #[schema(value_type = Option<Vec<String>>, example = json!(["1m", "5m", "15m"]))]
     retry_schedule: Option<Option<Vec<String>>>,
+    /// Batch its events (see `EndpointInput.batch`); `null`: one event per request
+    /// again.
+    #[serde(default, with = "double_option")]
+    #[schema(value_type = Option<BatchView>)]
+    batch: Option<Option<BatchView>>,
 }
 
 /// `absent` → None, `null` → Some(None), value → Some(Some(value)).
@@ -251,6 +263,7 @@ pub async fn update(
         filter: body.filter,
         timeout: body.timeout,
         retry_schedule: body.retry_schedule,
+        batch: body.batch,
     };
     Ok(axum::Json(
         service::update(

@@ -208,6 +208,7 @@ impl TestEnv {
                 filter: None,
                 timeout: None,
                 retry_schedule: None,
+                batch: None,
                 name: None,
                 description: None,
             },
