@@ -18,6 +18,7 @@ mod configuration;
 mod delivery;
 mod dlq;
 mod fan_out;
+mod faults;
 mod health;
 mod ingest;
 mod lifecycle;
