@@ -16,6 +16,8 @@
 
 #![allow(dead_code)] // helpers of the fault modules still to come
 
+mod duplicates;
+mod poison;
 mod processes;
 
 use std::collections::{HashMap, HashSet};
