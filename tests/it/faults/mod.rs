@@ -19,6 +19,7 @@
 mod duplicates;
 mod poison;
 mod processes;
+mod receivers;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
