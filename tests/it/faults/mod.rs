@@ -14,12 +14,13 @@
 //! (`deploy/local/faults_pg.sh`), two processes of each role. Either way a missing
 //! service fails the test loudly.
 
-#![allow(dead_code)] // helpers of the fault modules still to come
-
+mod broker_nodes;
+mod database;
 mod duplicates;
 mod poison;
 mod processes;
 mod receivers;
+mod report;
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -329,16 +330,6 @@ impl Fleet {
             .collect()
     }
 
-    /// Resident memory (kB) of each live process of `role`.
-    pub fn rss_kb(&self, role: &str) -> Vec<u64> {
-        self.processes
-            .iter()
-            .filter(|p| p.role == role)
-            .filter_map(|p| p.pid())
-            .filter_map(vm_rss_kb)
-            .collect()
-    }
-
     /// Every process still running (none crashed by itself); names the ones that died.
     pub fn assert_all_alive(&mut self) {
         let dead: Vec<String> = self
@@ -617,6 +608,64 @@ pub async fn time_to_flow(env: &TestEnv, limit: Duration) -> Duration {
     })
     .await;
     started.elapsed()
+}
+
+/// Watches the success count from the moment it starts, in a task, so a fault repaired
+/// by a blocking command (a node or database started again) is timed from the command's
+/// start even when the backlog drains before the command returns. The baseline is the
+/// count at the start, or — `None`, the database being down — the first count read once
+/// it answers again (nothing can be recorded while it is down).
+pub struct FlowWatch {
+    task: tokio::task::JoinHandle<Duration>,
+}
+
+impl FlowWatch {
+    pub fn start(env: &TestEnv, baseline: Option<i64>) -> FlowWatch {
+        let pool = env.pool.clone();
+        let started = Instant::now();
+        let task = tokio::spawn(async move {
+            let mut baseline = baseline;
+            loop {
+                let count: Option<i64> = sqlx::query_scalar(
+                    "SELECT count(*) FROM herald.deliveries WHERE status = 'success'",
+                )
+                .fetch_one(&pool)
+                .await
+                .ok();
+                match (count, baseline) {
+                    (Some(now), Some(before)) if now > before => return started.elapsed(),
+                    (Some(now), None) => baseline = Some(now),
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        });
+        FlowWatch { task }
+    }
+
+    /// How long after the start deliveries were recorded again.
+    pub async fn wait(self, limit: Duration) -> Duration {
+        match tokio::time::timeout(limit, self.task).await {
+            Ok(elapsed) => elapsed.expect("flow watch"),
+            Err(_) => panic!("deliveries did not flow again within {limit:?}"),
+        }
+    }
+}
+
+pub async fn success_count(env: &TestEnv) -> i64 {
+    env.count("SELECT count(*) FROM herald.deliveries WHERE status = 'success'")
+        .await
+}
+
+/// Runs a deploy/local script off the runtime's threads.
+pub async fn script_async(name: &'static str, args: &[&str]) {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        script(name, &args)
+    })
+    .await
+    .expect("script task");
 }
 
 /// What one receiver saw: unique (webhook-id, path) pairs and the requests beyond them.

@@ -76,7 +76,9 @@ async fn misbehave(mut stream: TcpStream, served: Arc<Served>, healthy: String) 
             served.hanging.fetch_sub(1, Ordering::Relaxed);
         }
         "/reset" => {
-            // SO_LINGER 0: closing sends RST, not FIN.
+            // SO_LINGER 0: closing sends RST, not FIN (and a zero linger never blocks
+            // the thread on drop, the reason tokio deprecates the call).
+            #[allow(deprecated)]
             let _ = stream.set_linger(Some(Duration::ZERO));
             drop(stream);
         }
