@@ -268,6 +268,8 @@ impl Fleet {
                     role,
                     fleet.processes.len()
                 ));
+                // A fresh log for this run; a restarted process appends to it.
+                let _ = std::fs::remove_file(&log);
                 fleet.processes.push(Process {
                     role,
                     port,
@@ -594,22 +596,6 @@ pub async fn all_settled(env: &TestEnv, pairs: i64, limit: Duration) -> Duration
     started.elapsed()
 }
 
-/// Counts the success rows now, then polls until the count moves: how long deliveries
-/// took to flow again after a fault was repaired.
-pub async fn time_to_flow(env: &TestEnv, limit: Duration) -> Duration {
-    let started = Instant::now();
-    let before = env
-        .count("SELECT count(*) FROM herald.deliveries WHERE status = 'success'")
-        .await;
-    eventually("deliveries to flow again", limit, || async {
-        env.count("SELECT count(*) FROM herald.deliveries WHERE status = 'success'")
-            .await
-            > before
-    })
-    .await;
-    started.elapsed()
-}
-
 /// Watches the success count from the moment it starts, in a task, so a fault repaired
 /// by a blocking command (a node or database started again) is timed from the command's
 /// start even when the backlog drains before the command returns. The baseline is the
@@ -650,6 +636,19 @@ impl FlowWatch {
             Err(_) => panic!("deliveries did not flow again within {limit:?}"),
         }
     }
+}
+
+/// The longest pause between two successes recorded (`delivered_at`) for the events
+/// whose id starts with `prefix`: how long deliveries stopped flowing during a fault.
+pub async fn longest_pause(env: &TestEnv, prefix: &str) -> Duration {
+    let ms: Option<f64> = sqlx::query_scalar(
+        "SELECT max(gap)::float8 FROM (SELECT extract(epoch FROM delivered_at - lag(delivered_at)          OVER (ORDER BY delivered_at)) * 1000 AS gap FROM herald.deliveries          WHERE status = 'success' AND event_id LIKE $1 || '%') gaps",
+    )
+    .bind(prefix)
+    .fetch_one(&env.pool)
+    .await
+    .expect("pauses between successes");
+    Duration::from_millis(ms.unwrap_or(0.0) as u64)
 }
 
 pub async fn success_count(env: &TestEnv) -> i64 {
