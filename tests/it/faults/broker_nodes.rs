@@ -121,7 +121,7 @@ async fn full_broker_nodes_stopped_killed_and_restarted_lose_no_delivery() {
                 script_async("cluster.sh", &["kill", &node.to_string()]).await;
                 (
                     format!("node {node} (leader of the ingest queue; work queue led by node {}) killed (SIGKILL to its Erlang VM), then started", work_leader.unwrap_or(0)),
-                    "sockets reset; consumers reconnected to a live node; unconfirmed publishes were sent again; the queues elected a new leader; the node rejoined when started",
+                    "sockets reset; consumers reconnected to a live node; the queues elected a new leader; the node rejoined when started",
                 )
             }
             NodeFault::RestartAll => {
@@ -141,6 +141,14 @@ async fn full_broker_nodes_stopped_killed_and_restarted_lose_no_delivery() {
             }
             _ => Some(during.wait(Duration::from_secs(90)).await),
         };
+        if let NodeFault::RestartAll = fault {
+            eventually(
+                "every process's /readyz 503 without a broker",
+                Duration::from_secs(30),
+                || none_ready(&fleet),
+            )
+            .await;
+        }
         // No node at all: nothing is recorded until the cluster is back.
         let target = settled_pairs + (per_phase * endpoints) as i64;
         let before = success_count(&env).await;

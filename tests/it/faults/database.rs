@@ -11,14 +11,6 @@ use serde_json::json;
 use super::*;
 use crate::common::receiver::Reply;
 
-/// Every process answers `/readyz` with 503 (or not at all while it stops); asked of
-/// all at once, since a process without its database takes up to 2 s to answer.
-async fn none_ready(fleet: &Fleet) -> bool {
-    let urls: Vec<String> = fleet.processes.iter().map(|p| p.readyz()).collect();
-    let answers = futures_util::future::join_all(urls.iter().map(|url| ready(url))).await;
-    answers.iter().all(|a| *a != Some(true))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "the full fault suite: `make faults` (cluster and its own PostgreSQL)"]
 async fn full_postgres_stopped_and_killed_loses_nothing_and_work_resumes_by_itself() {

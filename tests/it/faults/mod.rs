@@ -400,6 +400,14 @@ impl Drop for Fleet {
     }
 }
 
+/// Every process answers `/readyz` with 503 (or not at all while it stops); asked of
+/// all at once, since a process without its database takes up to 2 s to answer.
+pub async fn none_ready(fleet: &Fleet) -> bool {
+    let urls: Vec<String> = fleet.processes.iter().map(|p| p.readyz()).collect();
+    let answers = futures_util::future::join_all(urls.iter().map(|url| ready(url))).await;
+    answers.iter().all(|a| *a != Some(true))
+}
+
 /// `/readyz`: Some(ready) when the process answers, None when it does not.
 pub async fn ready(url: &str) -> Option<bool> {
     let response = reqwest::Client::new()
