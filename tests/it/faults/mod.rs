@@ -113,6 +113,9 @@ pub async fn fault_env(
     match scale {
         Scale::Short => TestEnv::with(adjust).await,
         Scale::Full => {
+            // Up, whatever an earlier fault left behind (both idempotent).
+            script_async("cluster.sh", &["start"]).await;
+            script_async("faults_pg.sh", &["start"]).await;
             TestEnv::on_server(&faults_database_base(), FAULT_LIMIT, |s| {
                 s.amqp.url = Secret::new(cluster_urls());
                 adjust(s)
@@ -400,10 +403,15 @@ impl Drop for Fleet {
     }
 }
 
-/// Every process answers `/readyz` with 503 (or not at all while it stops); asked of
-/// all at once, since a process without its database takes up to 2 s to answer.
-pub async fn none_ready(fleet: &Fleet) -> bool {
-    let urls: Vec<String> = fleet.processes.iter().map(|p| p.readyz()).collect();
+/// Every process of `roles` answers `/readyz` with 503 (or not at all while it stops);
+/// asked of all at once, since a process without its database takes up to 2 s to answer.
+pub async fn none_ready(fleet: &Fleet, roles: &[&str]) -> bool {
+    let urls: Vec<String> = fleet
+        .processes
+        .iter()
+        .filter(|p| roles.contains(&p.role))
+        .map(|p| p.readyz())
+        .collect();
     let answers = futures_util::future::join_all(urls.iter().map(|url| ready(url))).await;
     answers.iter().all(|a| *a != Some(true))
 }
