@@ -235,8 +235,9 @@ cluster_kill() {
       f="$(node_dir "$i")/$f"
       [ -s "$f" ] || continue
       pid=$(cat "$f")
-      tr '\0' '\n' 2>/dev/null < "/proc/$pid/environ" | grep -qxF "RABBITMQ_NODENAME=$(node_name "$i")" \
-        && kill -9 "$pid" 2>/dev/null || true
+      if tr '\0' '\n' 2>/dev/null < "/proc/$pid/environ" | grep -qxF "RABBITMQ_NODENAME=$(node_name "$i")"; then
+        kill -9 "$pid" 2>/dev/null || true
+      fi
     done
     local _
     for _ in $(seq 1 50); do node_alive "$i" || break; sleep 0.2; done

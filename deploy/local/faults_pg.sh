@@ -41,6 +41,7 @@ case "${1:-start}" in
   start) pg_start; log "fault suite database postgres://herald:herald@127.0.0.1:$PG_PORT/herald" ;;
   stop) pg_stop ;;
   kill) pg_kill ;;
-  status) port_open "$PG_PORT" && log "PostgreSQL up on $PG_PORT" || { log "PostgreSQL down on $PG_PORT"; exit 1; } ;;
+  status)
+    if port_open "$PG_PORT"; then log "PostgreSQL up on $PG_PORT"; else log "PostgreSQL down on $PG_PORT"; exit 1; fi ;;
   *) die "usage: $0 start|stop|kill|status" ;;
 esac

@@ -268,13 +268,18 @@ async fn a_header_larger_than_herald_s_frame_size_is_parked_and_does_not_stall_i
             .expect("the broker takes a 60 KiB header from a 128 KiB-frame publisher");
     }
     let _ = connection.close(200, "").await;
-    // Delivered, or parked: either way not stuck in the ingest queue.
-    let ingest = env.topology().ingest_queue();
+    // good-5 delivered, or parked: either way not going round between the ingest queue
+    // and consumers that cannot read it (an unacknowledged message is not counted in
+    // the queue's depth, so that alone proves nothing); and the 19 others delivered.
+    let invalid = env.topology().invalid_queue();
     eventually(
-        "the ingest queue empty and the 19 others delivered",
+        "the 60 KiB-header message delivered or parked, and the 19 others delivered",
         Duration::from_secs(60),
         || async {
-            env.queue_depth(&ingest).await == 0 && Tally::of(&receiver, "good-").unique.len() >= 19
+            let tally = Tally::of(&receiver, "good-");
+            let big_one_settled = tally.unique.iter().any(|(id, _)| id == "good-5")
+                || env.queue_depth(&invalid).await == 1;
+            big_one_settled && tally.unique.len() >= 19
         },
     )
     .await;
