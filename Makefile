@@ -62,7 +62,7 @@ cluster-test: services cluster
 ## starts the cluster and the suite's own PostgreSQL (deploy/local/faults_pg.sh, port
 ## 5439: it is stopped and killed on purpose, so never the shared 5433), runs every fault
 ## at full scale one after the other, then renders target/faults/*-full.json into
-## docs/reliability.md — also when a fault failed, whose section then says so. About 15
+## docs/reliability.md — also when a fault failed, whose section then says so. About 5
 ## minutes on 2 cores. `make test` runs the short version (tests/it/faults, not ignored).
 FAULTS_TIME_LIMIT ?= 30m
 faults: services cluster
