@@ -7,6 +7,8 @@
 #   deploy/local/cluster.sh start        # idempotent: starts the nodes that are down,
 #                                        # joins those not clustered, waits for 3 running
 #   deploy/local/cluster.sh stop [N…]    # all nodes, or only nodes N…; fine when none runs
+#   deploy/local/cluster.sh kill N…      # kill -9 node N's Erlang VM (fault tests: a crash,
+#                                        # not a stop); `start` brings it back
 #   deploy/local/cluster.sh status       # each node up or down, and the running members
 #   deploy/local/cluster.sh urls         # the amqp.url list for Herald
 #
@@ -222,6 +224,28 @@ cluster_stop() {
   return 0
 }
 
+# Kills nodes $@ with SIGKILL, as a crash would: the Erlang VM (rabbitmq.pid) and the
+# script that launched it; waits until neither is alive. A node not running is skipped.
+cluster_kill() {
+  local i f pid
+  for i in "$@"; do
+    node_alive "$i" || continue
+    log "killing node $i ($(node_name "$i")) with SIGKILL"
+    for f in rabbitmq.pid launch.pid; do
+      f="$(node_dir "$i")/$f"
+      [ -s "$f" ] || continue
+      pid=$(cat "$f")
+      if tr '\0' '\n' 2>/dev/null < "/proc/$pid/environ" | grep -qxF "RABBITMQ_NODENAME=$(node_name "$i")"; then
+        kill -9 "$pid" 2>/dev/null || true
+      fi
+    done
+    local _
+    for _ in $(seq 1 50); do node_alive "$i" || break; sleep 0.2; done
+    node_alive "$i" && die "node $i is still alive after SIGKILL"
+  done
+  return 0
+}
+
 cluster_status() {
   local i up=0
   for i in "${NODES[@]}"; do
@@ -256,7 +280,8 @@ command=${1:-start}
 case "$command" in
   start) cluster_start ;;
   stop) check_nodes "$@"; cluster_stop "$@" ;;
+  kill) [ $# -gt 0 ] || die "usage: $0 kill N…"; check_nodes "$@"; cluster_kill "$@" ;;
   status) cluster_status ;;
   urls) urls ;;
-  *) die "usage: $0 start|stop [N…]|status|urls" ;;
+  *) die "usage: $0 start|stop [N…]|kill N…|status|urls" ;;
 esac

@@ -20,6 +20,7 @@ mod delivery;
 mod dlq;
 mod endpoint_options;
 mod fan_out;
+mod faults;
 mod filters;
 mod fuzz;
 mod health;

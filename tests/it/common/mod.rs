@@ -63,6 +63,8 @@ pub struct TestEnv {
     pub settings: Settings,
     pub pool: PgPool,
     pub database: String,
+    /// The server's main database, through which this test's was created (and is dropped).
+    database_base: String,
     pub exchange: String,
     publisher: Option<(lapin::Connection, Publisher)>,
     _watchdog: Watchdog,
@@ -84,11 +86,31 @@ impl TestEnv {
     }
 
     async fn build(adjust: impl FnOnce(&mut Settings), migrate: bool) -> Self {
-        let watchdog = Watchdog::start(TEST_LIMIT);
+        Self::build_on(&database_base_url(), TEST_LIMIT, adjust, migrate).await
+    }
+
+    /// A fresh environment whose database lives on another PostgreSQL server (`base`: its
+    /// main database's URL), for a test that may run up to `limit`: the fault suite stops
+    /// and kills a server of its own, never the shared one.
+    pub async fn on_server(
+        base: &str,
+        limit: Duration,
+        adjust: impl FnOnce(&mut Settings),
+    ) -> Self {
+        Self::build_on(base, limit, adjust, true).await
+    }
+
+    async fn build_on(
+        base: &str,
+        limit: Duration,
+        adjust: impl FnOnce(&mut Settings),
+        migrate: bool,
+    ) -> Self {
+        let watchdog = Watchdog::start(limit);
         let _ = herald::telemetry::init(&Default::default());
         let id = Uuid::new_v4().simple().to_string();
         let database = format!("herald_test_{}", &id[..16]);
-        let base = database_base_url();
+        let base = base.to_string();
         testkit::database::create(&base, &database, false)
             .await
             .unwrap_or_else(|e| panic!("{e:#}"));
@@ -121,6 +143,7 @@ impl TestEnv {
             settings,
             pool,
             database,
+            database_base: base,
             exchange: world.exchange,
             publisher: None,
             _watchdog: watchdog,
@@ -362,7 +385,7 @@ impl TestEnv {
 
     async fn drop_database(self) {
         self.pool.close().await;
-        let _ = testkit::database::drop(&database_base_url(), &self.database).await;
+        let _ = testkit::database::drop(&self.database_base, &self.database).await;
     }
 }
 
