@@ -91,6 +91,7 @@ async fn run_consumer(
     keep_consuming(
         &settings.amqp,
         &format!("{}-ingest-{n}", settings.topology.prefix),
+        crate::broker::Frames::Publishers,
         &shutdown,
         || readiness.set_ingest(false),
         |connection| {

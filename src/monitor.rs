@@ -34,6 +34,7 @@ pub async fn sample_queues(
         let Some(connection) = broker::connect_with_backoff(
             settings.amqp.url.expose(),
             &format!("{}-monitor", settings.topology.prefix),
+            broker::Frames::Own,
             settings.amqp.reconnect_max_backoff,
             &shutdown,
         )

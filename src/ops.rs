@@ -60,6 +60,7 @@ pub async fn relay(
         let Some(connection) = broker::connect_with_backoff(
             settings.amqp.url.expose(),
             &name,
+            broker::Frames::Own,
             settings.amqp.reconnect_max_backoff,
             &shutdown,
         )

@@ -16,7 +16,7 @@ use lapin::{Channel, Connection};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{connect_with_backoff, Publisher};
+use super::{connect_with_backoff, Frames, Publisher};
 use crate::backoff::Backoff;
 use crate::config::AmqpSettings;
 use crate::topology::Topology;
@@ -126,6 +126,7 @@ pub type ConsumeFuture<'c, E> = Pin<Box<dyn Future<Output = Result<(), E>> + Sen
 pub async fn keep_consuming<E: std::fmt::Display>(
     settings: &AmqpSettings,
     name: &str,
+    frames: Frames,
     shutdown: &CancellationToken,
     down: impl Fn(),
     consume: impl for<'c> Fn(&'c Connection) -> ConsumeFuture<'c, E>,
@@ -135,6 +136,7 @@ pub async fn keep_consuming<E: std::fmt::Display>(
         let Some(connection) = connect_with_backoff(
             settings.url.expose(),
             name,
+            frames,
             settings.reconnect_max_backoff,
             shutdown,
         )

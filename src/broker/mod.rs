@@ -43,6 +43,34 @@ pub enum PublishError {
 /// sent as several frames, 8 bytes of overhead each (docs/benchmarks.md, round 5).
 pub const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 
+/// The frame size a connection receiving publishers' messages asks for: RabbitMQ's own
+/// default `frame_max`, the largest a publisher can send to a broker left at its
+/// defaults. A message's properties and headers travel in one frame, so a consumer
+/// with smaller frames cannot take a message whose headers are larger — the broker
+/// closes its connection, returns the message, and the next consumer dies on it the
+/// same way: one such message would stall ingest for good.
+pub const PUBLISHERS_FRAME_MAX: u32 = 128 * 1024;
+
+/// Whose messages a connection receives, which sets the frame size it asks for (a
+/// `?frame_max=` in the URL wins over both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Frames {
+    /// Herald's own messages — tasks, parked copies (their headers cut to 8 KiB):
+    /// [`DEFAULT_FRAME_MAX`].
+    Own,
+    /// Publishers' messages, the ingest queue: [`PUBLISHERS_FRAME_MAX`].
+    Publishers,
+}
+
+impl Frames {
+    fn frame_max(self) -> u32 {
+        match self {
+            Frames::Own => DEFAULT_FRAME_MAX,
+            Frames::Publishers => PUBLISHERS_FRAME_MAX,
+        }
+    }
+}
+
 /// How long a TCP connect to one node may take, unless the URL says
 /// (`?connection_timeout=` in ms). A node that is down refuses at once; a host that is
 /// gone drops the SYN, and without a bound Linux retries it for about two minutes
@@ -68,6 +96,11 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Every connection Herald makes comes through here (the ingest, deliver and api roles
 /// via [`connect_with_backoff`], the publish and dlq redrive commands directly).
 pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
+    connect_for(urls, name, Frames::Own).await
+}
+
+/// [`connect`] for a connection that receives `frames`' messages.
+pub async fn connect_for(urls: &str, name: &str, frames: Frames) -> lapin::Result<Connection> {
     let nodes = crate::config::node_urls(urls);
     let start = if nodes.len() > 1 {
         rand::thread_rng().gen_range(0..nodes.len())
@@ -77,7 +110,7 @@ pub async fn connect(urls: &str, name: &str) -> lapin::Result<Connection> {
     let mut last_error = None;
     for index in walk(nodes.len(), start) {
         let url = nodes[index];
-        match connect_node(url, name).await {
+        match connect_node(url, name, frames).await {
             Ok(connection) => {
                 tracing::debug!(node = %node_address(url), connection = name, "connected to the broker");
                 return Ok(connection);
@@ -99,12 +132,12 @@ fn walk(count: usize, start: usize) -> impl Iterator<Item = usize> {
     (0..count).map(move |step| (start + step) % count)
 }
 
-async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
+async fn connect_node(url: &str, name: &str, frames: Frames) -> lapin::Result<Connection> {
     // The parser's message may repeat the URL, password included: not passed on.
     let mut uri: AMQPUri = url
         .parse()
         .map_err(|_: String| invalid_input("an element of amqp.url is not an AMQP URI"))?;
-    uri.query.frame_max.get_or_insert(DEFAULT_FRAME_MAX);
+    uri.query.frame_max.get_or_insert(frames.frame_max());
     uri.query
         .connection_timeout
         .get_or_insert(DEFAULT_CONNECTION_TIMEOUT_MS);
@@ -150,12 +183,13 @@ fn invalid_input(message: &str) -> lapin::Error {
 pub async fn connect_with_backoff(
     urls: &str,
     name: &str,
+    frames: Frames,
     max_backoff: Duration,
     shutdown: &CancellationToken,
 ) -> Option<Connection> {
     let mut backoff = Backoff::new(Duration::from_millis(100), max_backoff);
     loop {
-        match connect(urls, name).await {
+        match connect_for(urls, name, frames).await {
             Ok(connection) => return Some(connection),
             Err(error) => {
                 tracing::warn!(%error, retry_in = ?backoff.next_delay(),

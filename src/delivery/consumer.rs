@@ -29,6 +29,7 @@ pub async fn run(deliverer: Arc<Deliverer>, readiness: Readiness, shutdown: Canc
     keep_consuming(
         &settings.amqp,
         &format!("{}-deliver", settings.topology.prefix),
+        crate::broker::Frames::Own,
         &shutdown,
         || readiness.set_deliver(false),
         |connection| {

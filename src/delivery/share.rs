@@ -92,6 +92,7 @@ pub async fn keep_counted(
         let Some(connection) = broker::connect_with_backoff(
             settings.amqp.url.expose(),
             &format!("{}-senders", settings.topology.prefix),
+            broker::Frames::Own,
             settings.amqp.reconnect_max_backoff,
             &shutdown,
         )

@@ -4,12 +4,12 @@
 //! valid one is delivered, every other one parked in `<prefix>.invalid` with its reason
 //! (`x-herald-reason`), and no consumer stalls: the ingest queue ends empty.
 //!
-//! KNOWN BUG, found by this suite (`a_header_larger_than_herald_s_frame_size_…`, ignored
-//! so `make test` stays green, run by `make faults`): a message whose properties exceed
-//! Herald's 16 KiB AMQP frame (`broker::DEFAULT_FRAME_MAX`) — legal for a publisher on
-//! RabbitMQ's default 128 KiB frames — cannot be delivered to Herald's ingest consumer:
-//! lapin closes the connection with FRAME-ERROR, the broker requeues the message, the
-//! next consumer takes it and dies the same way, and ingest stalls for every message.
+//! Found by this suite and fixed: a message whose properties exceeded Herald's 16 KiB
+//! AMQP frame (`broker::DEFAULT_FRAME_MAX`) — legal for a publisher on RabbitMQ's
+//! default 128 KiB frames — could not be delivered to Herald's ingest consumer: lapin
+//! closed the connection with FRAME-ERROR, the broker requeued the message, the next
+//! consumer died on it the same way, and ingest stalled for every message. Ingest
+//! connections now ask for 128 KiB frames (`broker::Frames::Publishers`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -233,10 +233,10 @@ async fn full_a_flood_of_poison_parks_each_with_its_reason_and_delivers_every_va
     flood_of_poison(Scale::Full).await;
 }
 
-/// KNOWN BUG (see the module's comment): fails today — the 60 KiB header never reaches
-/// Herald and holds up every event published after it.
+/// A 60 KiB header (over Herald's own 16 KiB frames, within RabbitMQ's default 128 KiB)
+/// reaches ingest, which parks the message and holds up none after it (this failed
+/// before ingest connections asked for the publishers' frame size).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "KNOWN BUG: a header over Herald's 16 KiB AMQP frame stalls ingest; `make faults` runs it"]
 async fn a_header_larger_than_herald_s_frame_size_is_parked_and_does_not_stall_ingest() {
     let env = TestEnv::new().await;
     let receiver = Receiver::start().await;
