@@ -29,6 +29,7 @@ use super::health::{Change, Health};
 use super::put_off::{PutOffError, PutOffs};
 use super::recorder::{RecordError, Recorder};
 use super::retry::RetryPolicy;
+use super::sent_headers;
 use super::task::DeliveryTask;
 use super::throttle::{busy_delay, defer_tier, Admission, Slot, Throttle};
 use crate::broker::{Outgoing, PublishError, Publisher};
@@ -176,6 +177,9 @@ pub(super) struct Made {
     pub(super) response: Response,
     pub(super) duration_ms: i32,
     pub(super) at: DateTime<Utc>,
+    /// The request's headers, redacted ([`super::sent_headers`]): shared by every
+    /// task of a batch.
+    pub(super) request_headers: Arc<str>,
 }
 
 impl Run<'_> {
@@ -282,7 +286,7 @@ impl Run<'_> {
         let (d, task) = (self.d, self.task);
         let retry_reason = failure_reason(&made.response);
         let (status_code, error_text, record) =
-            attempt_record(task, made.response, made.duration_ms);
+            attempt_record(task, made.response, made.duration_ms, made.request_headers);
         let mut outcome = Outcome {
             delivery_id: task.delivery_id,
             attempt: Some(record),
@@ -565,6 +569,8 @@ pub(super) async fn send(
     headers: HeaderMap,
     body: bytes::Bytes,
 ) -> Made {
+    // Before the headers move into the request; not while holding a request slot.
+    let request_headers = Arc::from(sent_headers::redacted_json(&headers));
     let request = d.requests.acquire().await.expect("never closed");
     d.metrics.in_flight.inc();
     let attempt = d
@@ -595,6 +601,7 @@ pub(super) async fn send(
         response: attempt.response,
         duration_ms: i32::try_from(attempt.duration.as_millis()).unwrap_or(i32::MAX),
         at: Utc::now(),
+        request_headers,
     }
 }
 
@@ -610,6 +617,7 @@ fn attempt_record(
     task: &DeliveryTask,
     response: Response,
     duration_ms: i32,
+    request_headers: Arc<str>,
 ) -> (Option<u16>, String, AttemptRecord) {
     let (status_code, error_class, error_text, body) = match response {
         Response::Answered { status, body, .. } => {
@@ -628,6 +636,7 @@ fn attempt_record(
         error: error_class.map(String::from),
         duration_ms,
         response_body: body,
+        request_headers: Some(request_headers),
     };
     (status_code, error_text, record)
 }

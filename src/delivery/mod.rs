@@ -13,6 +13,7 @@ pub mod health;
 pub mod put_off;
 pub mod recorder;
 pub mod retry;
+pub mod sent_headers;
 pub mod share;
 pub mod task;
 pub mod throttle;

@@ -12,6 +12,7 @@
 use bytes::Bytes;
 use chrono::Utc;
 use serde::Serialize;
+use serde_json::value::RawValue;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -21,6 +22,7 @@ use crate::config::Settings;
 use crate::delivery::batched::batch_request;
 use crate::delivery::client::{Response, WebhookClient};
 use crate::delivery::engine::request_headers;
+use crate::delivery::sent_headers;
 use crate::delivery::task::DeliveryTask;
 use crate::keyring::Keyring;
 use crate::store::endpoints;
@@ -42,6 +44,9 @@ pub struct TestOutcome {
     /// The start of the receiver's answer.
     #[schema(required = true)]
     pub response_body: Option<String>,
+    /// The request headers sent, secrets redacted as in a delivery's attempts.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub request_headers: Box<RawValue>,
 }
 
 /// Sends a signed `herald.test` event to endpoint `id` now (enabled or not), through
@@ -79,6 +84,8 @@ pub async fn test(
             request_headers(&endpoint, &task, &traceparent),
         ),
     };
+    let request_headers = RawValue::from_string(sent_headers::redacted_json(&headers))
+        .expect("the redacted headers are a JSON object");
     let attempt = client
         .post_within(&endpoint.url, headers, body, endpoint.timeout())
         .await;
@@ -91,6 +98,7 @@ pub async fn test(
             error: None,
             duration_ms,
             response_body: Some(body),
+            request_headers,
         },
         Response::Failed { class, .. } => TestOutcome {
             event_id,
@@ -99,6 +107,7 @@ pub async fn test(
             error: Some(class.as_str().to_string()),
             duration_ms,
             response_body: None,
+            request_headers,
         },
     })
 }

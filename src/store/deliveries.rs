@@ -1,6 +1,8 @@
 //! `herald.deliveries` and `herald.delivery_attempts`: outcomes recorded in batches,
 //! and the views SREs read (failed deliveries, attempts).
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
@@ -36,6 +38,8 @@ pub struct AttemptRecord {
     pub error: Option<String>,
     pub duration_ms: i32,
     pub response_body: Option<String>,
+    /// The request headers sent, redacted, as a JSON object (`crate::delivery::sent_headers`).
+    pub request_headers: Option<Arc<str>>,
 }
 
 /// The new state of a delivery after an attempt (or after finding its endpoint gone).
@@ -65,9 +69,13 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), 
     if !attempts.is_empty() {
         sqlx::query(
             "INSERT INTO herald.delivery_attempts
-                 (delivery_id, attempt, status_code, error, duration_ms, response_body, attempted_at)
-             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::int4[], $4::text[], $5::int4[],
-                                  $6::text[], $7::timestamptz[])
+                 (delivery_id, attempt, status_code, error, duration_ms, response_body, attempted_at,
+                  request_headers)
+             SELECT u.id, u.attempt, u.status_code, u.error, u.duration_ms, u.body, u.at,
+                    u.headers::jsonb
+             FROM UNNEST($1::uuid[], $2::int4[], $3::int4[], $4::text[], $5::int4[],
+                         $6::text[], $7::timestamptz[], $8::text[])
+                  AS u(id, attempt, status_code, error, duration_ms, body, at, headers)
              ON CONFLICT (delivery_id, attempt) DO NOTHING",
         )
         .bind(attempts.iter().map(|(o, _)| o.delivery_id).collect::<Vec<_>>())
@@ -77,6 +85,7 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), 
         .bind(attempts.iter().map(|(_, a)| a.duration_ms).collect::<Vec<_>>())
         .bind(attempts.iter().map(|(_, a)| a.response_body.as_deref()).collect::<Vec<_>>())
         .bind(attempts.iter().map(|(o, _)| o.at).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|(_, a)| a.request_headers.as_deref()).collect::<Vec<_>>())
         .execute(&mut *tx)
         .await?;
     }
@@ -252,12 +261,19 @@ pub struct AttemptView {
     pub duration_ms: i32,
     #[schema(required = true)]
     pub response_body: Option<String>,
+    /// The request headers Herald sent, by lowercase name: static header values shown
+    /// as `[redacted]`, signatures as their scheme and `[redacted]` (`v1,[redacted]`,
+    /// `sha256=[redacted]`), every other value as sent. `null` for attempts recorded
+    /// before Herald kept them.
+    #[schema(value_type = Option<std::collections::BTreeMap<String, String>>, required = true)]
+    pub request_headers: Option<serde_json::Value>,
     pub attempted_at: DateTime<Utc>,
 }
 
 pub async fn attempts(pool: &PgPool, delivery_id: Uuid) -> Result<Vec<AttemptView>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT attempt, status_code, error, duration_ms, response_body, attempted_at
+        "SELECT attempt, status_code, error, duration_ms, response_body, request_headers,
+                attempted_at
          FROM herald.delivery_attempts WHERE delivery_id = $1 ORDER BY attempt",
     )
     .bind(delivery_id)

@@ -10,6 +10,7 @@ compile_error!(
 mod common;
 
 mod admin_api;
+mod attempt_headers;
 mod batching;
 #[cfg(feature = "bench")]
 mod bench_smoke;
