@@ -18,7 +18,7 @@ use bytes::Bytes;
 use tokio::sync::{oneshot, Notify};
 use uuid::Uuid;
 
-use super::engine::{Origin, Unsettled};
+use super::settle::{Origin, Unsettled};
 use super::task::DeliveryTask;
 use crate::domain::Batching;
 

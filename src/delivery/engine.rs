@@ -26,13 +26,14 @@ use super::breaker::{failure_reason, held_delay};
 use super::client::{header, Response, WebhookClient};
 use super::decision::{decide, DeadLetterReason, Decision};
 use super::health::{Change, Health};
-use super::put_off::{PutOffError, PutOffs};
-use super::recorder::{RecordError, Recorder};
+use super::put_off::PutOffs;
+use super::recorder::Recorder;
 use super::retry::RetryPolicy;
 use super::sent_headers;
+pub use super::settle::{Origin, Unsettled};
 use super::task::DeliveryTask;
 use super::throttle::{busy_delay, defer_tier, Admission, Slot, Throttle};
-use crate::broker::{Outgoing, PublishError, Publisher};
+use crate::broker::{Outgoing, Publisher};
 use crate::config::Settings;
 use crate::domain::SignatureScheme;
 use crate::envelope;
@@ -98,35 +99,6 @@ impl Drop for AttemptPermit {
     fn drop(&mut self) {
         self.gauge.dec();
     }
-}
-
-/// Why a task was not settled; it will be tried again (see [`Origin`]).
-#[derive(Debug, thiserror::Error)]
-pub enum Unsettled {
-    #[error(transparent)]
-    Record(#[from] RecordError),
-    #[error(transparent)]
-    Publish(#[from] PublishError),
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
-    #[error(transparent)]
-    PutOff(#[from] PutOffError),
-    /// The batch the task was in was dropped unsent (the process is stopping).
-    #[error("the task's batch was abandoned")]
-    BatchAbandoned,
-}
-
-/// Where a task came from, which decides the order of the writes after a failed attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Origin {
-    /// A message of `<prefix>.work`: if settling fails, the task itself comes back.
-    /// The outcome is recorded first, then the retry or dead letter is published.
-    WorkQueue,
-    /// A first attempt made by the ingest role: if settling fails, the event's message
-    /// comes back and only deliveries still `pending` are tried again. The retry or
-    /// dead letter is published first, then the outcome recorded, so a delivery is never
-    /// left `retrying` without a task to retry it.
-    Ingest,
 }
 
 /// Makes one attempt of `task` in its own `deliver` span (a child of the event's

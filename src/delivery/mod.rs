@@ -14,6 +14,7 @@ pub mod put_off;
 pub mod recorder;
 pub mod retry;
 pub mod sent_headers;
+pub mod settle;
 pub mod share;
 pub mod task;
 pub mod throttle;
