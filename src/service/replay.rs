@@ -10,8 +10,9 @@
 //! a task must find its delivery row to record its outcome), then one transaction
 //! requeues the finished ones (a delivery still queued is skipped, never doubled), the
 //! tasks are published with confirms, then the transaction commits. Pages are paced at
-//! [`EVENTS_PER_SECOND`] so that a replay of a million events does not crowd the work
-//! queue in front of live traffic.
+//! [`EVENTS_PER_SECOND`] at most, and wait while the work queue holds
+//! `dlq::MAX_QUEUED` tasks, so that a replay of a million events does not crowd the
+//! work queue in front of live traffic.
 
 use std::time::Duration;
 
@@ -178,6 +179,13 @@ async fn pages(
 ) -> Result<(), ServiceError> {
     let pace = Duration::from_secs_f64(PAGE as f64 / EVENTS_PER_SECOND as f64);
     loop {
+        // As a redrive does: never more than MAX_QUEUED tasks waiting in the work
+        // queue, whatever the pace, so live traffic that goes through it (retries, and
+        // first attempts handed on when the process is busy) waits behind no more.
+        while dispatcher.work_queued().await? >= super::dlq::MAX_QUEUED {
+            replays::touch(pool, job.id).await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let started = tokio::time::Instant::now();
         let page = replays::next_page(pool, window, cursor.clone(), PAGE).await?;
         let Some((last_at, last_key, last)) = page.last() else {

@@ -271,6 +271,15 @@ pub async fn advance(
     Ok(())
 }
 
+/// Still working (a job waiting for the work queue to drain is not stale).
+pub async fn touch(pool: &PgPool, id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE herald.replays SET heartbeat_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub async fn finish(pool: &PgPool, id: Uuid, error: Option<&str>) -> Result<Replay, sqlx::Error> {
     sqlx::query_as(&format!(
         "UPDATE herald.replays SET state = CASE WHEN $2::text IS NULL THEN 'done' ELSE 'failed' END,
