@@ -62,7 +62,9 @@ pub async fn resend(bench: &Bench, size: Size, kind: Resend) -> anyhow::Result<R
     process::migrate(&config).await?;
     let pool = bench.pool().await?;
     // The receiver finds `"sent_at_us":<digits>` in the body, so the data is written as
-    // text (json_build_object would space it out).
+    // text (json_build_object would space it out). Each event has its own arrival time,
+    // as ingest's batches give them: a million sharing one would make every page of a
+    // replay scan them all (its keyset index is on received_at alone).
     // Endpoint 0 is sent the stored events (its pattern matches nothing live), 1 the
     // live one.
     let endpoints = [
@@ -80,7 +82,7 @@ pub async fn resend(bench: &Bench, size: Size, kind: Resend) -> anyhow::Result<R
         r#"INSERT INTO herald.events (id, type, occurred_at, payload, received_at)
          SELECT 'dead-' || n, 'bench.order.failed', now() - interval '1 hour',
                 ('{"sent_at_us":' || $2::int8 || ',"pad":"' || repeat('x', 400) || '"}')::json,
-                now() - interval '1 hour'
+                now() - interval '1 hour' + n * interval '1 microsecond'
          FROM generate_series(1, $1) AS n"#,
     )
     .bind(dead)
