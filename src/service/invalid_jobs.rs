@@ -177,12 +177,7 @@ fn counts(progress: Progress) -> Counts {
 /// by every `api` role process.
 pub async fn fail_stale(pool: PgPool, shutdown: CancellationToken) {
     let stale = chrono::Duration::from_std(STALE).expect("a minute");
-    let mut tick = tokio::time::interval(SWEEP_EVERY);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    super::background::every(SWEEP_EVERY, &shutdown, || async {
         match jobs::fail_stale(&pool, stale, STALE_ERROR).await {
             Ok(ids) => {
                 for id in ids {
@@ -191,7 +186,8 @@ pub async fn fail_stale(pool: PgPool, shutdown: CancellationToken) {
             }
             Err(error) => tracing::debug!(%error, "stale parking-queue jobs not swept"),
         }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! caller's tenant; validation happens here, before anything is written, so bad input
 //! is a [`ServiceError::Invalid`] naming its fields and never a partial change.
 
+mod background;
 pub mod deliveries;
 pub mod dlq;
 pub mod endpoints;

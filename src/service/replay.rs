@@ -238,15 +238,10 @@ pub async fn resume_stale(
     pool: PgPool,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(STALE / 2);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let stale = chrono::Duration::from_std(STALE).expect("a minute");
+    let stale = chrono::Duration::from_std(STALE).expect("a minute");
+    super::background::every(STALE / 2, &shutdown, || async {
         let Ok(jobs) = replays::claim_stale(&pool, stale).await else {
-            continue;
+            return;
         };
         for job in jobs {
             tracing::info!(replay_id = %job.id, "taking over a replay whose process stopped");
@@ -255,5 +250,6 @@ pub async fn resume_stale(
                 let _ = run(&settings, &pool, job, |_| {}).await;
             });
         }
-    }
+    })
+    .await;
 }
