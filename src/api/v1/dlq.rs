@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -136,11 +135,7 @@ async fn start(
     tokio::spawn(async move {
         let _ = dlq::run(&settings, &pool, job, |_| {}).await;
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        axum::Json(answer),
-    ))
+    Ok(super::accepted(location, answer))
 }
 
 /// Sends dead deliveries again with a fresh retry schedule, in the background. Those

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
@@ -92,11 +91,7 @@ async fn start(
     tokio::spawn(async move {
         let _ = jobs::run(&settings, &pool, job, |_| {}).await;
     });
-    Ok((
-        StatusCode::ACCEPTED,
-        [(header::LOCATION, location)],
-        axum::Json(answer),
-    ))
+    Ok(super::accepted(location, answer))
 }
 
 /// Sends parked messages back through ingest (original body and properties), in the

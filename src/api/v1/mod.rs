@@ -85,6 +85,17 @@ fn table() -> Table {
         .add(Method::DELETE, "/tokens/{id}", tokens::revoke)
 }
 
+/// `202 Accepted` with a job started in the background and where to follow it.
+pub(super) fn accepted(location: String, job: impl serde::Serialize) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::ACCEPTED,
+        [(axum::http::header::LOCATION, location)],
+        axum::Json(job),
+    )
+        .into_response()
+}
+
 /// Every route of the admin API, relative to `/api/v1`.
 pub fn routes() -> Vec<Route> {
     table().routes
