@@ -256,6 +256,36 @@ fn parse_plain(msg: &Inbound<'_>, received_at: DateTime<Utc>) -> Result<Event, R
     })
 }
 
+/// The AMQP header that carries an event's ordering key (docs/ordering.md); the
+/// CloudEvents binary-mode attribute `partitionkey` (`cloudEvents:partitionkey`) is
+/// read as well. Both are headers, so the broker routes keyed events to
+/// `<prefix>.ordered` (see [`crate::topology`]).
+pub const ORDERING_KEY_HEADER: &str = "x-ordering-key";
+
+/// The headers the broker looks for to send an event to `<prefix>.ordered`.
+pub const ORDERING_KEY_HEADERS: [&str; 3] = [
+    ORDERING_KEY_HEADER,
+    "cloudEvents:partitionkey",
+    "cloudEvents_partitionkey",
+];
+
+/// The event's ordering key, if it has one: `x-ordering-key`, else the CloudEvents
+/// `partitionkey` attribute. An empty key is no key; a key longer than 255 bytes or
+/// with control characters is refused.
+pub fn ordering_key(msg: &Inbound<'_>) -> Result<Option<String>, Rejection> {
+    let key = msg
+        .header(ORDERING_KEY_HEADER)
+        .or_else(|| msg.ce_attribute("partitionkey"))
+        .filter(|k| !k.is_empty());
+    match key {
+        Some(k) if k.len() > MAX_ID_LEN || k.chars().any(char::is_control) => Err(reject(
+            ParkReason::BadCloudEvent,
+            format!("ordering key must be at most {MAX_ID_LEN} printable characters"),
+        )),
+        other => Ok(other.map(String::from)),
+    }
+}
+
 fn null_data() -> Box<RawValue> {
     RawValue::from_string("null".into()).expect("null is JSON")
 }
@@ -415,6 +445,47 @@ pub fn webhook_event_type(body: &[u8]) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ordering_key_comes_from_its_header_or_the_cloudevents_partitionkey() {
+        let with = |headers: Vec<(&'static str, &str)>| Inbound {
+            headers: headers
+                .into_iter()
+                .map(|(k, v)| (k, v.to_string()))
+                .collect(),
+            ..Default::default()
+        };
+        type Case = (Vec<(&'static str, &'static str)>, Option<&'static str>);
+        let cases: Vec<Case> = vec![
+            (vec![], None),
+            (vec![("x-ordering-key", "order-1")], Some("order-1")),
+            (vec![("X-Ordering-Key", "order-1")], Some("order-1")),
+            (
+                vec![("cloudEvents:partitionkey", "order-2")],
+                Some("order-2"),
+            ),
+            (
+                vec![("cloudEvents_partitionkey", "order-3")],
+                Some("order-3"),
+            ),
+            (
+                vec![("cloudEvents:partitionkey", "ce"), ("x-ordering-key", "x")],
+                Some("x"),
+            ),
+            (vec![("x-ordering-key", "")], None),
+        ];
+        for (headers, expected) in cases {
+            let msg = with(headers.clone());
+            assert_eq!(
+                ordering_key(&msg).unwrap().as_deref(),
+                expected,
+                "{headers:?}"
+            );
+        }
+        let long = "k".repeat(256);
+        assert!(ordering_key(&with(vec![("x-ordering-key", &long)])).is_err());
+        assert!(ordering_key(&with(vec![("x-ordering-key", "a\nb")])).is_err());
+    }
 
     fn now() -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap()

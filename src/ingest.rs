@@ -68,14 +68,29 @@ pub enum IngestError {
     Stopped(sqlx::Error),
 }
 
-/// Runs `ingest.consumers` consumers until `shutdown`, each reconnecting on its own.
+/// Which queue a consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// `<prefix>.ingest`: every event, the keyed ones excepted (they come through
+    /// `<prefix>.ordered` as well, and are recorded from there).
+    Ingest(usize),
+    /// `<prefix>.ordered`: the keyed events, read by one consumer of the deployment at
+    /// a time, so in publish order; their tasks go to the work queue.
+    Ordered,
+}
+
+/// Runs `ingest.consumers` consumers of `<prefix>.ingest` and one of
+/// `<prefix>.ordered` until `shutdown`, each reconnecting on its own.
 pub async fn run(ingestor: Arc<Ingestor>, readiness: Readiness, shutdown: CancellationToken) {
-    let consumers = (0..ingestor.settings.ingest.consumers).map(|n| {
+    let queues = (0..ingestor.settings.ingest.consumers)
+        .map(Queue::Ingest)
+        .chain([Queue::Ordered]);
+    let consumers = queues.map(|queue| {
         tokio::spawn(run_consumer(
             ingestor.clone(),
             readiness.clone(),
             shutdown.clone(),
-            n,
+            queue,
         ))
     });
     futures_util::future::join_all(consumers).await;
@@ -85,19 +100,25 @@ async fn run_consumer(
     ingestor: Arc<Ingestor>,
     readiness: Readiness,
     shutdown: CancellationToken,
-    n: usize,
+    queue: Queue,
 ) {
     let settings = ingestor.settings.clone();
+    let name = match queue {
+        Queue::Ingest(n) => format!("{}-ingest-{n}", settings.topology.prefix),
+        Queue::Ordered => format!("{}-ingest-ordered", settings.topology.prefix),
+    };
     keep_consuming(
         &settings.amqp,
-        &format!("{}-ingest-{n}", settings.topology.prefix),
+        &name,
         crate::broker::Frames::Publishers,
         &shutdown,
         || readiness.set_ingest(false),
         |connection| {
             let (ingestor, readiness, shutdown) =
                 (ingestor.clone(), readiness.clone(), shutdown.clone());
-            Box::pin(async move { consume(&ingestor, connection, &readiness, &shutdown).await })
+            Box::pin(
+                async move { consume(&ingestor, connection, queue, &readiness, &shutdown).await },
+            )
         },
     )
     .await;
@@ -106,10 +127,14 @@ async fn run_consumer(
 async fn consume(
     ingestor: &Ingestor,
     connection: &Connection,
+    which: Queue,
     readiness: &Readiness,
     shutdown: &CancellationToken,
 ) -> Result<(), IngestError> {
-    let queue = ingestor.topology.ingest_queue();
+    let queue = match which {
+        Queue::Ingest(_) => ingestor.topology.ingest_queue(),
+        Queue::Ordered => ingestor.topology.ordered_queue(),
+    };
     let mut consuming = Consuming::start(
         connection,
         &ingestor.topology,
@@ -119,7 +144,7 @@ async fn consume(
     .await?;
     readiness.set_ingest(true);
     tracing::info!(%queue, "ingesting");
-    let result = consume_batches(ingestor, &mut consuming, shutdown).await;
+    let result = consume_batches(ingestor, &mut consuming, which, shutdown).await;
     // First attempts in flight each hold their message unacknowledged: let them finish.
     consuming
         .finish(ingestor.settings.delivery.shutdown_grace)
@@ -132,6 +157,7 @@ async fn consume(
 async fn consume_batches(
     ingestor: &Ingestor,
     consuming: &mut Consuming,
+    which: Queue,
     shutdown: &CancellationToken,
 ) -> Result<(), IngestError> {
     let max_batch = ingestor.settings.ingest.batch_size;
@@ -147,8 +173,11 @@ async fn consume_batches(
             }
         }
         let publisher = consuming.publisher.clone();
-        let planned = fan_out(ingestor, &publisher, &batch, shutdown).await?;
-        match &ingestor.direct {
+        let planned = fan_out(ingestor, &publisher, &batch, which, shutdown).await?;
+        // The ordered consumer's tasks go through the work queue: a key's head is
+        // sent by whichever deliverer takes it, the rest wait for their turn.
+        let direct = ingestor.direct.as_ref().filter(|_| which != Queue::Ordered);
+        match direct {
             None => {
                 dispatch(ingestor, &publisher, &planned).await?;
                 let last = batch.last().expect("batch is not empty");
@@ -312,6 +341,8 @@ struct Accepted {
     /// Position of its message in the batch.
     index: usize,
     event: Event,
+    /// Its ordering key, read by the ordered consumer only.
+    ordering_key: Option<String>,
     redelivered: bool,
     traceparent: Option<String>,
 }
@@ -322,11 +353,12 @@ async fn fan_out(
     ingestor: &Ingestor,
     publisher: &Publisher,
     batch: &[Delivery],
+    which: Queue,
     shutdown: &CancellationToken,
 ) -> Result<Vec<Planned>, IngestError> {
     let received_at = Utc::now();
     note_lag(ingestor, batch);
-    let (accepted, refused) = read(ingestor, batch, received_at);
+    let (accepted, refused) = read(ingestor, batch, which, received_at);
     park_refused(ingestor, publisher, &refused, received_at).await?;
     let accepted = without_repeats(ingestor, accepted);
     let mut planned: Vec<Planned> = batch.iter().map(|_| Planned::default()).collect();
@@ -341,10 +373,21 @@ async fn fan_out(
         .map(|a| {
             let receivers = snapshot.receiving(&a.event.subject());
             filtered_out.push(receivers.filtered_out);
+            let ordered = match &a.ordering_key {
+                Some(_) => receivers
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.ordering)
+                    .map(|e| e.id)
+                    .collect(),
+                None => Vec::new(),
+            };
             FanOut {
                 event: &a.event,
                 endpoints: receivers.endpoints.iter().map(|e| e.id).collect(),
                 redelivered: a.redelivered,
+                ordering_key: a.ordering_key.as_deref(),
+                ordered,
             }
         })
         .collect();
@@ -388,20 +431,33 @@ fn note_lag(ingestor: &Ingestor, batch: &[Delivery]) {
 }
 
 /// Parses every message of the batch: the events accepted, and the messages refused.
+/// A keyed message read from `<prefix>.ingest` is neither: its copy in
+/// `<prefix>.ordered` is recorded instead, and this one is acknowledged as it is.
 fn read<'b>(
     ingestor: &Ingestor,
     batch: &'b [Delivery],
+    which: Queue,
     received_at: DateTime<Utc>,
 ) -> (Vec<Accepted>, Vec<Refused<'b>>) {
     let max_body = ingestor.settings.ingest.max_body_bytes;
     let mut accepted = Vec::with_capacity(batch.len());
     let mut refused = Vec::new();
     for (index, delivery) in batch.iter().enumerate() {
+        if which != Queue::Ordered && routed_to_ordered(delivery) {
+            continue;
+        }
         // A reingested message (`herald invalid reingest`) carries its origin.
         let (exchange, routing_key) = origin(delivery);
         let message = inbound(delivery, &routing_key);
-        match envelope::parse(&message, max_body, received_at) {
-            Ok(event) => {
+        let parsed = envelope::parse(&message, max_body, received_at).and_then(|event| {
+            let key = match which {
+                Queue::Ordered => envelope::ordering_key(&message)?,
+                Queue::Ingest(_) => None,
+            };
+            Ok((event, key))
+        });
+        match parsed {
+            Ok((event, ordering_key)) => {
                 let span = tracing::info_span!("ingest", event_id = %event.id, event_type = %event.event_type);
                 let parent = message
                     .headers
@@ -412,6 +468,7 @@ fn read<'b>(
                 accepted.push(Accepted {
                     index,
                     event,
+                    ordering_key,
                     redelivered: delivery.redelivered,
                     traceparent,
                 });
@@ -429,6 +486,18 @@ fn read<'b>(
         }
     }
     (accepted, refused)
+}
+
+/// Whether the broker also routed this message to `<prefix>.ordered`: it came through
+/// a publishers' exchange (not reingested through the default one) with one of the
+/// ordering-key headers, by the exact name the headers exchange matches.
+fn routed_to_ordered(delivery: &Delivery) -> bool {
+    !delivery.exchange.as_str().is_empty()
+        && delivery.properties.headers().as_ref().is_some_and(|h| {
+            envelope::ORDERING_KEY_HEADERS
+                .iter()
+                .any(|name| h.inner().contains_key(*name))
+        })
 }
 
 /// The plain view of an AMQP message that `envelope::parse` reads, published with
@@ -618,6 +687,7 @@ fn plan(
             turn: None,
             deferrals: 0,
             traceparent: a.traceparent.clone(),
+            ordering_key: d.ordering_key,
             body: body.clone(),
         })
         .collect();

@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! erp.events (topic, the publishers') ──#──▶ <prefix>.ingest (quorum)
-//!                                              │ ingest: record, fan out
+//!        │                                     │ ingest: record, fan out
+//!        └──#──▶ <prefix>.keyed (headers) ──▶ <prefix>.ordered (quorum, single active
+//!                 events with an ordering key    consumer: ingest in publish order)
 //!                                              ▼
 //! <prefix>.work (direct) ──deliver──▶ <prefix>.work (quorum) ──▶ deliver: sign, POST
 //!        ▲                                                    │ failure
@@ -21,7 +23,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use lapin::options::{
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
@@ -71,6 +74,17 @@ impl Topology {
         format!("{}.ingest", self.prefix)
     }
 
+    /// Events with an ordering key, routed here by their headers (headers exchange).
+    pub fn keyed_exchange(&self) -> String {
+        format!("{}.keyed", self.prefix)
+    }
+
+    /// The keyed events, read by one consumer of the deployment at a time (single
+    /// active consumer), so they are recorded in the order they were published.
+    pub fn ordered_queue(&self) -> String {
+        format!("{}.ordered", self.prefix)
+    }
+
     pub fn work_exchange(&self) -> String {
         format!("{}.work", self.prefix)
     }
@@ -112,6 +126,7 @@ impl Topology {
     pub fn queues(&self) -> Vec<String> {
         let mut queues = vec![
             self.ingest_queue(),
+            self.ordered_queue(),
             self.work_queue(),
             self.dlq(),
             self.invalid_queue(),
@@ -173,6 +188,7 @@ impl Topology {
                     .await?;
             }
         }
+        self.declare_ordered(channel).await?;
         declare_queue(channel, &self.work_queue(), quorum()).await?;
         channel
             .queue_bind(
@@ -199,6 +215,57 @@ impl Topology {
     /// A delay queue holds retries for exactly one delay. A queue-level TTL (never a
     /// per-message one, which only expires at the head and so blocks behind longer
     /// delays) dead-letters each message back to the work exchange when it is due.
+    /// The keyed path: every source exchange's events of Herald's binding keys also
+    /// reach `<prefix>.keyed`, which passes on only those carrying an ordering-key
+    /// header (a binding argument without a value matches the header's presence) to
+    /// `<prefix>.ordered`. Events without a key stop at the exchange: no queue, no copy.
+    async fn declare_ordered(&self, channel: &Channel) -> lapin::Result<()> {
+        let keyed = self.keyed_exchange();
+        channel
+            .exchange_declare(
+                &keyed,
+                ExchangeKind::Headers,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        for exchange in &self.source_exchanges {
+            for key in &self.binding_keys {
+                channel
+                    .exchange_bind(
+                        &keyed,
+                        exchange,
+                        key,
+                        ExchangeBindOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await?;
+            }
+        }
+        let mut ordered = quorum();
+        ordered.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        declare_queue(channel, &self.ordered_queue(), ordered).await?;
+        let mut any_key = FieldTable::default();
+        // `any` leaves out headers whose name starts with `x-`; `any-with-x` (RabbitMQ
+        // 3.10 and later) matches them too.
+        any_key.insert("x-match".into(), long_string("any-with-x"));
+        for header in crate::envelope::ORDERING_KEY_HEADERS {
+            any_key.insert(header.into(), AMQPValue::Void);
+        }
+        channel
+            .queue_bind(
+                &self.ordered_queue(),
+                &keyed,
+                "",
+                QueueBindOptions::default(),
+                any_key,
+            )
+            .await
+    }
+
     fn delay_args(&self, delay: Duration) -> FieldTable {
         let mut args = quorum();
         let ttl_ms = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
@@ -230,9 +297,11 @@ impl Topology {
                 .queue_delete(&queue, QueueDeleteOptions::default())
                 .await?;
         }
-        channel
-            .exchange_delete(&self.work_exchange(), Default::default())
-            .await?;
+        for exchange in [self.work_exchange(), self.keyed_exchange()] {
+            channel
+                .exchange_delete(&exchange, Default::default())
+                .await?;
+        }
         Ok(())
     }
 }

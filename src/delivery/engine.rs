@@ -26,6 +26,7 @@ use super::breaker::{failure_reason, held_delay};
 use super::client::{header, Response, WebhookClient};
 use super::decision::{decide, DeadLetterReason, Decision};
 use super::health::{Change, Health};
+use super::order;
 use super::put_off::PutOffs;
 use super::recorder::Recorder;
 use super::retry::RetryPolicy;
@@ -156,6 +157,13 @@ pub(super) struct Made {
 
 impl Run<'_> {
     async fn deliver(&self, traceparent: &str) -> Result<(), Unsettled> {
+        // The one branch ordering costs an unordered task.
+        if let Some(key) = &self.task.ordering_key {
+            let go = order::before_attempt(self.d, self.publisher, self.task, key).await?;
+            if go == order::Go::Skip {
+                return Ok(());
+            }
+        }
         let endpoint = match self.d.subscriptions.lookup(self.task.endpoint_id).await? {
             Lookup::Active(endpoint) => endpoint,
             Lookup::Disabled(reason) => {
@@ -278,6 +286,7 @@ impl Run<'_> {
             }
             d.recorder.record(outcome).await?;
             tracing::debug!(duration_ms = made.duration_ms, "delivered");
+            order::after_finish(d, self.publisher, task, false).await?;
             if self.counts_request {
                 self.count_success().await;
             }
@@ -502,6 +511,7 @@ impl Run<'_> {
         };
         let attempts = outcome.attempts;
         self.follow_up(outcome, parked).await?;
+        order::after_finish(d, self.publisher, task, true).await?;
         d.metrics
             .dead_lettered
             .with_label_values(&[reason.as_str()])

@@ -10,6 +10,7 @@ pub mod consumer;
 pub mod decision;
 pub mod engine;
 pub mod health;
+pub mod order;
 pub mod put_off;
 pub mod recorder;
 pub mod retry;

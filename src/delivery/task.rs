@@ -26,6 +26,7 @@ const RECEIVED_AT_MS: &str = "x-herald-received-at-ms";
 const NOT_BEFORE_MS: &str = "x-herald-not-before-ms";
 const DEFERRALS: &str = "x-herald-deferrals";
 const TURN: &str = "x-herald-turn";
+const ORDERING_KEY: &str = "x-herald-ordering-key";
 /// On a message carrying several tasks: how many.
 pub const TASKS: &str = "x-herald-tasks";
 pub const TRACEPARENT: &str = "traceparent";
@@ -59,6 +60,9 @@ pub struct DeliveryTask {
     /// Times the task was put off (endpoint busy or rate-limited) without an attempt.
     pub deferrals: u32,
     pub traceparent: Option<String>,
+    /// Its ordering key when it is delivered in its key's order (docs/ordering.md):
+    /// it is sent only while it is its key's head, and its key moves on after it.
+    pub ordering_key: Option<String>,
     /// The webhook body, byte for byte what is signed and POSTed; shared, not copied,
     /// between an event's tasks and the HTTP request.
     pub body: Bytes,
@@ -90,6 +94,7 @@ impl DeliveryTask {
             turn: None,
             deferrals: 0,
             traceparent: None,
+            ordering_key: None,
             body,
         }
     }
@@ -138,6 +143,9 @@ impl DeliveryTask {
         }
         if let Some(tp) = &self.traceparent {
             h.insert(TRACEPARENT.into(), text(tp));
+        }
+        if let Some(key) = &self.ordering_key {
+            h.insert(ORDERING_KEY.into(), text(key));
         }
         h
     }
@@ -227,6 +235,7 @@ impl DeliveryTask {
                 .and_then(|n| u32::try_from(n).ok())
                 .unwrap_or(0),
             traceparent: header_text(h, TRACEPARENT),
+            ordering_key: header_text(h, ORDERING_KEY),
             body: body.into(),
         })
     }
@@ -250,6 +259,8 @@ struct Packed<'a> {
     deferrals: u32,
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     traceparent: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    ordering_key: Option<std::borrow::Cow<'a, str>>,
     #[serde(borrow)]
     body: &'a RawValue,
 }
@@ -273,6 +284,7 @@ pub fn pack(tasks: &[DeliveryTask]) -> Option<Vec<u8>> {
                 turn: t.turn,
                 deferrals: t.deferrals,
                 traceparent: t.traceparent.as_deref().map(Into::into),
+                ordering_key: t.ordering_key.as_deref().map(Into::into),
                 body,
             })
         })
@@ -307,6 +319,7 @@ pub fn unpack(
             turn: p.turn,
             deferrals: p.deferrals,
             traceparent: p.traceparent.map(|t| t.into_owned()),
+            ordering_key: p.ordering_key.map(|k| k.into_owned()),
             // Sliced from the message: the tasks share its buffer, no copy.
             body: body.slice_ref(p.body.get().as_bytes()),
         })
@@ -330,6 +343,7 @@ mod tests {
             turn: Some(42),
             deferrals: 2,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ordering_key: Some("order-7".into()),
             body: Bytes::from_static(br#"{"id":"evt-1"}"#),
         };
         let properties = task.properties();
@@ -362,6 +376,7 @@ mod tests {
             deferrals: n,
             traceparent: (n == 1)
                 .then(|| "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            ordering_key: (n == 2).then(|| format!("order-{n}")),
             body: Bytes::from(format!(r#"{{"id":"evt-{n}","data":{{"q":"\"x\" ü"}}}}"#)),
         };
         let tasks = vec![task(1), task(2), task(3)];
@@ -392,6 +407,7 @@ mod tests {
                 turn: None,
                 deferrals: 0,
                 traceparent: None,
+                ordering_key: None,
                 body: Bytes::new(),
             }
             .properties(),

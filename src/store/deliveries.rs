@@ -157,11 +157,19 @@ pub struct DeliveryView {
     pub updated_at: DateTime<Utc>,
     #[schema(required = true)]
     pub delivered_at: Option<DateTime<Utc>>,
+    /// The event's ordering key, when its endpoint delivers in order (docs/ordering.md).
+    #[schema(required = true)]
+    pub ordering_key: Option<String>,
+    /// With an ordering key: `in_order` (delivered in its key's order, or waiting for
+    /// its turn), `skipped` (dead-lettered; its key moved on without it) or
+    /// `out_of_order` (redriven after its key moved on: delivered out of order).
+    #[schema(required = true, value_type = Option<String>, example = "in_order")]
+    pub ordering: Option<String>,
 }
 
 const VIEW: &str = "SELECT d.id, d.event_id, e.type AS event_type, e.tenant_id, d.endpoint_id,
         ep.url, d.status, d.attempts, d.next_retry_at, d.last_status_code, d.last_error,
-        d.created_at, d.updated_at, d.delivered_at
+        d.created_at, d.updated_at, d.delivered_at, d.ordering_key, d.ordering
     FROM herald.deliveries d
     JOIN herald.events e ON e.tenant_key = d.tenant_key AND e.id = d.event_id
     JOIN herald.endpoints ep ON ep.id = d.endpoint_id";

@@ -186,7 +186,9 @@ pub async fn mark_redriven(
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now(),
-             dead_reason = NULL, dead_at = NULL
+             dead_reason = NULL, dead_at = NULL,
+             -- Its key moved on without it: from now on it is delivered out of order.
+             ordering = CASE WHEN ordering IS NULL THEN NULL ELSE 'out_of_order' END
          WHERE id = ANY($1) AND status = 'failed' AND dead_at IS NOT NULL AND purged_at IS NULL
          RETURNING id",
     )

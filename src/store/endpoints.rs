@@ -69,6 +69,8 @@ pub struct ActiveEndpoint {
     /// Its own timeout, retry schedule and batching; boxed, so an endpoint keeping the
     /// deployment's costs a pointer.
     pub delivery: Option<Box<DeliveryOptions>>,
+    /// Each ordering key's events delivered one at a time, in order (docs/ordering.md).
+    pub ordering: bool,
 }
 
 impl ActiveEndpoint {
@@ -276,6 +278,7 @@ struct ActiveRow {
     retry_schedule_ms: Option<Vec<i32>>,
     batch_max_events: Option<i32>,
     batch_window_ms: Option<i32>,
+    ordering: bool,
 }
 
 impl ActiveRow {
@@ -315,6 +318,7 @@ impl ActiveRow {
                 parse_schedule(self.retry_schedule_ms)?,
                 Batching::from_stored(self.batch_max_events, self.batch_window_ms)?,
             ),
+            ordering: self.ordering,
         })
     }
 }
@@ -331,7 +335,7 @@ fn header_place(id: Uuid, name: &str) -> String {
 
 const ACTIVE_COLUMNS: &str = "id, url, tenant_id, event_types, signature, secret, \
     previous_secret, previous_secret_expires_at, headers, rate_limit, filter, timeout_ms, \
-    retry_schedule_ms, batch_max_events, batch_window_ms";
+    retry_schedule_ms, batch_max_events, batch_window_ms, ordering";
 const ACTIVE: &str = "enabled AND deleted_at IS NULL";
 
 /// A stored filter, compiled again as at the edge.

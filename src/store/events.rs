@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use super::ordering;
 use crate::envelope::Event;
 
 /// One event of a batch and the endpoints it matched.
@@ -15,6 +16,10 @@ pub struct FanOut<'a> {
     /// The broker flagged the message as redelivered: a previous consumer may have
     /// committed the event and died before its tasks were confirmed.
     pub redelivered: bool,
+    /// The event's ordering key, when it came through `<prefix>.ordered`, and those of
+    /// `endpoints` that receive it in its key's order (docs/ordering.md).
+    pub ordering_key: Option<&'a str>,
+    pub ordered: Vec<Uuid>,
 }
 
 /// A delivery that needs a task on the work queue.
@@ -22,6 +27,8 @@ pub struct FanOut<'a> {
 pub struct NewDelivery {
     pub delivery_id: Uuid,
     pub endpoint_id: Uuid,
+    /// Its key, when it is delivered in its key's order.
+    pub ordering_key: Option<String>,
 }
 
 /// What the database made of one event of the batch.
@@ -68,6 +75,7 @@ pub async fn record_fan_out(
     let (mut ids, mut tenant_keys, mut event_ids, mut endpoint_ids) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut recheck_tenants, mut recheck_ids) = (Vec::new(), Vec::new());
+    let (mut queued, mut queued_tenants, mut queued_events) = (Vec::new(), Vec::new(), Vec::new());
     for f in batch {
         let key = (tenant_key(f.event).to_string(), f.event.id.clone());
         if inserted.contains(&key) {
@@ -77,9 +85,23 @@ pub async fn record_fan_out(
                 .map(|endpoint_id| NewDelivery {
                     delivery_id: Uuid::now_v7(),
                     endpoint_id: *endpoint_id,
+                    ordering_key: f
+                        .ordering_key
+                        .filter(|_| f.ordered.contains(endpoint_id))
+                        .map(String::from),
                 })
                 .collect();
             for d in &deliveries {
+                if let Some(key) = f.ordering_key.filter(|_| d.ordering_key.is_some()) {
+                    queued.push(ordering::Queued {
+                        endpoint_id: d.endpoint_id,
+                        key,
+                        delivery_id: d.delivery_id,
+                    });
+                    queued_tenants.push(tenant_key(f.event));
+                    queued_events.push(f.event.id.as_str());
+                    continue;
+                }
                 ids.push(d.delivery_id);
                 tenant_keys.push(tenant_key(f.event));
                 event_ids.push(f.event.id.as_str());
@@ -112,13 +134,37 @@ pub async fn record_fan_out(
         .await?;
     }
 
+    // Ordered deliveries: only the heads are dispatched now, the others wait.
+    let heads = ordering::enqueue(
+        &mut tx,
+        &queued,
+        &queued_tenants,
+        &queued_events,
+        received_at,
+    )
+    .await?;
+    if !queued.is_empty() {
+        for result in &mut results {
+            if let Recorded::New(deliveries) = result {
+                deliveries.retain(|d| d.ordering_key.is_none() || heads.contains(&d.delivery_id));
+            }
+        }
+    }
+
     if !recheck_ids.is_empty() {
-        let pending: Vec<(Uuid, String, String, Uuid)> = sqlx::query_as(
-            "SELECT d.id, d.tenant_key, d.event_id, d.endpoint_id
+        // An ordered delivery still waiting for its turn is not dispatched again.
+        let pending: Vec<(Uuid, String, String, Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT d.id, d.tenant_key, d.event_id, d.endpoint_id,
+                    CASE WHEN d.ordering = 'in_order' THEN d.ordering_key END
              FROM UNNEST($1::text[], $2::text[]) AS r(tenant_key, event_id)
              JOIN herald.events e ON e.tenant_key = r.tenant_key AND e.id = r.event_id
              JOIN herald.deliveries d ON d.tenant_key = e.tenant_key AND d.event_id = e.id
-             WHERE e.dispatched_at IS NULL AND d.status = 'pending' AND d.attempts = 0",
+             WHERE e.dispatched_at IS NULL AND d.status = 'pending' AND d.attempts = 0
+               AND (d.ordering_key IS NULL OR d.ordering IS DISTINCT FROM 'in_order'
+                    OR EXISTS (SELECT 1 FROM herald.ordering_heads h
+                               WHERE h.endpoint_id = d.endpoint_id
+                                 AND h.ordering_key = d.ordering_key
+                                 AND h.delivery_id = d.id))",
         )
         .bind(&recheck_tenants)
         .bind(&recheck_ids)
@@ -129,12 +175,13 @@ pub async fn record_fan_out(
                 list.extend(
                     pending
                         .iter()
-                        .filter(|(_, tenant, event_id, _)| {
+                        .filter(|(_, tenant, event_id, _, _)| {
                             *event_id == f.event.id && tenant == tenant_key(f.event)
                         })
-                        .map(|(delivery_id, _, _, endpoint_id)| NewDelivery {
+                        .map(|(delivery_id, _, _, endpoint_id, key)| NewDelivery {
                             delivery_id: *delivery_id,
                             endpoint_id: *endpoint_id,
+                            ordering_key: key.clone(),
                         }),
                 );
             }

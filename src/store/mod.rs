@@ -12,6 +12,7 @@ pub mod health;
 pub mod invalid_jobs;
 mod migrate;
 pub mod ops;
+pub mod ordering;
 pub mod replays;
 pub mod tokens;
 

@@ -32,6 +32,7 @@ mod lifecycle;
 mod migrations;
 mod observability;
 mod openapi;
+mod ordering;
 mod properties;
 mod rate_limits;
 mod receivers;

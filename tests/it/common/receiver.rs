@@ -19,6 +19,8 @@ pub struct Received {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -156,6 +158,7 @@ async fn receive(
         path,
         headers,
         body,
+        status: reply.status,
     });
     let status = StatusCode::from_u16(reply.status).unwrap();
     let mut response = match reply.body {
