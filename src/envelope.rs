@@ -73,6 +73,9 @@ pub struct Event {
     pub occurred_at: DateTime<Utc>,
     /// The publisher's data, byte for byte.
     pub data: Box<RawValue>,
+    /// A structured-mode CloudEvent gave a `partitionkey` in its body only: the broker
+    /// cannot route on it, so the event is delivered unordered (docs/ordering.md).
+    pub key_in_body_only: bool,
 }
 
 /// Why a message was parked in `<prefix>.invalid`; `as_str` is the metric label.
@@ -138,6 +141,7 @@ struct StructuredCloudEvent<'a> {
     source: Option<String>,
     time: Option<String>,
     tenantid: Option<String>,
+    partitionkey: Option<serde_json::Value>,
     data: Option<Box<RawValue>>,
 }
 
@@ -207,6 +211,7 @@ fn parse_structured(msg: &Inbound<'_>, received_at: DateTime<Utc>) -> Result<Eve
         source: checked_source(ce.source)?,
         occurred_at: event_time(ce.time.as_deref(), msg.timestamp, received_at),
         data: ce.data.unwrap_or_else(null_data),
+        key_in_body_only: ce.partitionkey.is_some() && !matches!(ordering_key(msg), Ok(Some(_))),
     })
 }
 
@@ -253,6 +258,7 @@ fn parse_plain(msg: &Inbound<'_>, received_at: DateTime<Utc>) -> Result<Event, R
         source: checked_source(msg.ce_attribute("source").map(String::from))?,
         occurred_at: event_time(time, msg.timestamp, received_at),
         data,
+        key_in_body_only: false,
     })
 }
 

@@ -458,6 +458,12 @@ fn read<'b>(
         });
         match parsed {
             Ok((event, ordering_key)) => {
+                if event.key_in_body_only {
+                    ingestor.metrics.events_key_not_routed.inc();
+                    tracing::warn!(event_id = %event.id,
+                        "partitionkey in the CloudEvent's body only; delivered unordered \
+                         (send it as the header cloudEvents:partitionkey or x-ordering-key)");
+                }
                 let span = tracing::info_span!("ingest", event_id = %event.id, event_type = %event.event_type);
                 let parent = message
                     .headers

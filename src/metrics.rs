@@ -24,6 +24,9 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     pub events_ingested: IntCounter,
     pub events_duplicate: IntCounter,
+    /// Structured CloudEvents whose `partitionkey` was in the body only: delivered
+    /// unordered (the broker routes keyed events by their headers).
+    pub events_key_not_routed: IntCounter,
     pub events_unmatched: IntCounter,
     pub deliveries_filtered: IntCounter,
     pub parked: IntCounterVec,
@@ -162,6 +165,11 @@ impl Metrics {
             events_duplicate: r.counter(
                 "herald_events_duplicate_total",
                 "Messages whose event id was already recorded",
+            ),
+            events_key_not_routed: r.counter(
+                "herald_events_ordering_key_not_routed_total",
+                "Structured CloudEvents with a partitionkey in the body but no ordering-key \
+                 header: delivered unordered",
             ),
             events_unmatched: r.counter(
                 "herald_events_unmatched_total",

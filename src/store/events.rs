@@ -366,6 +366,7 @@ impl TryFrom<StoredRow> for Event {
             occurred_at: row.occurred_at,
             data: serde_json::value::RawValue::from_string(row.payload)
                 .map_err(|e| decode(Box::new(e)))?,
+            key_in_body_only: false,
         })
     }
 }
