@@ -41,6 +41,7 @@ fn endpoints(count: usize, tenants: usize) -> Vec<ActiveEndpoint> {
             rate_limit: None,
             filter: None,
             delivery: None,
+            ordering: false,
         })
         .collect()
 }

@@ -326,6 +326,7 @@ mod tests {
             rate_limit: None,
             filter: None,
             delivery: None,
+            ordering: false,
         }
     }
 
