@@ -96,6 +96,10 @@ pub enum EndpointCommand {
         /// `delivery.batch_max_window`; with `--batch-max`.
         #[arg(long, value_name = "DURATION", requires = "batch_max")]
         batch_window: Option<String>,
+        /// Deliver each ordering key's events one at a time, in publish order
+        /// (docs/ordering.md); not with `--batch-max`.
+        #[arg(long, conflicts_with_all = ["batch_max", "batch_window"])]
+        ordered: bool,
         #[arg(long)]
         name: Option<String>,
         #[arg(long)]
@@ -183,6 +187,13 @@ pub enum EndpointCommand {
         /// One event per request again.
         #[arg(long)]
         no_batch: bool,
+        /// Deliver each ordering key's events one at a time, in publish order
+        /// (docs/ordering.md); an endpoint that batches needs `--no-batch` with it.
+        #[arg(long, conflicts_with_all = ["unordered", "batch_max", "batch_window"])]
+        ordered: bool,
+        /// Deliver its events without ordering again.
+        #[arg(long)]
+        unordered: bool,
     },
     /// Stop delivering to an endpoint; its records stay.
     Delete { id: Uuid },
@@ -456,6 +467,12 @@ fn own_or_default<T: Clone>(value: &Option<T>, default: bool) -> Option<Option<T
     }
 }
 
+/// `--ordered` / `--unordered` of an update (clap lets one through at most): on, off,
+/// or leave.
+fn ordering_change(ordered: bool, unordered: bool) -> Option<bool> {
+    (ordered || unordered).then_some(ordered)
+}
+
 /// `--filter` / `--no-filter` of an update: replace, remove, or leave.
 fn filter_change(filter: &Option<Value>, no_filter: bool) -> Option<Option<Value>> {
     if no_filter {
@@ -530,6 +547,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 retry_schedule,
                 batch_max,
                 batch_window,
+                ordered,
                 name,
                 description,
             } => {
@@ -545,6 +563,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                     timeout,
                     retry_schedule: retry_schedule.as_deref().map(schedule_steps),
                     batch: batch_of(&batch_max, &batch_window),
+                    ordering: ordered,
                     name,
                     description,
                 };
@@ -592,6 +611,8 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                 batch_max,
                 batch_window,
                 no_batch,
+                ordered,
+                unordered,
             } => {
                 let headers = if no_headers {
                     Some(Default::default())
@@ -616,6 +637,7 @@ pub async fn run(settings: Settings, command: Command) -> anyhow::Result<()> {
                         default_retry_schedule,
                     ),
                     batch: own_or_default(&batch_of(&batch_max, &batch_window), no_batch),
+                    ordering: ordering_change(ordered, unordered),
                 };
                 show(
                     endpoints::update(
@@ -812,6 +834,7 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 retry_schedule,
                 batch_max,
                 batch_window,
+                ordered,
                 name,
                 description,
             } => Call::new(Method::POST, "/endpoints").body(json!({
@@ -819,8 +842,8 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 "signature": signature, "headers": header_map(headers)?,
                 "rate_limit": rate_limit, "filter": filter, "timeout": timeout,
                 "retry_schedule": retry_schedule.as_deref().map(schedule_steps),
-                "batch": batch_of(batch_max, batch_window), "name": name,
-                "description": description,
+                "batch": batch_of(batch_max, batch_window), "ordering": ordered,
+                "name": name, "description": description,
             })),
             EndpointCommand::List {
                 tenant,
@@ -853,6 +876,8 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 batch_max,
                 batch_window,
                 no_batch,
+                ordered,
+                unordered,
             } => {
                 let mut body = serde_json::Map::new();
                 let mut put = |key: &str, value: Value| {
@@ -884,6 +909,9 @@ pub fn remote_call(command: &Command) -> anyhow::Result<Call> {
                 }
                 if let Some(batch) = own_or_default(&batch_of(batch_max, batch_window), *no_batch) {
                     body.insert("batch".into(), json!(batch));
+                }
+                if let Some(ordering) = ordering_change(*ordered, *unordered) {
+                    body.insert("ordering".into(), json!(ordering));
                 }
                 Call::new(Method::PATCH, format!("/endpoints/{id}")).body(Value::Object(body))
             }

@@ -136,6 +136,9 @@ pub struct EndpointInput {
     pub retry_schedule: Option<Vec<String>>,
     /// Its events batched; none: one event per request.
     pub batch: Option<BatchView>,
+    /// Each ordering key's events one at a time, in publish order (docs/ordering.md);
+    /// never with `batch`.
+    pub ordering: bool,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -160,6 +163,8 @@ pub struct EndpointChanges {
     pub retry_schedule: Option<Option<Vec<String>>>,
     /// `Some(None)`: one event per request again.
     pub batch: Option<Option<BatchView>>,
+    /// Ordered delivery per key on or off; never together with `batch`.
+    pub ordering: Option<bool>,
 }
 
 /// A created endpoint, with its secret: the only time the secret is shown.
@@ -311,6 +316,54 @@ fn batch(check: &mut Check, policy: &EndpointPolicy, given: Option<BatchView>) -
     }
 }
 
+/// Why `ordering` and `batch` exclude each other, as the field error says it.
+const ORDERED_NOT_BATCHED: &str = "cannot be combined with `batch`: an ordered endpoint \
+    receives each ordering key's events one request at a time (docs/ordering.md)";
+
+/// Refuses `ordering` with `batch` asked for together, as a field error on `ordering`.
+fn ordering(check: &mut Check, ordering: bool, batch: bool) {
+    if ordering && batch {
+        check.fail("ordering", ORDERED_NOT_BATCHED);
+    }
+}
+
+/// Refuses a change that would leave the stored endpoint ordered and batching at once:
+/// turning one on while the endpoint keeps the other. Only read when the change turns
+/// one on without saying what becomes of the other. `ordering` and `batch` are the
+/// changes asked for: `None` leaves it, `Some(on)` turns it on or off.
+async fn ordering_against_stored(
+    pool: &PgPool,
+    caller: &Caller,
+    id: Uuid,
+    ordering: Option<bool>,
+    batch: Option<bool>,
+) -> Result<(), ServiceError> {
+    let turns_ordering_on = ordering == Some(true) && batch.is_none();
+    let turns_batch_on = batch == Some(true) && ordering.is_none();
+    if !turns_ordering_on && !turns_batch_on {
+        return Ok(());
+    }
+    let stored = endpoints::get(pool, caller.scope(), id)
+        .await?
+        .filter(|e| !e.deleted)
+        .ok_or(ServiceError::NotFound)?;
+    if turns_ordering_on && stored.batch.is_some() {
+        return Err(ServiceError::invalid(
+            "ordering",
+            "this endpoint batches its events: remove `batch` (`\"batch\": null`) in the \
+             same request to make it ordered (docs/ordering.md)",
+        ));
+    }
+    if turns_batch_on && stored.ordering {
+        return Err(ServiceError::invalid(
+            "batch",
+            "this endpoint is ordered: set `\"ordering\": false` in the same request to \
+             batch its events (docs/ordering.md)",
+        ));
+    }
+    Ok(())
+}
+
 /// The endpoint's tenant: a tenant token's own, never another (which is refused).
 fn owner(check: &mut Check, caller: &Caller, asked: Option<String>) -> Option<String> {
     let asked = check.tenant("tenant_id", asked.filter(|t| !t.is_empty()));
@@ -345,6 +398,7 @@ pub async fn create(
     let filter = filter(&mut check, input.filter);
     let own_timeout = timeout(&mut check, &policy, input.timeout);
     let own_schedule = retry_schedule(&mut check, &policy, input.retry_schedule);
+    ordering(&mut check, input.ordering, input.batch.is_some());
     let own_batch = batch(&mut check, &policy, input.batch);
     let name = check.text("name", input.name, 200);
     let description = check.text("description", input.description, 2_000);
@@ -370,6 +424,7 @@ pub async fn create(
             timeout: own_timeout,
             retry_schedule: own_schedule,
             batch: own_batch,
+            ordering: input.ordering,
             name,
             description,
         },
@@ -464,6 +519,7 @@ pub async fn update(
     changes: EndpointChanges,
 ) -> Result<EndpointView, ServiceError> {
     let mut check = Check::default();
+    let batch_on = changes.batch.as_ref().map(Option::is_some);
     let url = changes.url.and_then(|u| url(&mut check, &policy, &u));
     let event_types = match &changes.event_types {
         Some(list) => patterns(&mut check, list),
@@ -483,8 +539,14 @@ pub async fn update(
     let new_schedule = changes
         .retry_schedule
         .map(|s| retry_schedule(&mut check, &policy, s));
+    ordering(
+        &mut check,
+        changes.ordering == Some(true),
+        batch_on == Some(true),
+    );
     let new_batch = changes.batch.map(|b| batch(&mut check, &policy, b));
     check.finish()?;
+    ordering_against_stored(pool, caller, id, changes.ordering, batch_on).await?;
     if let Some(url) = &url {
         refuse_private(&policy, url).await?;
     }
@@ -532,11 +594,21 @@ pub async fn update(
             timeout: new_timeout,
             retry_schedule: new_schedule,
             batch: new_batch,
+            ordering: changes.ordering,
         },
     )
-    .await?
-    .ok_or(ServiceError::NotFound)?;
-    Ok(EndpointView::from(&endpoint))
+    .await?;
+    match endpoint {
+        Some(endpoint) => Ok(EndpointView::from(&endpoint)),
+        // Turned ordered and batching at once by a change since the check.
+        None if endpoints::get(pool, caller.scope(), id)
+            .await?
+            .is_some_and(|e| !e.deleted) =>
+        {
+            Err(ServiceError::invalid("ordering", ORDERED_NOT_BATCHED))
+        }
+        None => Err(ServiceError::NotFound),
+    }
 }
 
 pub async fn delete(pool: &PgPool, caller: &Caller, id: Uuid) -> Result<(), ServiceError> {

@@ -41,6 +41,9 @@ pub struct Endpoint {
     pub retry_schedule: Option<Vec<Duration>>,
     /// Its events gathered into batches; `None`: one event per request.
     pub batch: Option<Batching>,
+    /// Each ordering key's events delivered one at a time, in publish order
+    /// (docs/ordering.md); never together with `batch`.
+    pub ordering: bool,
     pub name: Option<String>,
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -69,7 +72,8 @@ pub struct ActiveEndpoint {
     /// Its own timeout, retry schedule and batching; boxed, so an endpoint keeping the
     /// deployment's costs a pointer.
     pub delivery: Option<Box<DeliveryOptions>>,
-    /// Each ordering key's events delivered one at a time, in order (docs/ordering.md).
+    /// Each ordering key's events delivered one at a time, in publish order
+    /// (docs/ordering.md); never together with batching.
     pub ordering: bool,
 }
 
@@ -156,6 +160,9 @@ pub struct EndpointView {
     /// `null`: one event per request.
     #[schema(required = true)]
     pub batch: Option<BatchView>,
+    /// Each ordering key's events delivered one at a time, in publish order
+    /// (docs/ordering.md); never together with `batch`.
+    pub ordering: bool,
     #[schema(required = true)]
     pub description: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -193,6 +200,7 @@ impl From<&Endpoint> for EndpointView {
                 .as_ref()
                 .map(|s| s.iter().copied().map(format_duration).collect()),
             batch: e.batch.map(BatchView::from),
+            ordering: e.ordering,
             name: e.name.clone(),
             description: e.description.clone(),
             created_at: e.created_at,
@@ -216,6 +224,7 @@ struct EndpointRow {
     retry_schedule_ms: Option<Vec<i32>>,
     batch_max_events: Option<i32>,
     batch_window_ms: Option<i32>,
+    ordering: bool,
     enabled: bool,
     failing: bool,
     disabled_reason: Option<String>,
@@ -246,6 +255,7 @@ impl TryFrom<EndpointRow> for Endpoint {
             timeout: parse_timeout(row.timeout_ms)?,
             retry_schedule: parse_schedule(row.retry_schedule_ms)?.map(Vec::from),
             batch: Batching::from_stored(row.batch_max_events, row.batch_window_ms)?,
+            ordering: row.ordering,
             name: row.name,
             description: row.description,
             created_at: row.created_at,
@@ -255,7 +265,7 @@ impl TryFrom<EndpointRow> for Endpoint {
 }
 
 const COLUMNS: &str = "id, url, tenant_id, event_types, signature, headers, filter, \
-    timeout_ms, retry_schedule_ms, batch_max_events, batch_window_ms, enabled, \
+    timeout_ms, retry_schedule_ms, batch_max_events, batch_window_ms, ordering, enabled, \
     disabled_reason, rate_limit, name, description, deleted_at, created_at, updated_at, \
     EXISTS (SELECT 1 FROM herald.endpoint_health h \
             WHERE h.endpoint_id = endpoints.id AND h.open_since IS NOT NULL) AS failing";
@@ -431,6 +441,8 @@ pub struct NewEndpoint {
     pub timeout: Option<Duration>,
     pub retry_schedule: Option<Vec<Duration>>,
     pub batch: Option<Batching>,
+    /// Each ordering key's events one at a time (docs/ordering.md).
+    pub ordering: bool,
     pub name: Option<String>,
     pub description: Option<String>,
 }
@@ -460,8 +472,8 @@ pub async fn insert(
         "INSERT INTO herald.endpoints
              (id, url, tenant_id, event_types, secret, rate_limit, name, description,
               signature, headers, filter, timeout_ms, retry_schedule_ms, batch_max_events,
-              batch_window_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+              batch_window_ms, ordering)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -479,6 +491,7 @@ pub async fn insert(
     .bind(new.retry_schedule.as_deref().map(stored_schedule))
     .bind(new.batch.map(|b| b.stored().0))
     .bind(new.batch.map(|b| b.stored().1))
+    .bind(new.ordering)
     .fetch_one(pool)
     .await?;
     Endpoint::try_from(row).map_err(|e| sqlx::Error::Decode(Box::new(e)))
@@ -667,8 +680,13 @@ pub struct EndpointPatch {
     pub retry_schedule: Option<Option<Vec<Duration>>>,
     /// `Some(None)`: one event per request again.
     pub batch: Option<Option<Batching>>,
+    /// Ordered delivery per key on or off.
+    pub ordering: Option<bool>,
 }
 
+/// Changes an endpoint not deleted; `None` when there is none, or when the change
+/// would leave it ordered and batching at once (a concurrent change turned on the
+/// other since the service checked).
 pub async fn update(
     pool: &PgPool,
     keys: &Keyring,
@@ -695,8 +713,13 @@ pub async fn update(
             retry_schedule_ms = CASE WHEN $18 THEN $19 ELSE retry_schedule_ms END,
             batch_max_events = CASE WHEN $20 THEN $21 ELSE batch_max_events END,
             batch_window_ms = CASE WHEN $20 THEN $22 ELSE batch_window_ms END,
+            ordering = COALESCE($23, ordering),
             updated_at = now()
          WHERE id = $1 AND deleted_at IS NULL AND ($11::text IS NULL OR tenant_id = $11)
+           -- Never ordered and batching at once, whatever another change wrote since
+           -- the service checked (the row lock orders concurrent changes).
+           AND NOT (COALESCE($23, ordering)
+                    AND (CASE WHEN $20 THEN $21 ELSE batch_max_events END) IS NOT NULL)
          RETURNING {COLUMNS}"
     ))
     .bind(id)
@@ -733,6 +756,7 @@ pub async fn update(
     .bind(patch.batch.is_some())
     .bind(patch.batch.flatten().map(|b| b.stored().0))
     .bind(patch.batch.flatten().map(|b| b.stored().1))
+    .bind(patch.ordering)
     .fetch_optional(pool)
     .await?;
     Ok(row.and_then(parse_endpoint))

@@ -494,6 +494,7 @@ async fn an_endpoint_rate_limit_spaces_its_requests_without_counting_attempts() 
             timeout: None,
             retry_schedule: None,
             batch: None,
+            ordering: false,
             name: None,
             description: None,
         },

@@ -97,6 +97,7 @@ async fn a_key_rotation_with_traffic_flowing_loses_nothing() {
                 timeout: None,
                 retry_schedule: None,
                 batch: None,
+                ordering: false,
                 name: None,
                 description: None,
             },

@@ -20,6 +20,7 @@ mod configuration;
 mod delivery;
 mod dlq;
 mod endpoint_options;
+mod endpoint_ordering;
 mod fan_out;
 mod faults;
 mod filters;

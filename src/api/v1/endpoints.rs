@@ -60,6 +60,13 @@ pub struct CreateBody {
     /// the first is ready; the format is in docs/receivers.md. Left out or `null`: one
     /// event per request.
     batch: Option<BatchView>,
+    /// Deliver each ordering key's events one at a time, in publish order
+    /// (docs/ordering.md). Events carry the key in the AMQP header `x-ordering-key` or
+    /// the CloudEvents attribute `partitionkey` (`cloudEvents:partitionkey`). Cannot be
+    /// combined with `batch`.
+    #[serde(default)]
+    #[schema(default = false)]
+    ordering: bool,
     name: Option<String>,
     description: Option<String>,
 }
@@ -98,6 +105,7 @@ pub async fn create(
         timeout: body.timeout,
         retry_schedule: body.retry_schedule,
         batch: body.batch,
+        ordering: body.ordering,
         name: body.name,
         description: body.description,
     };
@@ -216,6 +224,12 @@ pub struct UpdateBody {
     #[serde(default, with = "double_option")]
     #[schema(value_type = Option<BatchView>)]
     batch: Option<Option<BatchView>>,
+    /// Deliver each ordering key's events one at a time, in publish order
+    /// (docs/ordering.md). Events carry the key in the AMQP header `x-ordering-key` or
+    /// the CloudEvents attribute `partitionkey` (`cloudEvents:partitionkey`). Cannot be
+    /// combined with `batch`: turning one on while the endpoint keeps the other is
+    /// refused (turn the other off in the same request).
+    ordering: Option<bool>,
 }
 
 /// `absent` → None, `null` → Some(None), value → Some(Some(value)).
@@ -264,6 +278,7 @@ pub async fn update(
         timeout: body.timeout,
         retry_schedule: body.retry_schedule,
         batch: body.batch,
+        ordering: body.ordering,
     };
     Ok(axum::Json(
         service::update(

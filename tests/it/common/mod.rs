@@ -232,6 +232,7 @@ impl TestEnv {
                 timeout: None,
                 retry_schedule: None,
                 batch: None,
+                ordering: false,
                 name: None,
                 description: None,
             },
