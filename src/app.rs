@@ -167,6 +167,11 @@ impl App {
                 pool.clone(),
                 shutdown.clone(),
             ));
+            workers.spawn(crate::service::ordering::resend_stranded(
+                settings.clone(),
+                pool.clone(),
+                shutdown.clone(),
+            ));
             workers.spawn(crate::service::invalid_jobs::fail_stale(
                 pool.clone(),
                 shutdown.clone(),

@@ -159,7 +159,8 @@ impl Run<'_> {
     async fn deliver(&self, traceparent: &str) -> Result<(), Unsettled> {
         // The one branch ordering costs an unordered task.
         if let Some(key) = &self.task.ordering_key {
-            let go = order::before_attempt(self.d, self.publisher, self.task, key).await?;
+            let (pool, topology) = (&self.d.pool, &self.d.topology);
+            let go = order::before_attempt(pool, topology, self.publisher, self.task, key).await?;
             if go == order::Go::Skip {
                 return Ok(());
             }
@@ -286,7 +287,7 @@ impl Run<'_> {
             }
             d.recorder.record(outcome).await?;
             tracing::debug!(duration_ms = made.duration_ms, "delivered");
-            order::after_finish(d, self.publisher, task, false).await?;
+            order::after_finish(&d.pool, &d.topology, self.publisher, task, false).await?;
             if self.counts_request {
                 self.count_success().await;
             }
@@ -511,7 +512,7 @@ impl Run<'_> {
         };
         let attempts = outcome.attempts;
         self.follow_up(outcome, parked).await?;
-        order::after_finish(d, self.publisher, task, true).await?;
+        order::after_finish(&d.pool, &d.topology, self.publisher, task, true).await?;
         d.metrics
             .dead_lettered
             .with_label_values(&[reason.as_str()])

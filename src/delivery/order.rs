@@ -6,13 +6,34 @@
 //! A task of an unordered delivery never reaches this module: the engine's one test
 //! is `task.ordering_key.is_some()`.
 
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::engine::Deliverer;
 use super::settle::Unsettled;
 use super::task::DeliveryTask;
 use crate::broker::Publisher;
 use crate::store::ordering::{Next, Turn};
+use crate::topology::Topology;
+
+/// Sends again the heads whose task was lost: a head never attempted and untouched
+/// for `older_than` (only a broker losing a quorum queue's majority loses a task).
+/// A copy of a task still queued is harmless: it is checked before it is sent.
+/// Returns how many were sent again.
+pub async fn resend_stranded(
+    pool: &PgPool,
+    topology: &Topology,
+    publisher: &Publisher,
+    older_than: std::time::Duration,
+) -> Result<usize, Unsettled> {
+    let stranded = ordering::stranded(pool, older_than).await?;
+    let count = stranded.len();
+    for (endpoint_id, key, next) in stranded {
+        tracing::warn!(delivery_id = %next.delivery_id, %endpoint_id,
+            "an ordered key's head was never attempted; sending its task again");
+        dispatch(pool, topology, publisher, endpoint_id, &key, next).await?;
+    }
+    Ok(count)
+}
 use crate::store::{events, ordering};
 
 /// Whether the task is to be sent now.
@@ -27,12 +48,13 @@ pub enum Go {
 /// task already finished (after a crash) is not sent again; instead it finishes what
 /// the crash may have left undone: moving the key on, or publishing the head's task.
 pub async fn before_attempt(
-    d: &Deliverer,
+    pool: &PgPool,
+    topology: &Topology,
     publisher: &Publisher,
     task: &DeliveryTask,
     key: &str,
 ) -> Result<Go, Unsettled> {
-    match ordering::turn(&d.pool, task.delivery_id).await? {
+    match ordering::turn(pool, task.delivery_id).await? {
         Turn::Now | Turn::Unordered => Ok(Go::Send),
         Turn::Waiting => {
             tracing::debug!("not its key's turn yet; it is sent when its key reaches it");
@@ -44,9 +66,19 @@ pub async fn before_attempt(
         } => {
             tracing::info!("a copy of a finished ordered delivery; not sent again");
             if still_head {
-                move_on(d, publisher, task.endpoint_id, key, task.delivery_id, true).await?;
+                let finished = task.delivery_id;
+                move_on(
+                    pool,
+                    topology,
+                    publisher,
+                    task.endpoint_id,
+                    key,
+                    finished,
+                    true,
+                )
+                .await?;
             } else if let Some(next) = stranded {
-                dispatch(d, publisher, task.endpoint_id, key, next).await?;
+                dispatch(pool, topology, publisher, task.endpoint_id, key, next).await?;
             }
             Ok(Go::Skip)
         }
@@ -56,49 +88,45 @@ pub async fn before_attempt(
 /// After the task's delivery is finished and its outcome durable: its key moves on.
 /// `skipped` when it was dead-lettered (its record then says so).
 pub async fn after_finish(
-    d: &Deliverer,
+    pool: &PgPool,
+    topology: &Topology,
     publisher: &Publisher,
     task: &DeliveryTask,
     skipped: bool,
 ) -> Result<(), Unsettled> {
     if let Some(key) = &task.ordering_key {
-        move_on(
-            d,
-            publisher,
-            task.endpoint_id,
-            key,
-            task.delivery_id,
-            skipped,
-        )
-        .await?;
+        let (endpoint, finished) = (task.endpoint_id, task.delivery_id);
+        move_on(pool, topology, publisher, endpoint, key, finished, skipped).await?;
     }
     Ok(())
 }
 
 async fn move_on(
-    d: &Deliverer,
+    pool: &PgPool,
+    topology: &Topology,
     publisher: &Publisher,
     endpoint_id: Uuid,
     key: &str,
     finished: Uuid,
     skipped: bool,
 ) -> Result<(), Unsettled> {
-    let next = ordering::advance(&d.pool, endpoint_id, key, finished, skipped).await?;
+    let next = ordering::advance(pool, endpoint_id, key, finished, skipped).await?;
     if let Some(next) = next {
-        dispatch(d, publisher, endpoint_id, key, next).await?;
+        dispatch(pool, topology, publisher, endpoint_id, key, next).await?;
     }
     Ok(())
 }
 
 /// Publishes the task of `next`, its key's head now, to the work queue.
-async fn dispatch(
-    d: &Deliverer,
+pub async fn dispatch(
+    pool: &PgPool,
+    topology: &Topology,
     publisher: &Publisher,
     endpoint_id: Uuid,
     key: &str,
     next: Next,
 ) -> Result<(), Unsettled> {
-    let Some(event) = events::load(&d.pool, &next.tenant_key, &next.event_id).await? else {
+    let Some(event) = events::load(pool, &next.tenant_key, &next.event_id).await? else {
         // Its event is gone (it cannot be while the delivery exists): nothing to send;
         // the key stays at this head, which an operator sees in `ordering_heads`.
         tracing::error!(delivery_id = %next.delivery_id, "the event of an ordered delivery is missing");
@@ -113,7 +141,7 @@ async fn dispatch(
     );
     task.received_at_ms = next.created_at.timestamp_millis();
     task.ordering_key = Some(key.to_string());
-    let exchange = d.topology.work_exchange();
+    let exchange = topology.work_exchange();
     publisher.publish(task.to_work(&exchange)).await?;
     tracing::debug!(next = %next.delivery_id, "its key moved on; the next delivery is dispatched");
     Ok(())

@@ -12,6 +12,7 @@ mod error;
 pub mod events;
 pub mod invalid;
 pub mod invalid_jobs;
+pub mod ordering;
 mod page;
 pub mod replay;
 pub mod resend;

@@ -296,7 +296,8 @@ pub async fn mark_redriven(
     ids: &[Uuid],
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now()
+        "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now(),
+             ordering = CASE WHEN ordering IS NULL THEN NULL ELSE 'out_of_order' END
          WHERE id = ANY($1) AND status = 'failed'",
     )
     .bind(ids)
@@ -314,7 +315,9 @@ pub async fn mark_requeued(
 ) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
         "UPDATE herald.deliveries SET status = 'pending', next_retry_at = NULL, updated_at = now(),
-             dead_reason = NULL, dead_at = NULL, purged_at = NULL
+             dead_reason = NULL, dead_at = NULL, purged_at = NULL,
+             -- Sent again on request after its key moved on: out of order.
+             ordering = CASE WHEN ordering IS NULL THEN NULL ELSE 'out_of_order' END
          WHERE id = $1 AND status IN ('success', 'failed')",
     )
     .bind(id)

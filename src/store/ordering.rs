@@ -174,6 +174,60 @@ pub async fn advance(
     Ok(next)
 }
 
+/// Heads never attempted and untouched for `older_than` (their task lost), at most
+/// 1,000; each is marked as seen now, so it is not taken again for `older_than`.
+pub async fn stranded(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+) -> Result<Vec<(Uuid, String, Next)>, sqlx::Error> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        endpoint_id: Uuid,
+        ordering_key: String,
+        #[sqlx(flatten)]
+        next: Next,
+    }
+    let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    let rows: Vec<Row> = sqlx::query_as(
+        "WITH old AS (
+             SELECT h.endpoint_id, h.ordering_key FROM herald.ordering_heads h
+             JOIN herald.deliveries d ON d.id = h.delivery_id
+             WHERE d.status = 'pending' AND d.attempts = 0
+               AND h.since <= now() - $1 AND d.updated_at <= now() - $1
+             LIMIT 1000 FOR UPDATE OF h SKIP LOCKED)
+         UPDATE herald.ordering_heads h SET since = now()
+         FROM old, herald.deliveries d
+         WHERE h.endpoint_id = old.endpoint_id AND h.ordering_key = old.ordering_key
+           AND d.id = h.delivery_id
+         RETURNING h.endpoint_id, h.ordering_key, d.id AS delivery_id, d.tenant_key,
+                   d.event_id, d.attempts, d.created_at",
+    )
+    .bind(older_than)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.endpoint_id, r.ordering_key, r.next))
+        .collect())
+}
+
+/// How many heads [`stranded`] would take now (a look, nothing marked).
+pub async fn stranded_count(
+    pool: &PgPool,
+    older_than: std::time::Duration,
+) -> Result<i64, sqlx::Error> {
+    let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
+    sqlx::query_scalar(
+        "SELECT count(*) FROM herald.ordering_heads h
+         JOIN herald.deliveries d ON d.id = h.delivery_id
+         WHERE d.status = 'pending' AND d.attempts = 0
+           AND h.since <= now() - $1 AND d.updated_at <= now() - $1",
+    )
+    .bind(older_than)
+    .fetch_one(pool)
+    .await
+}
+
 /// Where an ordered task's delivery stands when the task comes to be attempted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Turn {

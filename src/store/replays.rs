@@ -233,7 +233,8 @@ pub async fn requeue(
     };
     let requeued: Vec<Resend> = sqlx::query_as(
         "UPDATE herald.deliveries d SET status = 'pending', next_retry_at = NULL, updated_at = now(),
-            last_error = CASE WHEN d.attempts = 0 THEN NULL ELSE d.last_error END
+            last_error = CASE WHEN d.attempts = 0 THEN NULL ELSE d.last_error END,
+            ordering = CASE WHEN d.ordering IS NULL THEN NULL ELSE 'out_of_order' END
          FROM UNNEST($1::text[], $2::text[]) AS t(tenant_key, event_id)
          WHERE d.endpoint_id = $3 AND d.tenant_key = t.tenant_key AND d.event_id = t.event_id
            AND d.status = ANY($4)

@@ -110,6 +110,18 @@ async fn all_finished(env: &TestEnv, endpoint: Uuid, total: i64, limit: Duration
     .await;
 }
 
+/// Sends again, at once, every head never attempted.
+async fn resend_stranded(env: &TestEnv) -> usize {
+    herald::delivery::order::resend_stranded(
+        &env.pool,
+        &env.topology(),
+        env.publisher(),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap()
+}
+
 async fn make_ordered(env: &TestEnv, endpoint: Uuid) {
     sqlx::query("UPDATE herald.endpoints SET ordering = true WHERE id = $1")
         .bind(endpoint)
@@ -416,5 +428,42 @@ async fn sigkill_mid_stream_keeps_each_keys_order() {
     println!("ordering sigkill: {at_kill} delivered before the kill, {again} sent again after it");
     let _ = second.kill();
     second.wait().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_head_whose_task_was_lost_is_sent_again_and_its_key_goes_on_in_order() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let ordered = env
+        .add_endpoint(&receiver.url("/ordered"), &["sales.#"], None)
+        .await;
+    make_ordered(&env, ordered.endpoint.id).await;
+    // Ingest alone: the key's head task waits in the work queue, the rest in the records.
+    let ingest = env.start(Role::Ingest).await;
+    wait_ready(&ingest).await;
+    publish_keyed(&env, 1, 3).await;
+    let work = env.topology().work_queue();
+    eventually(
+        "the head's task queued",
+        Duration::from_secs(15),
+        || async { env.queue_depth(&work).await == 1 },
+    )
+    .await;
+    // Lost, as only a broker losing a quorum queue's majority would lose it.
+    assert_eq!(env.drain(&work).await.len(), 1);
+    let sent = resend_stranded(&env).await;
+    assert_eq!(sent, 1, "the stranded head is sent again");
+
+    let deliver = env.start(Role::Deliver).await;
+    wait_ready(&deliver).await;
+    all_finished(&env, ordered.endpoint.id, 3, Duration::from_secs(30)).await;
+    let per_key = delivered_per_key(&receiver.received(), "/ordered");
+    assert_eq!(per_key["order-0"], vec![0, 1, 2]);
+    let again = resend_stranded(&env).await;
+    assert_eq!(again, 0, "nothing stranded once the key is idle");
+    for app in [ingest, deliver] {
+        app.stop().await;
+    }
     env.cleanup().await;
 }
