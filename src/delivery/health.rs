@@ -120,7 +120,11 @@ impl Health {
         error: &str,
     ) -> Result<Change, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        let counted = health::count_failure(&mut tx, endpoint_id, status, error).await?;
+        let Some(counted) = health::count_failure(&mut tx, endpoint_id, status, error).await?
+        else {
+            // Disabled or deleted meanwhile: no streak to count.
+            return Ok(Change::None);
+        };
         let streak = Streak {
             failures: u32::try_from(counted.failures).unwrap_or(0),
             failing_for: Duration::from_secs_f64(counted.failing_for_s.max(0.0)),

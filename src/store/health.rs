@@ -39,17 +39,20 @@ pub struct CountedFailure {
     pub open: bool,
 }
 
-/// Counts a failed attempt (starting a streak when there is none) in `tx`.
+/// Counts a failed attempt (starting a streak when there is none) in `tx`; `None` when
+/// the endpoint is disabled or deleted: an attempt that was in flight when it was
+/// disabled starts no new streak (which would open its breaker, and report it, again).
 pub async fn count_failure(
     tx: &mut sqlx::PgConnection,
     endpoint_id: Uuid,
     status: Option<u16>,
     error: &str,
-) -> Result<CountedFailure, sqlx::Error> {
+) -> Result<Option<CountedFailure>, sqlx::Error> {
     sqlx::query_as(
         "INSERT INTO herald.endpoint_health AS h
             (endpoint_id, consecutive_failures, last_status_code, last_error)
-         VALUES ($1, 1, $2, $3)
+         SELECT $1, 1, $2, $3 FROM herald.endpoints
+         WHERE id = $1 AND enabled AND deleted_at IS NULL
          ON CONFLICT (endpoint_id) DO UPDATE SET
             consecutive_failures = h.consecutive_failures + 1,
             last_status_code = EXCLUDED.last_status_code,
@@ -62,7 +65,7 @@ pub async fn count_failure(
     .bind(endpoint_id)
     .bind(status.map(i32::from))
     .bind(error)
-    .fetch_one(tx)
+    .fetch_optional(tx)
     .await
 }
 
