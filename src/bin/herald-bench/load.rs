@@ -32,6 +32,8 @@ pub struct Load {
     pub body_bytes: usize,
     /// (routing key, tenant) of event `n`.
     pub kinds: Vec<(String, Option<String>)>,
+    /// Event `n` carries the header `x-ordering-key: key-<n mod K>` (round-robin).
+    pub ordering_keys: Option<usize>,
 }
 
 impl Load {
@@ -68,12 +70,23 @@ async fn publish_chunk(
                 )))
                 .with_content_type(ShortString::from("application/json"))
                 .with_delivery_mode(2);
+            let mut headers = FieldTable::default();
             if let Some(tenant) = tenant {
-                let mut headers = FieldTable::default();
                 headers.insert(
                     ShortString::from("x-tenant-id"),
                     AMQPValue::LongString(LongString::from(tenant.as_str())),
                 );
+            }
+            if let Some(keys) = load.ordering_keys {
+                headers.insert(
+                    ShortString::from("x-ordering-key"),
+                    AMQPValue::LongString(LongString::from(format!(
+                        "key-{}",
+                        (load.first + n) % keys.max(1)
+                    ))),
+                );
+            }
+            if !headers.inner().is_empty() {
                 properties = properties.with_headers(headers);
             }
             Outgoing {
@@ -98,6 +111,13 @@ pub async fn publish(publisher: &Publisher, load: Load) -> anyhow::Result<Durati
         Some(rate) => ((rate / 100.0).ceil() as usize).clamp(1, CHUNK),
         None => CHUNK,
     };
+    // Concurrent chunks interleave on the channel: a keyed load publishes one chunk
+    // after the other, so that publish order is event order (the order checked).
+    let in_flight = if load.ordering_keys.is_some() {
+        1
+    } else {
+        IN_FLIGHT
+    };
     while next < load.count {
         let mut due = load.count;
         if let Some(rate) = load.rate {
@@ -107,7 +127,7 @@ pub async fn publish(publisher: &Publisher, load: Load) -> anyhow::Result<Durati
                 continue;
             }
         }
-        while tasks.len() >= IN_FLIGHT {
+        while tasks.len() >= in_flight {
             if let Some(done) = tasks.join_next().await {
                 done??;
             }

@@ -48,7 +48,7 @@ struct Args {
     /// Scenario sizes: full (issue 4), quick (BENCH_QUICK=1), tiny (smoke test).
     #[arg(long, value_enum, default_value = "full")]
     mode: Size,
-    /// Comma-separated scenarios; default all.
+    /// Comma-separated scenarios; default all but `ordered` (ordered-1, -10, -1000).
     #[arg(long, value_delimiter = ',', default_values_t = scenarios::ALL.map(String::from))]
     scenarios: Vec<String>,
     #[arg(
@@ -105,11 +105,17 @@ async fn main() -> anyhow::Result<()> {
         "{} not found: build it first (cargo build --release --bins)",
         herald.display()
     );
-    for name in &args.scenarios {
+    let names: Vec<String> = args
+        .scenarios
+        .iter()
+        .flat_map(|n| scenarios::expand(n))
+        .collect();
+    for name in &names {
         anyhow::ensure!(
-            scenarios::ALL.contains(&name.as_str()),
-            "unknown scenario `{name}` (known: {})",
-            scenarios::ALL.join(", ")
+            scenarios::known(name),
+            "unknown scenario `{name}` (known: {}, {}, ordered-<keys>)",
+            scenarios::ALL.join(", "),
+            scenarios::EXTRA.join(", ")
         );
     }
     herald::testkit::database::check_name(&args.database).context("--database")?;
@@ -143,7 +149,7 @@ async fn main() -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     let mut failures = Vec::new();
-    for name in &args.scenarios {
+    for name in &names {
         eprintln!("scenario {name} …");
         match scenarios::run(&bench, name, args.mode, args.reps).await {
             Ok(row) => rows.push(row),

@@ -5,7 +5,7 @@
 //! sample of Standard Webhooks signatures, and answers as the run's script says
 //! (200, 500 until a deadline, or 200 after a delay).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,6 +34,9 @@ pub struct Behavior {
     pub group: usize,
     /// The endpoint's signing secret; `None` skips verification (baseline relay).
     pub secret: Option<SigningSecret>,
+    /// The load's ordering keys (event `n` has key `n mod K`): count events that
+    /// arrive after a later event of the same key.
+    pub order_keys: Option<u64>,
 }
 
 /// Counters of one group of endpoints.
@@ -71,6 +74,10 @@ pub struct RunRecord {
     pub signatures_checked: u64,
     pub signatures_bad: u64,
     pub malformed: u64,
+    /// Per (endpoint, key), the highest event number that arrived.
+    pub last_per_key: HashMap<(u32, u64), u64>,
+    /// First arrivals of an event after a later one of its key (endpoint by endpoint).
+    pub out_of_order: u64,
 }
 
 impl RunRecord {
@@ -85,6 +92,8 @@ impl RunRecord {
             signatures_checked: 0,
             signatures_bad: 0,
             malformed: 0,
+            last_per_key: HashMap::new(),
+            out_of_order: 0,
         }
     }
 }
@@ -202,6 +211,17 @@ async fn receive(
     if !run.seen.insert((event, index)) {
         run.duplicates += 1;
         return StatusCode::OK;
+    }
+    if let Some(keys) = behavior.order_keys {
+        let last = run
+            .last_per_key
+            .entry((index, event % keys.max(1)))
+            .or_insert(event);
+        if event < *last {
+            run.out_of_order += 1;
+        } else {
+            *last = event;
+        }
     }
     if let Some(group) = run.groups.get_mut(behavior.group) {
         group.delivered += 1;

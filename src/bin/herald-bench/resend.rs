@@ -130,6 +130,7 @@ pub async fn resend(bench: &Bench, size: Size, kind: Resend) -> anyhow::Result<R
             rate: Some(live_rate),
             body_bytes: 500,
             kinds: vec![(LIVE.to_string(), None)],
+            ordering_keys: None,
         };
         // Live traffic alone: the latency to compare with.
         let alone = (live_rate * if size == Size::Tiny { 2.0 } else { 10.0 }) as usize;

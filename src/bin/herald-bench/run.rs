@@ -33,6 +33,8 @@ pub struct EndpointSpec {
     pub delay: Duration,
     /// Answers 500 for this long from the start of publishing.
     pub fail_for: Option<Duration>,
+    /// `herald.endpoints.ordering`: one event per ordering key at a time.
+    pub ordered: bool,
 }
 
 impl EndpointSpec {
@@ -43,6 +45,7 @@ impl EndpointSpec {
             group,
             delay: Duration::ZERO,
             fail_for: None,
+            ordered: false,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct LoadSpec {
     pub rate: Option<f64>,
     pub body_bytes: usize,
     pub kinds: Vec<(String, Option<String>)>,
+    /// Event `n` carries `x-ordering-key: key-<n mod K>`.
+    pub ordering_keys: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize)]
@@ -149,6 +154,8 @@ pub struct RunOutcome {
     pub signatures_checked: u64,
     pub signatures_bad: u64,
     pub timed_out: bool,
+    /// Events that arrived after a later event of their ordering key (same endpoint).
+    pub out_of_order: u64,
 }
 
 impl RunOutcome {
@@ -267,6 +274,7 @@ impl Bench {
                 delay: e.delay,
                 group: e.group,
                 secret: secrets.map(|s| s[i].clone()),
+                order_keys: spec.load.ordering_keys.map(|k| k as u64),
             })
             .collect()
     }
@@ -280,6 +288,7 @@ impl Bench {
             rate: spec.load.rate,
             body_bytes: spec.load.body_bytes,
             kinds: spec.load.kinds.clone(),
+            ordering_keys: spec.load.ordering_keys,
         }
     }
 
@@ -317,6 +326,19 @@ impl Bench {
             .bind(&keys)
             .execute(pool)
             .await?;
+            // Only when asked: a Herald before ordered delivery has no such column.
+            let ordered: Vec<Uuid> = chunk
+                .iter()
+                .zip(&ids)
+                .filter(|(e, _)| e.ordered)
+                .map(|(_, id)| *id)
+                .collect();
+            if !ordered.is_empty() {
+                sqlx::query("UPDATE herald.endpoints SET ordering = true WHERE id = ANY($1)")
+                    .bind(&ordered)
+                    .execute(pool)
+                    .await?;
+            }
         }
         Ok(secrets)
     }
@@ -439,6 +461,7 @@ impl Bench {
             signatures_checked: record.signatures_checked,
             signatures_bad: record.signatures_bad,
             timed_out: !finished.0,
+            out_of_order: record.out_of_order,
         }
     }
 

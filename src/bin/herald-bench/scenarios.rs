@@ -23,6 +23,29 @@ pub const ALL: [&str; 10] = [
     "replay",
 ];
 
+/// Selectable by name, not run by default: `ordered` runs `ordered-1`, `ordered-10`
+/// and `ordered-1000` (K active ordering keys; K = 1 is one request at a time).
+pub const EXTRA: [&str; 1] = ["ordered"];
+
+/// The scenarios `name` stands for.
+pub fn expand(name: &str) -> Vec<String> {
+    match name {
+        "ordered" => ["ordered-1", "ordered-10", "ordered-1000"]
+            .map(String::from)
+            .to_vec(),
+        other => vec![other.to_string()],
+    }
+}
+
+/// Whether `name` is a scenario `run` knows.
+pub fn known(name: &str) -> bool {
+    ALL.contains(&name)
+        || EXTRA.contains(&name)
+        || name
+            .strip_prefix("ordered-")
+            .is_some_and(|k| k.parse::<usize>().is_ok_and(|k| k > 0))
+}
+
 const EVENT: &str = "bench.order.created";
 
 fn kinds() -> Vec<(String, Option<String>)> {
@@ -206,6 +229,7 @@ pub async fn run(
                     rate: None,
                     body_bytes: 500,
                     kinds: kinds(),
+                    ordering_keys: None,
                 },
                 expected: count,
                 retry_schedule: "1s,2s,5s".into(),
@@ -228,6 +252,7 @@ pub async fn run(
                     rate: None,
                     body_bytes: 500,
                     kinds: kinds(),
+                    ordering_keys: None,
                 },
                 expected: count * endpoints,
                 retry_schedule: "1s,2s,5s".into(),
@@ -249,8 +274,64 @@ pub async fn run(
         "many-endpoints" => many_endpoints(bench, size).await,
         "redrive" => crate::resend::resend(bench, size, Resend::Redrive).await,
         "replay" => crate::resend::resend(bench, size, Resend::Replay).await,
+        other if other.starts_with("ordered-") => {
+            let keys: usize = other["ordered-".len()..]
+                .parse()
+                .map_err(|_| anyhow::anyhow!("`{other}`: ordered-<keys>"))?;
+            ordered(bench, size, reps, keys.max(1)).await
+        }
         other => anyhow::bail!("unknown scenario `{other}` (known: {})", ALL.join(", ")),
     }
+}
+
+/// One endpoint with `ordering = true`, N events round-robin over `keys` ordering
+/// keys, alternated with the same endpoint and events with `ordering = false`.
+async fn ordered(bench: &Bench, size: Size, reps: usize, keys: usize) -> anyhow::Result<Row> {
+    // One key is one request at a time: N = min(total, keys × per key) keeps the
+    // K = 1 run short.
+    let (total, per_key) = size.pick((20_000, 5_000), (3_000, 500), (100, 20));
+    let count = total.min(keys.saturating_mul(per_key));
+    let spec = |ordered: bool| RunSpec {
+        endpoints: vec![EndpointSpec {
+            ordered,
+            ..EndpointSpec::simple("#", 0)
+        }],
+        load: LoadSpec {
+            count,
+            rate: None,
+            body_bytes: 500,
+            kinds: kinds(),
+            ordering_keys: Some(keys),
+        },
+        expected: count,
+        retry_schedule: "1s,2s,5s".into(),
+        backlog: false,
+        // Up to 20 ms per event of one key, one after the other.
+        timeout: timeout(count, Duration::from_millis((count / keys) as u64 * 20)),
+    };
+    let unordered = spec(false);
+    let name = format!("ordered-{keys}");
+    let (mut row, runs) = compare(
+        bench,
+        &name,
+        &spec(true),
+        reps,
+        Baseline::Herald(&unordered),
+    )
+    .await?;
+    let out_of_order: u64 = runs.iter().map(|r| r.out_of_order).sum();
+    anyhow::ensure!(
+        out_of_order == 0,
+        "{name}: {out_of_order} events arrived after a later event of their key"
+    );
+    row.notes = format!(
+        "1 endpoint with ordering, {count} × 500 B round-robin over {keys} keys, as fast as \
+         possible; baseline = the same endpoint and events without ordering, runs \
+         alternated; 0 out of order per key"
+    );
+    row.detail["keys"] = keys.into();
+    row.detail["out_of_order"] = out_of_order.into();
+    Ok(row)
 }
 
 /// `rate` events/s offered to 5 endpoints for a minute (10 s quick).
@@ -267,6 +348,7 @@ async fn latency(bench: &Bench, size: Size, name: &str, rate: f64) -> anyhow::Re
             rate: Some(rate),
             body_bytes: 500,
             kinds: kinds(),
+            ordering_keys: None,
         },
         expected: count * endpoints,
         retry_schedule: "1s,2s,5s".into(),
@@ -300,6 +382,7 @@ async fn failing(bench: &Bench, size: Size) -> anyhow::Result<Row> {
             rate: Some(rate),
             body_bytes: 500,
             kinds: kinds(),
+            ordering_keys: None,
         },
         expected: count * 10,
         retry_schedule: "1s,2s,5s,10s,20s".into(),
@@ -341,6 +424,7 @@ async fn slow(bench: &Bench, size: Size, reps: usize) -> anyhow::Result<Row> {
             rate: None,
             body_bytes: 500,
             kinds: kinds(),
+            ordering_keys: None,
         },
         expected: count * 10,
         retry_schedule: "1s,2s,5s".into(),
@@ -383,6 +467,7 @@ async fn backlog(bench: &Bench, size: Size) -> anyhow::Result<Row> {
             rate: None,
             body_bytes: 500,
             kinds: kinds(),
+            ordering_keys: None,
         },
         expected: count,
         retry_schedule: "1s,2s,5s".into(),
@@ -444,6 +529,7 @@ async fn many_endpoints(bench: &Bench, size: Size) -> anyhow::Result<Row> {
                 group: 0,
                 delay: Duration::ZERO,
                 fail_for: None,
+                ordered: false,
             }
         })
         .collect();
@@ -512,6 +598,7 @@ async fn many_endpoints(bench: &Bench, size: Size) -> anyhow::Result<Row> {
             rate: None,
             body_bytes: 500,
             kinds,
+            ordering_keys: None,
         },
         expected,
         retry_schedule: "1s,2s,5s".into(),
