@@ -110,6 +110,15 @@ async fn all_finished(env: &TestEnv, endpoint: Uuid, total: i64, limit: Duration
     .await;
 }
 
+/// How many requests the receiver answered 200.
+fn successes(receiver: &Receiver) -> usize {
+    receiver
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .count()
+}
+
 /// Sends again, at once, every head never attempted.
 async fn resend_stranded(env: &TestEnv) -> usize {
     herald::delivery::order::resend_stranded(
@@ -252,14 +261,7 @@ async fn a_dead_lettered_head_lets_its_key_move_on_and_its_redrive_is_marked_out
     eventually(
         "the two later events delivered",
         Duration::from_secs(30),
-        || async {
-            receiver
-                .received()
-                .iter()
-                .filter(|r| r.status == 200)
-                .count()
-                >= 2
-        },
+        || async { successes(&receiver) >= 2 },
     )
     .await;
     let received = receiver.received();
@@ -299,14 +301,7 @@ async fn a_dead_lettered_head_lets_its_key_move_on_and_its_redrive_is_marked_out
     eventually(
         "the redriven head delivered",
         Duration::from_secs(30),
-        || async {
-            receiver
-                .received()
-                .iter()
-                .filter(|r| r.status == 200)
-                .count()
-                >= 3
-        },
+        || async { successes(&receiver) >= 3 },
     )
     .await;
     let last = receiver.received().pop().unwrap();
