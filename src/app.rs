@@ -115,6 +115,7 @@ impl App {
                 subscriptions: subscriptions.clone(),
                 metrics: metrics.clone(),
                 pool: pool.clone(),
+                event_keys: crate::store::retention::EventKeys::new(settings.retention.window),
                 direct: deliverer.clone().filter(|_| first_attempts),
             });
             let (readiness, shutdown, subscriptions) =
@@ -156,7 +157,13 @@ impl App {
             shutdown.clone(),
         ));
 
+        workers.spawn(crate::service::retention::prepare(pool.clone()));
         if role.serves_admin_api() {
+            workers.spawn(crate::service::retention::keep(
+                settings.clone(),
+                pool.clone(),
+                shutdown.clone(),
+            ));
             workers.spawn(crate::service::replay::resume_stale(
                 settings.clone(),
                 pool.clone(),

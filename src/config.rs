@@ -45,6 +45,31 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     #[serde(default)]
     pub secrets: SecretsSettings,
+    #[serde(default)]
+    pub retention: RetentionSettings,
+}
+
+/// How long the records are kept (docs/retention.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// Events, deliveries and attempts older than this are removed, a UTC day at a time
+    /// (deliveries not finished are kept). Also how long an event id is remembered: one
+    /// to two windows.
+    #[serde(deserialize_with = "duration")]
+    pub window: Duration,
+    /// How often the api role looks for days to remove and creates days ahead.
+    #[serde(deserialize_with = "duration")]
+    pub check_interval: Duration,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(30 * 24 * 3600),
+            check_interval: Duration::from_secs(10 * 60),
+        }
+    }
 }
 
 /// The keys endpoint secrets are stored under (src/keyring.rs).
@@ -406,6 +431,12 @@ impl Settings {
                 "topology.prefix",
                 "must be non-empty letters, digits, '-', '_' or '.'",
             );
+        }
+        if self.retention.window < Duration::from_secs(1) {
+            return invalid("retention.window", "must be at least 1s");
+        }
+        if self.retention.check_interval < Duration::from_secs(1) {
+            return invalid("retention.check_interval", "must be at least 1s");
         }
         if self.ingest.exchanges.is_empty() {
             return invalid("ingest.exchanges", "at least one exchange is needed");

@@ -52,6 +52,8 @@ pub struct Ingestor {
     pub subscriptions: Arc<Subscriptions>,
     pub metrics: Arc<Metrics>,
     pub pool: sqlx::PgPool,
+    /// Which slot of the idempotency ring takes new event keys (store::retention).
+    pub event_keys: store::retention::EventKeys,
     /// Present with `ingest.deliver_first_attempt`: first attempts are made here, each
     /// holding one of the deliverer's attempt permits.
     pub direct: Option<Arc<Deliverer>>,
@@ -205,7 +207,9 @@ async fn consume_batches(
 /// delivery tasks still to be started.
 #[derive(Default)]
 struct Planned {
-    event: Option<(String, String)>,
+    /// The event's tenant key and id, and when it was recorded (this batch's time; None
+    /// for a duplicate, recorded earlier, which is then not marked dispatched again).
+    event: Option<(String, String, Option<DateTime<Utc>>)>,
     tasks: Vec<DeliveryTask>,
 }
 
@@ -322,11 +326,11 @@ async fn dispatch(
         .await?;
     // Narrows what a crash right now would republish; if this write is lost, a
     // redelivery republishes the pending tasks (a duplicate, never a loss).
-    let dispatched: Vec<(&str, &str)> = planned
+    let dispatched: Vec<(&str, &str, DateTime<Utc>)> = planned
         .iter()
         .filter(|p| !p.tasks.is_empty())
         .filter_map(|p| p.event.as_ref())
-        .map(|(tenant, id)| (tenant.as_str(), id.as_str()))
+        .filter_map(|(tenant, id, at)| Some((tenant.as_str(), id.as_str(), (*at)?)))
         .collect();
     if !dispatched.is_empty() {
         if let Err(error) = events::mark_dispatched(&ingestor.pool, &dispatched).await {
@@ -630,8 +634,19 @@ async fn record_while_away(
 ) -> Result<Vec<Recorded>, sqlx::Error> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match events::record_fan_out(&ingestor.pool, fan_outs, received_at).await {
+        match events::record_fan_out(&ingestor.pool, &ingestor.event_keys, fan_outs, received_at)
+            .await
+        {
             Ok(recorded) => return Ok(recorded),
+            Err(error) if store::missing_partition(&error) => {
+                tracing::warn!(%error, %received_at, "no partition for this day yet; creating it");
+                if let Err(error) =
+                    store::retention::create_partitions(&ingestor.pool, received_at, received_at).await
+                {
+                    tracing::warn!(%error, "cannot create the day's partitions");
+                    backoff.wait(shutdown).await;
+                }
+            }
             Err(error) if store::refused_content(&error) || shutdown.is_cancelled() => {
                 return Err(error)
             }
@@ -655,6 +670,7 @@ fn plan(
     received_at: DateTime<Utc>,
 ) -> Planned {
     let m = &ingestor.metrics;
+    let new = matches!(recorded, Recorded::New(_));
     let deliveries = match recorded {
         Recorded::New(deliveries) => {
             m.events_ingested.inc();
@@ -671,7 +687,11 @@ fn plan(
             pending
         }
     };
-    let event = Some((tenant_key(&a.event).to_string(), a.event.id.clone()));
+    let event = Some((
+        tenant_key(&a.event).to_string(),
+        a.event.id.clone(),
+        new.then_some(received_at),
+    ));
     if deliveries.is_empty() {
         return Planned {
             event,

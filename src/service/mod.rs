@@ -16,6 +16,7 @@ pub mod ordering;
 mod page;
 pub mod replay;
 pub mod resend;
+pub mod retention;
 pub mod tokens;
 mod validate;
 

@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::ordering;
+use super::retention::EventKeys;
 use crate::envelope::Event;
 
 /// One event of a batch and the endpoints it matched.
@@ -43,20 +44,39 @@ pub enum Recorded {
 }
 
 /// Records a batch of events and their deliveries in one transaction, idempotent on
-/// the event's tenant and id. Returns one `Recorded` per input, in order.
+/// the event's tenant and id (for as long as `keys` remembers it: one to two
+/// `retention.window`s). Returns one `Recorded` per input, in order.
 pub async fn record_fan_out(
     pool: &PgPool,
+    keys: &EventKeys,
     batch: &[FanOut<'_>],
     received_at: DateTime<Utc>,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
+    keys.ready(pool, received_at).await?;
     let mut tx = pool.begin().await?;
 
+    // Idempotency: a key is new when neither the current slot of herald.event_keys nor
+    // the previous one holds it (store::retention); only new keys' events are recorded.
     let inserted: HashSet<(String, String)> = sqlx::query_as(
-        "INSERT INTO herald.events (id, type, tenant_id, source, occurred_at, payload, received_at)
-         SELECT id, type, tenant_id, source, occurred_at, payload::json, $7
+        "WITH slots AS (
+             SELECT slot, row_number() OVER (ORDER BY ends DESC) AS age
+             FROM herald.event_key_slots
+         ), fresh AS (
+             INSERT INTO herald.event_keys (slot, tenant_key, id, received_at)
+             SELECT (SELECT slot FROM slots WHERE age = 1), coalesce(t.tenant_id, ''), t.id, $7
+             FROM UNNEST($1::text[], $3::text[]) AS t(id, tenant_id)
+             WHERE NOT EXISTS (
+                 SELECT 1 FROM herald.event_keys k
+                 WHERE k.slot = (SELECT slot FROM slots WHERE age = 2)
+                   AND k.tenant_key = coalesce(t.tenant_id, '') AND k.id = t.id)
+             ON CONFLICT DO NOTHING
+             RETURNING tenant_key, id
+         )
+         INSERT INTO herald.events (id, type, tenant_id, source, occurred_at, payload, received_at)
+         SELECT t.id, t.type, t.tenant_id, t.source, t.occurred_at, t.payload::json, $7
          FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
               AS t(id, type, tenant_id, source, occurred_at, payload)
-         ON CONFLICT (tenant_key, id) DO NOTHING
+         JOIN fresh f ON f.tenant_key = coalesce(t.tenant_id, '') AND f.id = t.id
          RETURNING tenant_key, id",
     )
     .bind(column(batch, |e| e.id.as_str()))
@@ -192,15 +212,21 @@ pub async fn record_fan_out(
     Ok(results)
 }
 
-/// Marks events (tenant key, id) whose delivery tasks are all confirmed by the broker.
-pub async fn mark_dispatched(pool: &PgPool, events: &[(&str, &str)]) -> Result<(), sqlx::Error> {
+/// Marks events (tenant key, id, received at) whose delivery tasks are all confirmed by
+/// the broker; the time finds each event's day partition.
+pub async fn mark_dispatched(
+    pool: &PgPool,
+    events: &[(&str, &str, DateTime<Utc>)],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE herald.events e SET dispatched_at = now()
-         FROM UNNEST($1::text[], $2::text[]) AS d(tenant_key, id)
-         WHERE e.tenant_key = d.tenant_key AND e.id = d.id AND e.dispatched_at IS NULL",
+         FROM UNNEST($1::text[], $2::text[], $3::timestamptz[]) AS d(tenant_key, id, received_at)
+         WHERE e.received_at = d.received_at AND e.tenant_key = d.tenant_key AND e.id = d.id
+           AND e.dispatched_at IS NULL",
     )
-    .bind(events.iter().map(|(tenant, _)| *tenant).collect::<Vec<_>>())
-    .bind(events.iter().map(|(_, id)| *id).collect::<Vec<_>>())
+    .bind(events.iter().map(|(tenant, _, _)| *tenant).collect::<Vec<_>>())
+    .bind(events.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
+    .bind(events.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

@@ -14,6 +14,7 @@ mod migrate;
 pub mod ops;
 pub mod ordering;
 pub mod replays;
+pub mod retention;
 pub mod tokens;
 
 pub use migrate::migrate;
@@ -58,8 +59,20 @@ pub async fn ping(pool: &PgPool) -> bool {
 /// other error (connections, timeouts, shutdowns, serialization failures) may pass.
 pub fn refused_content(error: &sqlx::Error) -> bool {
     match error {
+        _ if missing_partition(error) => false,
         sqlx::Error::Database(e) => e.code().as_deref().is_some_and(content_sqlstate),
         sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}
+
+/// The row's day has no partition yet (store::retention): not the content's fault; the
+/// writer creates the day's partitions and tries again.
+pub fn missing_partition(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => {
+            e.code().as_deref() == Some("23514") && e.message().starts_with("no partition of relation")
+        }
         _ => false,
     }
 }

@@ -199,18 +199,28 @@ pub async fn create_missing(
     let keys: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
     let ids: Vec<&str> = events.iter().map(|(_, i)| i.as_str()).collect();
     let fresh: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+    // One event's delivery to one endpoint is one row: replays of an endpoint take turns
+    // here (the partitioned table cannot hold that as a unique key: docs/retention.md).
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('herald replay'), hashtext($1::text))")
+        .bind(endpoint_id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(
         "INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status, last_error)
          SELECT id, tenant_key, event_id, $4, 'failed', 'replay: created, not sent yet'
          FROM UNNEST($1::uuid[], $2::text[], $3::text[]) AS t(id, tenant_key, event_id)
-         ON CONFLICT (tenant_key, event_id, endpoint_id) DO NOTHING",
+         WHERE NOT EXISTS (SELECT 1 FROM herald.deliveries d
+                           WHERE d.tenant_key = t.tenant_key AND d.event_id = t.event_id
+                             AND d.endpoint_id = $4)",
     )
     .bind(&fresh)
     .bind(&keys)
     .bind(&ids)
     .bind(endpoint_id)
-    .execute(pool)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(())
 }
 

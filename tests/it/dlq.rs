@@ -405,7 +405,7 @@ async fn seed_dead(env: &TestEnv, endpoint: Uuid, prefix: &str, count: i64) {
     sqlx::query(
         "INSERT INTO herald.deliveries
              (id, tenant_key, event_id, endpoint_id, status, attempts, last_error, dead_reason, dead_at)
-         SELECT gen_random_uuid(), '', $3 || n, $2, 'failed', 3,
+         SELECT herald.uuid_v7(now()), '', $3 || n, $2, 'failed', 3,
                 'retries_exhausted: HTTP 500', 'retries_exhausted', now()
          FROM generate_series(1, $1) AS n",
     )

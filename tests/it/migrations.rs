@@ -138,8 +138,8 @@ async fn events_recorded_before_tenants_counted_in_their_identity_keep_their_del
          INSERT INTO herald.deliveries (id, event_id, endpoint_id, status)
              VALUES ('{}', 'order-1', '{endpoint}', 'success'),
                     ('{}', 'order-2', '{endpoint}', 'failed');",
-        uuid::Uuid::new_v4(),
-        uuid::Uuid::new_v4(),
+        uuid::Uuid::now_v7(),
+        uuid::Uuid::now_v7(),
     ))
     .execute(&env.pool)
     .await

@@ -93,7 +93,7 @@ pub async fn resend(bench: &Bench, size: Size, kind: Resend) -> anyhow::Result<R
         sqlx::query(
             "INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status, attempts,
                  last_status_code, last_error, dead_reason, dead_at)
-             SELECT gen_random_uuid(), '', 'dead-' || n, $2, 'failed', 4, 503,
+             SELECT herald.uuid_v7(now()), '', 'dead-' || n, $2, 'failed', 4, 503,
                     'retries_exhausted: HTTP 503', 'retries_exhausted', now()
              FROM generate_series(1, $1) AS n",
         )

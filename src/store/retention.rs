@@ -1,0 +1,191 @@
+//! Retention of the records (docs/retention.md): the day partitions of `herald.events`,
+//! `herald.deliveries` and `herald.delivery_attempts` (catalogue `herald.partitions`),
+//! created ahead and dropped once older than `retention.window`, and the ring of
+//! idempotency slots (`herald.event_keys`) that remembers event ids across days.
+//!
+//! The partitions and the slots' rotation are SQL functions of migration
+//! `20261207000008_retention.sql`; this module calls them and decides what to drop.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// How far ahead day partitions are kept: every process creates them at start and the
+/// api role every check, so a day always has its partitions before its first row.
+pub const DAYS_AHEAD: i32 = 3;
+
+/// Creates the day partitions from today to [`DAYS_AHEAD`] days on that are missing;
+/// returns how many days it created.
+pub async fn ensure_partitions(pool: &PgPool) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT herald.create_partitions(now(), now() + make_interval(days => $1))")
+        .bind(DAYS_AHEAD)
+        .fetch_one(pool)
+        .await
+}
+
+/// Creates the day partitions between two moments that are missing (tests, and
+/// operators restoring old records).
+pub async fn create_partitions(
+    pool: &PgPool,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
+) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT herald.create_partitions($1, $2)")
+        .bind(first)
+        .bind(last)
+        .fetch_one(pool)
+        .await
+}
+
+/// One day of partitions: its name suffix (`YYYYMMDD` or `legacy`) and its end.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Day {
+    pub name: String,
+    pub ends: DateTime<Utc>,
+}
+
+/// The days whose end is at or before `cutoff`, oldest first.
+pub async fn expired(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<Vec<Day>, sqlx::Error> {
+    sqlx::query_as("SELECT name, ends FROM herald.partitions WHERE ends <= $1 ORDER BY ends")
+        .bind(cutoff)
+        .fetch_all(pool)
+        .await
+}
+
+/// What became of one expired day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dropped {
+    /// Its three partitions were dropped.
+    Dropped,
+    /// Kept: this many of its deliveries are not finished (pending or retrying).
+    Kept { unfinished: i64 },
+    /// Another process is removing days (or just removed this one): left to it.
+    Busy,
+}
+
+/// How long dropping a day may wait for the tables' locks before it gives up until the
+/// next check: the hot path waits behind a lock that waits, so this bounds its stall.
+const LOCK_TIMEOUT: &str = "2s";
+
+/// Drops one day's partitions in one transaction, unless one of its deliveries is not
+/// finished. The day's deliveries partition is locked before it is checked, so no
+/// redrive can make one of them pending between the check and the drop.
+pub async fn drop_day(pool: &PgPool, day: &Day) -> Result<Dropped, sqlx::Error> {
+    let name = checked_name(&day.name)?;
+    let mut tx = pool.begin().await?;
+    let ours: bool = sqlx::query_scalar(
+        "SELECT pg_try_advisory_xact_lock(hashtext('herald retention'))
+                AND EXISTS (SELECT 1 FROM herald.partitions WHERE name = $1)",
+    )
+    .bind(&day.name)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !ours {
+        return Ok(Dropped::Busy);
+    }
+    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(&format!(
+        "LOCK TABLE herald.deliveries_{name} IN SHARE ROW EXCLUSIVE MODE"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    let unfinished: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM herald.deliveries_{name} WHERE status IN ('pending', 'retrying')"
+    ))
+    .fetch_one(&mut *tx)
+    .await?;
+    if unfinished > 0 {
+        tx.rollback().await?;
+        return Ok(Dropped::Kept { unfinished });
+    }
+    sqlx::query(&format!(
+        "DROP TABLE herald.delivery_attempts_{name}, herald.deliveries_{name}, herald.events_{name}"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM herald.partitions WHERE name = $1")
+        .bind(&day.name)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Dropped::Dropped)
+}
+
+/// A day's name goes into DDL: only the forms the migration makes are accepted.
+fn checked_name(name: &str) -> Result<&str, sqlx::Error> {
+    let dated = name.len() == 8 && name.bytes().all(|b| b.is_ascii_digit());
+    if dated || name == "legacy" {
+        Ok(name)
+    } else {
+        Err(sqlx::Error::Protocol(format!(
+            "herald.partitions holds an unexpected name `{name}`"
+        )))
+    }
+}
+
+/// The oldest moment still kept: the start of the oldest day (None: nothing removed
+/// yet, everything since the first event is kept).
+pub async fn oldest_kept(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT min(starts) FROM herald.partitions WHERE starts > '-infinity'")
+        .fetch_one(pool)
+        .await
+}
+
+/// The idempotency ring's current slot end, cached so that an ingest batch calls
+/// `herald.rotate_event_keys` only when the slot's span may be over.
+#[derive(Debug)]
+pub struct EventKeys {
+    span: Duration,
+    current_ends_ms: AtomicI64,
+}
+
+impl EventKeys {
+    /// `span` is `retention.window`: an event id is remembered for one to two spans.
+    pub fn new(span: Duration) -> Self {
+        Self {
+            span,
+            current_ends_ms: AtomicI64::new(i64::MIN),
+        }
+    }
+
+    /// Makes sure the current slot's span contains `at`, rotating the ring when it is
+    /// over. A database round trip once per span (and at start); a comparison otherwise.
+    pub async fn ready(&self, pool: &PgPool, at: DateTime<Utc>) -> Result<(), sqlx::Error> {
+        if at.timestamp_millis() < self.current_ends_ms.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let ends: DateTime<Utc> = sqlx::query_scalar(
+            "SELECT herald.rotate_event_keys($1, make_interval(secs => $2))",
+        )
+        .bind(at)
+        .bind(self.span.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+        self.current_ends_ms
+            .store(ends.timestamp_millis(), Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_names_the_migration_makes_reach_ddl() {
+        for (name, ok) in [
+            ("20261207", true),
+            ("legacy", true),
+            ("2026120", false),
+            ("2026120x", false),
+            ("x; DROP TABLE herald.endpoints", false),
+            ("", false),
+        ] {
+            assert_eq!(checked_name(name).is_ok(), ok, "{name}");
+        }
+    }
+}
