@@ -641,7 +641,8 @@ async fn record_while_away(
             Err(error) if store::missing_partition(&error) => {
                 tracing::warn!(%error, %received_at, "no partition for this day yet; creating it");
                 if let Err(error) =
-                    store::retention::create_partitions(&ingestor.pool, received_at, received_at).await
+                    store::retention::create_partitions(&ingestor.pool, received_at, received_at)
+                        .await
                 {
                     tracing::warn!(%error, "cannot create the day's partitions");
                     backoff.wait(shutdown).await;

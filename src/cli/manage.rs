@@ -803,6 +803,7 @@ pub async fn replay(settings: Settings, args: ReplayArgs) -> anyhow::Result<()> 
         since: Some(args.since),
         until: args.until,
         only_failed: args.only_failed,
+        retention: settings.retention.window,
     };
     let job = replay::start(&pool, &Caller::Admin, args.endpoint, input).await?;
     let queued = job.matched;

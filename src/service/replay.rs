@@ -41,6 +41,8 @@ pub struct ReplayInput {
     pub since: Option<DateTime<Utc>>,
     pub until: Option<DateTime<Utc>>,
     pub only_failed: bool,
+    /// `retention.window`: a replay cannot reach further back than the records are kept.
+    pub retention: Duration,
 }
 
 /// Creates a replay job for endpoint `id` and counts what it will send; the caller
@@ -53,9 +55,20 @@ pub async fn start(
 ) -> Result<Replay, ServiceError> {
     let mut check = Check::default();
     let until = input.until.unwrap_or_else(Utc::now);
+    let kept_since = Utc::now()
+        .checked_sub_signed(retention(input.retention))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     match input.since {
         None => check.fail("since", "required: the start of the window (RFC 3339)"),
         Some(since) if since >= until => check.fail("until", "must be after since"),
+        Some(since) if since < kept_since => check.fail(
+            "since",
+            format!(
+                "reaches past retention.window ({}): events received before {} are removed or about to be",
+                humantime::format_duration(input.retention),
+                kept_since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            ),
+        ),
         Some(_) => {}
     }
     check.finish()?;
@@ -80,6 +93,10 @@ pub async fn start(
     let job = replays::insert(pool, &window, matched).await?;
     tracing::info!(replay_id = %job.id, endpoint_id = %id, matched, "replay started");
     Ok(job)
+}
+
+fn retention(window: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX)
 }
 
 /// The answer to starting a replay: the job, and how many events it queues.

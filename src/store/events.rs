@@ -224,7 +224,12 @@ pub async fn mark_dispatched(
          WHERE e.received_at = d.received_at AND e.tenant_key = d.tenant_key AND e.id = d.id
            AND e.dispatched_at IS NULL",
     )
-    .bind(events.iter().map(|(tenant, _, _)| *tenant).collect::<Vec<_>>())
+    .bind(
+        events
+            .iter()
+            .map(|(tenant, _, _)| *tenant)
+            .collect::<Vec<_>>(),
+    )
     .bind(events.iter().map(|(_, id, _)| *id).collect::<Vec<_>>())
     .bind(events.iter().map(|(_, _, at)| *at).collect::<Vec<_>>())
     .execute(pool)

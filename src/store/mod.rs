@@ -71,7 +71,8 @@ pub fn refused_content(error: &sqlx::Error) -> bool {
 pub fn missing_partition(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(e) => {
-            e.code().as_deref() == Some("23514") && e.message().starts_with("no partition of relation")
+            e.code().as_deref() == Some("23514")
+                && e.message().starts_with("no partition of relation")
         }
         _ => false,
     }

@@ -158,13 +158,12 @@ impl EventKeys {
         if at.timestamp_millis() < self.current_ends_ms.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let ends: DateTime<Utc> = sqlx::query_scalar(
-            "SELECT herald.rotate_event_keys($1, make_interval(secs => $2))",
-        )
-        .bind(at)
-        .bind(self.span.as_secs_f64())
-        .fetch_one(pool)
-        .await?;
+        let ends: DateTime<Utc> =
+            sqlx::query_scalar("SELECT herald.rotate_event_keys($1, make_interval(secs => $2))")
+                .bind(at)
+                .bind(self.span.as_secs_f64())
+                .fetch_one(pool)
+                .await?;
         self.current_ends_ms
             .store(ends.timestamp_millis(), Ordering::Relaxed);
         Ok(())

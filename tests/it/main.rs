@@ -38,6 +38,7 @@ mod properties;
 mod rate_limits;
 mod receivers;
 mod resend;
+mod retention;
 mod ssrf;
 mod subscriptions;
 mod telemetry;

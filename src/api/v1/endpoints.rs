@@ -419,6 +419,7 @@ pub async fn replay(
         since: body.since,
         until: body.until,
         only_failed: body.only_failed,
+        retention: state.settings.retention.window,
     };
     let job = replay::start(&state.pool, &caller, id, input).await?;
     let answer = replay::Started::from(&job);

@@ -1,0 +1,287 @@
+//! Retention (docs/retention.md): days older than `retention.window` are removed by
+//! dropping their partitions, days with unfinished deliveries are kept, an event id is
+//! remembered across the idempotency ring's rotation for one to two windows, and a
+//! replay cannot reach past the window.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use herald::store::retention;
+use serde_json::{json, Value};
+
+use crate::common::receiver::Receiver;
+use crate::common::{eventually, TestEnv};
+
+/// One event with one delivery (and, when finished, one attempt) recorded on `day`,
+/// written as Herald writes them: the delivery id a UUIDv7 of its creation.
+async fn seed(env: &TestEnv, endpoint: uuid::Uuid, id: &str, at: DateTime<Utc>, status: &str) {
+    sqlx::raw_sql(&format!(
+        "INSERT INTO herald.events (id, type, occurred_at, payload, received_at)
+             VALUES ('{id}', 'sales.order.created', '{at}', '{{}}', '{at}');
+         WITH d AS (
+             INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status, attempts, created_at)
+             VALUES (herald.uuid_v7('{at}'), '', '{id}', '{endpoint}', '{status}', 1, '{at}')
+             RETURNING id)
+         INSERT INTO herald.delivery_attempts (delivery_id, attempt, status_code, duration_ms, attempted_at)
+             SELECT id, 1, 500, 3, '{at}' FROM d;"
+    ))
+    .execute(&env.pool)
+    .await
+    .expect("seed a day");
+}
+
+async fn table_exists(env: &TestEnv, name: &str) -> bool {
+    sqlx::query_scalar::<_, bool>("SELECT to_regclass($1) IS NOT NULL")
+        .bind(format!("herald.{name}"))
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+}
+
+fn day_name(at: DateTime<Utc>) -> String {
+    at.format("%Y%m%d").to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn days_past_the_window_are_dropped_whole_and_a_day_with_unfinished_deliveries_waits() {
+    // The api role's own check, every second (at start, then each interval).
+    let env = TestEnv::with(|s| s.retention.check_interval = Duration::from_secs(1)).await;
+    let receiver = Receiver::start().await;
+    let endpoint = env
+        .add_endpoint(&receiver.url("/r"), &["sales.#"], None)
+        .await
+        .endpoint
+        .id;
+    let now = Utc::now();
+    let (old, older) = (
+        now - chrono::Duration::days(39),
+        now - chrono::Duration::days(40),
+    );
+    assert_eq!(
+        retention::create_partitions(&env.pool, older, old)
+            .await
+            .unwrap(),
+        2,
+        "the two past days get their partitions"
+    );
+    seed(&env, endpoint, "older-done", older, "success").await;
+    seed(&env, endpoint, "old-done", old, "success").await;
+    seed(&env, endpoint, "old-retrying", old, "retrying").await;
+    let day_gone = |day: DateTime<Utc>| {
+        let env = &env;
+        move || async move {
+            let mut gone = true;
+            for table in ["events", "deliveries", "delivery_attempts"] {
+                gone &= !table_exists(env, &format!("{table}_{}", day_name(day))).await;
+            }
+            gone
+        }
+    };
+
+    let app = env.start_ready().await;
+    env.publish("sales.order.created", Some("today"), None, b"{}")
+        .await;
+    eventually(
+        "today's event delivered",
+        Duration::from_secs(15),
+        || async { receiver.count() == 1 },
+    )
+    .await;
+    eventually(
+        "the day 40 days back dropped",
+        Duration::from_secs(10),
+        day_gone(older),
+    )
+    .await;
+    // Three more checks: the day with a retrying delivery stays, whole.
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    for table in ["events", "deliveries", "delivery_attempts"] {
+        assert!(table_exists(&env, &format!("{table}_{}", day_name(old))).await);
+    }
+    let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM herald.events ORDER BY id")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(ids, ["old-done", "old-retrying", "today"]);
+    assert_eq!(
+        env.count("SELECT count(*) FROM herald.delivery_attempts")
+            .await,
+        3,
+        "the kept day's two attempts and today's"
+    );
+    // What the check reports of it.
+    let checked = herald::service::retention::check(&env.settings, &env.pool)
+        .await
+        .unwrap();
+    assert!(checked.dropped.is_empty(), "{checked:?}");
+
+    // Once its last delivery is finished, the kept day goes at the next check.
+    sqlx::query("UPDATE herald.deliveries SET status = 'failed' WHERE event_id = 'old-retrying'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    eventually(
+        "the kept day dropped once finished",
+        Duration::from_secs(10),
+        day_gone(old),
+    )
+    .await;
+    assert_eq!(env.count("SELECT count(*) FROM herald.events").await, 1);
+    // Days ahead exist, so tomorrow's first event has its partition waiting.
+    let tomorrow = day_name(now + chrono::Duration::days(1));
+    assert!(table_exists(&env, &format!("deliveries_{tomorrow}")).await);
+
+    // And Herald goes on recording and delivering.
+    env.publish("sales.order.created", Some("after"), None, b"{}")
+        .await;
+    eventually(
+        "the next event delivered",
+        Duration::from_secs(15),
+        || async { receiver.count() == 2 },
+    )
+    .await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+/// Starts the idempotency ring's next span now, as the end of the current one would.
+async fn rotate(env: &TestEnv) {
+    sqlx::query(
+        "SELECT herald.rotate_event_keys(
+             (SELECT max(ends) FROM herald.event_key_slots), make_interval(secs => $1))",
+    )
+    .bind(env.settings.retention.window.as_secs_f64())
+    .execute(&env.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_id_is_remembered_for_one_more_window_after_its_slot_and_forgotten_after_two() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/r"), &["sales.#"], None)
+        .await;
+    let app = env.start_ready().await;
+    let publish_and_mark = |marker: &'static str| {
+        let env = &env;
+        async move {
+            env.publish("sales.order.created", Some("evt-1"), None, b"{}")
+                .await;
+            env.publish("sales.order.created", Some(marker), None, b"{}")
+                .await;
+        }
+    };
+    let arrived = |id: &'static str| {
+        let receiver = &receiver;
+        move || async move {
+            receiver
+                .received()
+                .iter()
+                .any(|r| r.header("webhook-id") == id)
+        }
+    };
+    let copies = || {
+        receiver
+            .received()
+            .iter()
+            .filter(|r| r.header("webhook-id") == "evt-1")
+            .count()
+    };
+
+    publish_and_mark("m0").await;
+    eventually("m0", Duration::from_secs(15), arrived("m0")).await;
+    assert_eq!(copies(), 1);
+
+    rotate(&env).await; // evt-1's slot is now the previous one: still known
+    publish_and_mark("m1").await;
+    eventually("m1", Duration::from_secs(15), arrived("m1")).await;
+    assert_eq!(copies(), 1, "a republish one window later is a duplicate");
+
+    rotate(&env).await; // two windows on: its slot is emptied
+    publish_and_mark("m2").await;
+    eventually("m2", Duration::from_secs(15), arrived("m2")).await;
+    eventually("evt-1 again", Duration::from_secs(5), || async {
+        copies() == 2
+    })
+    .await;
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_reaching_past_the_retention_window_is_refused_with_the_field_and_the_limit() {
+    let env = TestEnv::with(|s| s.retention.window = Duration::from_secs(7 * 24 * 3600)).await;
+    let receiver = Receiver::start().await;
+    let endpoint = env
+        .add_endpoint(&receiver.url("/r"), &["sales.#"], None)
+        .await
+        .endpoint
+        .id;
+    let app = env.start_ready().await;
+    let url = format!(
+        "http://{}/api/v1/endpoints/{endpoint}/replay",
+        app.address()
+    );
+    let http = reqwest::Client::new();
+    let replay = |since: DateTime<Utc>| {
+        http.post(&url)
+            .bearer_auth("test-admin-token")
+            .json(&json!({ "since": since }))
+            .send()
+    };
+
+    let refused = replay(Utc::now() - chrono::Duration::days(8))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    assert_eq!(
+        refused.headers()["content-type"],
+        "application/problem+json"
+    );
+    let problem: Value = refused.json().await.unwrap();
+    let errors = problem["errors"].as_array().expect("field errors");
+    assert_eq!(errors[0]["field"], "since", "{problem}");
+    let message = errors[0]["message"].as_str().unwrap();
+    assert!(message.contains("retention.window (7days)"), "{message}");
+
+    let accepted = replay(Utc::now() - chrono::Duration::days(6))
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202, "inside the window");
+    app.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_of_a_day_without_partitions_gets_them_and_is_delivered_not_parked() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    env.add_endpoint(&receiver.url("/r"), &["sales.#"], None)
+        .await;
+    let app = env.start_ready().await;
+    // As if no process had run for days: today has no partitions.
+    let today = day_name(Utc::now());
+    sqlx::raw_sql(&format!(
+        "DROP TABLE herald.delivery_attempts_{today}, herald.deliveries_{today}, herald.events_{today};
+         DELETE FROM herald.partitions WHERE name = '{today}';"
+    ))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    env.publish("sales.order.created", Some("e-1"), None, b"{}")
+        .await;
+    eventually("the event delivered", Duration::from_secs(15), || async {
+        receiver.count() == 1
+    })
+    .await;
+    assert!(table_exists(&env, &format!("events_{today}")).await);
+    assert_eq!(
+        env.queue_depth(&env.topology().invalid_queue()).await,
+        0,
+        "nothing parked"
+    );
+    app.stop().await;
+    env.cleanup().await;
+}
