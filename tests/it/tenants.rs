@@ -145,7 +145,7 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
             Method::POST,
             &format!("/endpoints/{}/replay", endpoint_of["tenant-b"]),
             &token_b,
-            Some(json!({"since": "2020-01-01T00:00:00Z", "only_failed": true})),
+            Some(json!({"since": chrono::Utc::now() - chrono::Duration::days(1), "only_failed": true})),
         )
         .await;
     let dlq_job = api
@@ -225,7 +225,9 @@ async fn a_tenant_token_reaches_only_its_own_tenant_on_every_route() {
                 Some(json!({"delivery_ids": [theirs.delivery_id], "confirm": true}))
             }
             ("POST", "/tokens") => Some(json!({"tenant_id": "tenant-a"})),
-            ("POST", p) if p.ends_with("/replay") => Some(json!({"since": "2020-01-01T00:00:00Z"})),
+            ("POST", p) if p.ends_with("/replay") => {
+                Some(json!({"since": chrono::Utc::now() - chrono::Duration::days(1)}))
+            }
             ("POST", _) => Some(json!({})),
             _ => None,
         };
