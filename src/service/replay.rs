@@ -55,9 +55,7 @@ pub async fn start(
 ) -> Result<Replay, ServiceError> {
     let mut check = Check::default();
     let until = input.until.unwrap_or_else(Utc::now);
-    let kept_since = Utc::now()
-        .checked_sub_signed(retention(input.retention))
-        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let kept_since = crate::store::retention::cutoff(input.retention);
     match input.since {
         None => check.fail("since", "required: the start of the window (RFC 3339)"),
         Some(since) if since >= until => check.fail("until", "must be after since"),
@@ -93,10 +91,6 @@ pub async fn start(
     let job = replays::insert(pool, &window, matched).await?;
     tracing::info!(replay_id = %job.id, endpoint_id = %id, matched, "replay started");
     Ok(job)
-}
-
-fn retention(window: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(window).unwrap_or(chrono::Duration::MAX)
 }
 
 /// The answer to starting a replay: the job, and how many events it queues.

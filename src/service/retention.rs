@@ -4,7 +4,6 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -46,11 +45,7 @@ pub async fn check(settings: &Settings, pool: &PgPool) -> Result<Checked, sqlx::
         created: retention::ensure_partitions(pool).await?,
         ..Checked::default()
     };
-    let window =
-        chrono::Duration::from_std(settings.retention.window).unwrap_or(chrono::Duration::MAX);
-    let cutoff = Utc::now()
-        .checked_sub_signed(window)
-        .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+    let cutoff = retention::cutoff(settings.retention.window);
     for day in retention::expired(pool, cutoff).await? {
         match retention::drop_day(pool, &day).await? {
             Dropped::Dropped => {

@@ -127,12 +127,12 @@ fn checked_name(name: &str) -> Result<&str, sqlx::Error> {
     }
 }
 
-/// The oldest moment still kept: the start of the oldest day (None: nothing removed
-/// yet, everything since the first event is kept).
-pub async fn oldest_kept(pool: &PgPool) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT min(starts) FROM herald.partitions WHERE starts > '-infinity'")
-        .fetch_one(pool)
-        .await
+/// The moment before which records are past `window`: removed, or about to be.
+pub fn cutoff(window: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(window)
+        .ok()
+        .and_then(|w| Utc::now().checked_sub_signed(w))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
 
 /// The idempotency ring's current slot end, cached so that an ingest batch calls

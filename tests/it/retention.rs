@@ -38,6 +38,15 @@ async fn table_exists(env: &TestEnv, name: &str) -> bool {
         .unwrap()
 }
 
+/// Whether each of a day's three partitions exists.
+async fn day_tables(env: &TestEnv, day: DateTime<Utc>) -> Vec<bool> {
+    let mut exist = Vec::new();
+    for table in ["events", "deliveries", "delivery_attempts"] {
+        exist.push(table_exists(env, &format!("{table}_{}", day_name(day))).await);
+    }
+    exist
+}
+
 fn day_name(at: DateTime<Utc>) -> String {
     at.format("%Y%m%d").to_string()
 }
@@ -69,13 +78,7 @@ async fn days_past_the_window_are_dropped_whole_and_a_day_with_unfinished_delive
     seed(&env, endpoint, "old-retrying", old, "retrying").await;
     let day_gone = |day: DateTime<Utc>| {
         let env = &env;
-        move || async move {
-            let mut gone = true;
-            for table in ["events", "deliveries", "delivery_attempts"] {
-                gone &= !table_exists(env, &format!("{table}_{}", day_name(day))).await;
-            }
-            gone
-        }
+        move || async move { day_tables(env, day).await == [false; 3] }
     };
 
     let app = env.start_ready().await;
@@ -95,9 +98,7 @@ async fn days_past_the_window_are_dropped_whole_and_a_day_with_unfinished_delive
     .await;
     // Three more checks: the day with a retrying delivery stays, whole.
     tokio::time::sleep(Duration::from_millis(3_200)).await;
-    for table in ["events", "deliveries", "delivery_attempts"] {
-        assert!(table_exists(&env, &format!("{table}_{}", day_name(old))).await);
-    }
+    assert_eq!(day_tables(&env, old).await, [true; 3]);
     let ids: Vec<String> = sqlx::query_scalar("SELECT id FROM herald.events ORDER BY id")
         .fetch_all(&env.pool)
         .await
