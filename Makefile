@@ -53,7 +53,8 @@ cluster-stop:
 ## (start twice, one node stopped and rejoined, a full stop and restart, stop twice, on a
 ## cluster of its own, ports 5691–5693), then the tests that need `make cluster`
 ## (tests/it/cluster.rs: quorum queues on every node; Herald delivering on while the node
-## its consumers use is stopped).
+## its consumers use is stopped; ordered keys kept in order while the node leading
+## <prefix>.ordered is stopped mid-stream and started again).
 cluster-test: services cluster
 	deploy/local/cluster_test.sh
 	cargo test --features bench --test it cluster:: -- --ignored --test-threads=1

@@ -177,6 +177,7 @@ impl App {
             workers.spawn(crate::service::ordering::resend_stranded(
                 settings.clone(),
                 pool.clone(),
+                metrics.clone(),
                 shutdown.clone(),
             ));
             workers.spawn(crate::service::invalid_jobs::fail_stale(

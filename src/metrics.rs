@@ -37,6 +37,12 @@ pub struct Metrics {
     pub attempts_in_progress: IntGauge,
     pub endpoints_disabled: IntCounterVec,
     pub endpoints: IntGaugeVec,
+    /// Keys of ordered endpoints with a delivery in flight or waiting (rows of
+    /// `herald.ordering_heads`); sampled by the api role's ordering watch.
+    pub ordering_keys_active: IntGauge,
+    /// Keys whose head has waited 15 minutes or more without an attempt (its task taken
+    /// for lost; the api role's `STRANDED`); sampled with the above.
+    pub ordering_heads_stranded: IntGauge,
     pub ops_published: IntCounter,
     pub queue_messages: IntGaugeVec,
     pub queue_consumers: IntGaugeVec,
@@ -214,6 +220,17 @@ impl Metrics {
                 "herald_endpoints",
                 "Endpoints by state (enabled, failing, disabled); sampled by the api role",
                 "state",
+            ),
+            ordering_keys_active: r.gauge(
+                "herald_ordering_keys_active",
+                "Keys of ordered endpoints with a delivery in flight or waiting (rows of \
+                 herald.ordering_heads); sampled every minute by the api role",
+            ),
+            ordering_heads_stranded: r.gauge(
+                "herald_ordering_heads_stranded",
+                "Keys of ordered endpoints whose head has gone 15 minutes or more without \
+                 an attempt, its task taken for lost and sent again every 15 minutes \
+                 (docs/ordering.md); sampled every minute by the api role",
             ),
             ops_published: r.counter(
                 "herald_ops_events_published_total",

@@ -1,5 +1,7 @@
-//! The `api` role's watch over ordered keys (docs/ordering.md): now and then, a key's
-//! head that was never attempted for [`STRANDED`] has its task sent again.
+//! The `api` role's watch over ordered keys (docs/ordering.md): every minute it samples
+//! the keys for the gauges `herald_ordering_keys_active` and
+//! `herald_ordering_heads_stranded`, and a key's head that was never attempted for
+//! [`STRANDED`] has its task sent again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,18 +12,33 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, Publisher};
 use crate::config::Settings;
 use crate::delivery::order;
+use crate::metrics::Metrics;
+use crate::store::ordering::head_counts;
 
-/// How long a head may sit unattempted before its task is taken for lost.
+/// How long a head may sit unattempted before its task is taken for lost (and the key
+/// counts as stranded).
 pub const STRANDED: Duration = Duration::from_secs(15 * 60);
 
-/// Every minute until `shutdown`: sends again the heads stranded for [`STRANDED`].
-pub async fn resend_stranded(settings: Arc<Settings>, pool: PgPool, shutdown: CancellationToken) {
+/// Every minute until `shutdown`: sets the ordering gauges, then sends again the heads
+/// stranded for [`STRANDED`] (each at most once per [`STRANDED`]).
+pub async fn resend_stranded(
+    settings: Arc<Settings>,
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let topology = crate::delivery::topology(&settings);
     super::background::every(Duration::from_secs(60), &shutdown, || async {
-        let Ok(stranded) = crate::store::ordering::stranded_count(&pool, STRANDED).await else {
-            return;
+        let counts = match head_counts(&pool, STRANDED).await {
+            Ok(counts) => counts,
+            Err(error) => {
+                tracing::warn!(%error, "ordered keys not counted; trying later");
+                return;
+            }
         };
-        if stranded == 0 {
+        metrics.ordering_keys_active.set(counts.active);
+        metrics.ordering_heads_stranded.set(counts.stranded);
+        if counts.due == 0 {
             return;
         }
         let url = settings.amqp.url.expose().to_string();

@@ -174,8 +174,11 @@ pub async fn advance(
     Ok(next)
 }
 
-/// Heads never attempted and untouched for `older_than` (their task lost), at most
-/// 1,000; each is marked as seen now, so it is not taken again for `older_than`.
+/// Heads never attempted, their key's head for `older_than` and their delivery
+/// untouched as long (their task lost), at most 1,000. Each delivery's `updated_at` is
+/// set to now, so it is not taken again for `older_than`; the head's `since` stays
+/// when it became the head, so [`head_counts`] (and an operator's look at `since`)
+/// still sees the key stuck if sending it again does not help.
 pub async fn stranded(
     pool: &PgPool,
     older_than: std::time::Duration,
@@ -190,16 +193,15 @@ pub async fn stranded(
     let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
     let rows: Vec<Row> = sqlx::query_as(
         "WITH old AS (
-             SELECT h.endpoint_id, h.ordering_key FROM herald.ordering_heads h
+             SELECT h.endpoint_id, h.ordering_key, h.delivery_id FROM herald.ordering_heads h
              JOIN herald.deliveries d ON d.id = h.delivery_id
              WHERE d.status = 'pending' AND d.attempts = 0
                AND h.since <= now() - $1 AND d.updated_at <= now() - $1
              LIMIT 1000 FOR UPDATE OF h SKIP LOCKED)
-         UPDATE herald.ordering_heads h SET since = now()
-         FROM old, herald.deliveries d
-         WHERE h.endpoint_id = old.endpoint_id AND h.ordering_key = old.ordering_key
-           AND d.id = h.delivery_id
-         RETURNING h.endpoint_id, h.ordering_key, d.id AS delivery_id, d.tenant_key,
+         UPDATE herald.deliveries d SET updated_at = now()
+         FROM old
+         WHERE d.id = old.delivery_id
+         RETURNING old.endpoint_id, old.ordering_key, d.id AS delivery_id, d.tenant_key,
                    d.event_id, d.attempts, d.created_at",
     )
     .bind(older_than)
@@ -211,17 +213,35 @@ pub async fn stranded(
         .collect())
 }
 
-/// How many heads [`stranded`] would take now (a look, nothing marked).
-pub async fn stranded_count(
+/// The ordered keys at a glance (the api role's gauges, docs/ordering.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct HeadCounts {
+    /// Busy keys: one head row each, a delivery in flight or waiting.
+    pub active: i64,
+    /// Heads their key's head for `older_than` and never attempted: stuck, whether or
+    /// not their task was sent again already.
+    pub stranded: i64,
+    /// Of those, the ones whose delivery is untouched for `older_than` too: what
+    /// [`stranded`] would send again now.
+    pub due: i64,
+}
+
+/// Counts the ordered keys (see [`HeadCounts`]) in one statement, nothing marked. The
+/// heads table holds one row per busy key and is read whole (an index on `since` would
+/// cost every move-on its HOT update, for a table this small); only the heads older
+/// than `older_than` are looked up in `deliveries`, by its primary key.
+pub async fn head_counts(
     pool: &PgPool,
     older_than: std::time::Duration,
-) -> Result<i64, sqlx::Error> {
+) -> Result<HeadCounts, sqlx::Error> {
     let older_than = chrono::Duration::from_std(older_than).unwrap_or(chrono::Duration::MAX);
-    sqlx::query_scalar(
-        "SELECT count(*) FROM herald.ordering_heads h
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM herald.ordering_heads) AS active,
+                count(*) AS stranded,
+                count(*) FILTER (WHERE d.updated_at <= now() - $1) AS due
+         FROM herald.ordering_heads h
          JOIN herald.deliveries d ON d.id = h.delivery_id
-         WHERE d.status = 'pending' AND d.attempts = 0
-           AND h.since <= now() - $1 AND d.updated_at <= now() - $1",
+         WHERE h.since <= now() - $1 AND d.status = 'pending' AND d.attempts = 0",
     )
     .bind(older_than)
     .fetch_one(pool)

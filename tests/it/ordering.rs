@@ -2,7 +2,8 @@
 //! database: an endpoint with `ordering` receives each key's events in publish order,
 //! one at a time, while keys go in parallel and an unordered endpoint beside it is
 //! unaffected; a dead-lettered head lets its key move on; the order holds across two
-//! deliver processes.
+//! deliver processes; a head whose task was lost is sent again, and counted on the api
+//! role's `/metrics` as stranded until it is attempted.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use lapin::BasicProperties;
 use uuid::Uuid;
 
 use crate::common::receiver::{Received, Receiver, Reply};
-use crate::common::{eventually, wait_ready, TestEnv};
+use crate::common::{amqp_header, eventually, wait_ready, TestEnv};
 
 /// Publishes `rounds` events for each of `keys` keys, round by round (so one key's
 /// events are interleaved with every other key's, as an ERP publishing fast does).
@@ -457,6 +458,119 @@ async fn a_head_whose_task_was_lost_is_sent_again_and_its_key_goes_on_in_order()
     assert_eq!(per_key["order-0"], vec![0, 1, 2]);
     let again = resend_stranded(&env).await;
     assert_eq!(again, 0, "nothing stranded once the key is idle");
+    for app in [ingest, deliver] {
+        app.stop().await;
+    }
+    env.cleanup().await;
+}
+
+/// The value of the unlabelled series `name` on the app's `/metrics`.
+async fn gauge(app: &herald::App, name: &str) -> Option<i64> {
+    let text = reqwest::get(format!("http://{}/metrics", app.address()))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Starts an api process, whose ordering watch samples at once, and waits until its
+/// `/metrics` says `active` busy keys and `stranded` stranded heads.
+async fn api_sampling(env: &TestEnv, active: i64, stranded: i64) -> herald::App {
+    let api = env.start(Role::Api).await;
+    wait_ready(&api).await;
+    eventually(
+        &format!("herald_ordering_keys_active {active}, herald_ordering_heads_stranded {stranded}"),
+        Duration::from_secs(15),
+        || async {
+            gauge(&api, "herald_ordering_keys_active").await == Some(active)
+                && gauge(&api, "herald_ordering_heads_stranded").await == Some(stranded)
+        },
+    )
+    .await;
+    api
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranded_head_is_counted_on_metrics_until_it_is_attempted_even_after_its_task_was_sent_again(
+) {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let ordered = env
+        .add_endpoint(&receiver.url("/ordered"), &["sales.#"], None)
+        .await;
+    make_ordered(&env, ordered.endpoint.id).await;
+    // Ingest alone: each key's head task waits in the work queue, the rest in the records.
+    let ingest = env.start(Role::Ingest).await;
+    wait_ready(&ingest).await;
+    publish_keyed(&env, 2, 3).await;
+    let work = env.topology().work_queue();
+    eventually(
+        "both heads' tasks queued",
+        Duration::from_secs(15),
+        || async { env.queue_depth(&work).await == 2 },
+    )
+    .await;
+    // Both tasks lost; order-0's head then sits unattempted for 20 minutes, order-1's
+    // only for a moment.
+    assert_eq!(env.drain(&work).await.len(), 2);
+    for table in [
+        "herald.ordering_heads SET since",
+        "herald.deliveries SET updated_at",
+    ] {
+        sqlx::query(&format!(
+            "UPDATE {table} = now() - interval '20 minutes' WHERE ordering_key = 'order-0'"
+        ))
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    }
+
+    // The watch counts both keys busy, order-0 stranded, and sends its task again.
+    let api = api_sampling(&env, 2, 1).await;
+    eventually(
+        "the stranded head's task sent again",
+        Duration::from_secs(15),
+        || async { env.queue_depth(&work).await == 1 },
+    )
+    .await;
+    api.stop().await;
+    let resent = env.drain(&work).await;
+    let keys: Vec<_> = resent
+        .iter()
+        .map(|m| amqp_header(m, "x-herald-ordering-key"))
+        .collect();
+    assert_eq!(keys, [Some("order-0".to_string())]);
+
+    // That copy lost too: the key is still stranded (the alert's case), though its task
+    // is not sent again before another 15 minutes.
+    let api = api_sampling(&env, 2, 1).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        env.queue_depth(&work).await,
+        0,
+        "sent again once per 15 minutes"
+    );
+    api.stop().await;
+
+    // Delivered at last: nothing busy, nothing stranded.
+    let deliver = env.start(Role::Deliver).await;
+    wait_ready(&deliver).await;
+    assert_eq!(resend_stranded(&env).await, 2);
+    all_finished(&env, ordered.endpoint.id, 6, Duration::from_secs(30)).await;
+    let per_key = delivered_per_key(&receiver.received(), "/ordered");
+    assert_eq!(per_key["order-0"], vec![0, 1, 2]);
+    assert_eq!(per_key["order-1"], vec![0, 1, 2]);
+    let counts = herald::store::ordering::head_counts(&env.pool, Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(
+        (counts.active, counts.stranded, counts.due),
+        (0, 0, 0),
+        "every key idle"
+    );
     for app in [ingest, deliver] {
         app.stop().await;
     }

@@ -481,8 +481,39 @@ impl SteadyPublisher {
         }
     }
 
+    /// Connected first to the node at `url` (one of the list), e.g. the one a test is
+    /// about to stop; once a publish fails it reconnects through the list as ever.
+    pub async fn starting_on(mut self, url: &str) -> Self {
+        let connection = broker::connect(url, "herald-faults-publisher")
+            .await
+            .unwrap_or_else(|e| panic!("{} answers: {e}", broker::node_address(url)));
+        let publisher = Publisher::open(&connection).await.unwrap();
+        self.publisher = Some((connection, publisher));
+        self
+    }
+
     /// Publishes these plain-JSON events, `(id, body)`, confirmed.
     pub async fn publish(&mut self, routing_key: &str, events: &[(String, Vec<u8>)]) {
+        let messages: Vec<(BasicProperties, Vec<u8>)> = events
+            .iter()
+            .map(|(id, body)| {
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type("application/json".into())
+                    .with_message_id(id.as_str().into());
+                (properties, body.clone())
+            })
+            .collect();
+        self.publish_messages(routing_key, &messages).await;
+    }
+
+    /// Publishes these messages, `(properties, body)`, in this order, confirmed; all of
+    /// them again, in order, when any is not confirmed.
+    pub async fn publish_messages(
+        &mut self,
+        routing_key: &str,
+        messages: &[(BasicProperties, Vec<u8>)],
+    ) {
         let started = Instant::now();
         let mut failures = 0;
         loop {
@@ -506,26 +537,23 @@ impl SteadyPublisher {
                 }
             }
             let (_, publisher) = self.publisher.as_ref().unwrap();
-            let messages = events
+            let outgoing = messages
                 .iter()
-                .map(|(id, body)| Outgoing {
+                .map(|(properties, body)| Outgoing {
                     exchange: &self.exchange,
                     routing_key,
                     body,
-                    properties: BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_content_type("application/json".into())
-                        .with_message_id(id.as_str().into()),
+                    properties: properties.clone(),
                 })
                 .collect();
             let outcome =
-                tokio::time::timeout(Duration::from_secs(30), publisher.publish_all(messages))
+                tokio::time::timeout(Duration::from_secs(30), publisher.publish_all(outgoing))
                     .await;
             match outcome {
                 Ok(Ok(_)) => return,
                 _ => {
                     failures += 1;
-                    self.resent += events.len();
+                    self.resent += messages.len();
                     if let Some((connection, _)) = self.publisher.take() {
                         let _ = connection.close(200, "").await;
                     }
