@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{Executor, PgConnection, PgPool};
 
 /// How far ahead day partitions are kept: every process creates them at start and the
 /// api role every check, so a day always has its partitions before its first row.
@@ -65,54 +65,140 @@ pub enum Dropped {
     Busy,
 }
 
-/// How long dropping a day may wait for the tables' locks before it gives up until the
-/// next check: the hot path waits behind a lock that waits, so this bounds its stall.
+/// How long each step of removing a day may wait for a lock before it gives up until
+/// the next check.
 const LOCK_TIMEOUT: &str = "2s";
 
-/// Drops one day's partitions in one transaction, unless one of its deliveries is not
-/// finished. The day's deliveries partition is locked before it is checked, so no
-/// redrive can make one of them pending between the check and the drop.
+/// The three tables of a day, deliveries first: its deliveries are checked once they
+/// are detached, and put back if one is not finished.
+const TABLES: [&str; 3] = ["deliveries", "delivery_attempts", "events"];
+
+/// Removes one day, unless one of its deliveries is not finished. Each partition is
+/// detached with `DETACH PARTITION … CONCURRENTLY`, which never takes more than a
+/// SHARE UPDATE EXCLUSIVE lock on the parent table, so ingest and recording go on
+/// meanwhile (a plain `DROP` would lock the parent and stall them); the detached tables
+/// are then dropped. Its deliveries are counted once detached, when nothing can change
+/// them any more, and attached again if one is pending or retrying. A step left half
+/// done (a crash, a lock not granted in time) is finished by the next call.
+///
+/// Runs on a connection of its own under a session advisory lock, and closes it after:
+/// `DETACH … CONCURRENTLY` cannot run inside a transaction.
 pub async fn drop_day(pool: &PgPool, day: &Day) -> Result<Dropped, sqlx::Error> {
     let name = checked_name(&day.name)?;
-    let mut tx = pool.begin().await?;
-    let ours: bool = sqlx::query_scalar(
-        "SELECT pg_try_advisory_xact_lock(hashtext('herald retention'))
-                AND EXISTS (SELECT 1 FROM herald.partitions WHERE name = $1)",
-    )
-    .bind(&day.name)
-    .fetch_one(&mut *tx)
-    .await?;
-    if !ours {
+    let mut conn = pool.acquire().await?;
+    // Closing the connection ends its session, releasing the lock and the setting.
+    conn.close_on_drop();
+    let ours: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('herald retention'))")
+            .fetch_one(&mut *conn)
+            .await?;
+    let listed: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM herald.partitions WHERE name = $1)")
+            .bind(&day.name)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !ours || !listed {
         return Ok(Dropped::Busy);
     }
-    sqlx::query(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(&format!(
-        "LOCK TABLE herald.deliveries_{name} IN SHARE ROW EXCLUSIVE MODE"
-    ))
-    .execute(&mut *tx)
-    .await?;
-    let unfinished: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM herald.deliveries_{name} WHERE status IN ('pending', 'retrying')"
-    ))
-    .fetch_one(&mut *tx)
-    .await?;
+    let sql = format!("SET lock_timeout = '{LOCK_TIMEOUT}'");
+    conn.execute(sql.as_str()).await?;
+    let [deliveries, rest @ ..] = TABLES;
+    detach(&mut conn, deliveries, name).await?;
+    let unfinished = unfinished(&mut conn, name).await?;
     if unfinished > 0 {
-        tx.rollback().await?;
+        attach_deliveries(&mut conn, name).await?;
         return Ok(Dropped::Kept { unfinished });
     }
-    sqlx::query(&format!(
-        "DROP TABLE herald.delivery_attempts_{name}, herald.deliveries_{name}, herald.events_{name}"
-    ))
-    .execute(&mut *tx)
-    .await?;
+    for table in rest {
+        detach(&mut conn, table, name).await?;
+    }
+    let sql = format!(
+        "DROP TABLE IF EXISTS herald.delivery_attempts_{name}, herald.deliveries_{name},
+                              herald.events_{name}"
+    );
+    conn.execute(sql.as_str()).await?;
     sqlx::query("DELETE FROM herald.partitions WHERE name = $1")
         .bind(&day.name)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
-    tx.commit().await?;
     Ok(Dropped::Dropped)
+}
+
+/// Where one day's table stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Partition {
+    Attached,
+    /// A `DETACH … CONCURRENTLY` interrupted between its two transactions.
+    DetachPending,
+    Detached,
+    Missing,
+}
+
+async fn partition(
+    conn: &mut PgConnection,
+    table: &str,
+    name: &str,
+) -> Result<Partition, sqlx::Error> {
+    let row: Option<(Option<bool>,)> = sqlx::query_as(
+        "SELECT i.inhdetachpending FROM (SELECT to_regclass($1) AS oid) c
+         LEFT JOIN pg_inherits i ON i.inhrelid = c.oid WHERE c.oid IS NOT NULL",
+    )
+    .bind(format!("herald.{table}_{name}"))
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(match row {
+        None => Partition::Missing,
+        Some((None,)) => Partition::Detached,
+        Some((Some(true),)) => Partition::DetachPending,
+        Some((Some(false),)) => Partition::Attached,
+    })
+}
+
+/// Detaches one day's table from its parent, or finishes an interrupted detach.
+async fn detach(conn: &mut PgConnection, table: &str, name: &str) -> Result<(), sqlx::Error> {
+    let how = match partition(conn, table, name).await? {
+        Partition::Attached => "CONCURRENTLY",
+        Partition::DetachPending => "FINALIZE",
+        Partition::Detached | Partition::Missing => return Ok(()),
+    };
+    let sql = format!("ALTER TABLE herald.{table} DETACH PARTITION herald.{table}_{name} {how}");
+    conn.execute(sql.as_str()).await?;
+    Ok(())
+}
+
+/// The day's pending and retrying deliveries (none when its table is gone).
+async fn unfinished(conn: &mut PgConnection, name: &str) -> Result<i64, sqlx::Error> {
+    if partition(conn, "deliveries", name).await? == Partition::Missing {
+        return Ok(0);
+    }
+    sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM herald.deliveries_{name} WHERE status IN ('pending', 'retrying')"
+    ))
+    .fetch_one(&mut *conn)
+    .await
+}
+
+/// Puts a kept day's deliveries back, with the bounds its catalogue row gives. The
+/// check constraint `DETACH … CONCURRENTLY` left on the table spares the scan.
+async fn attach_deliveries(conn: &mut PgConnection, name: &str) -> Result<(), sqlx::Error> {
+    if partition(conn, "deliveries", name).await? != Partition::Detached {
+        return Ok(());
+    }
+    let (from, to): (String, String) = sqlx::query_as(
+        "SELECT CASE WHEN starts = '-infinity' THEN 'MINVALUE'
+                     ELSE quote_literal(herald.uuid_v7_floor(starts)) END,
+                quote_literal(herald.uuid_v7_floor(ends))
+         FROM herald.partitions WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await?;
+    let sql = format!(
+        "ALTER TABLE herald.deliveries ATTACH PARTITION herald.deliveries_{name}
+             FOR VALUES FROM ({from}) TO ({to})"
+    );
+    conn.execute(sql.as_str()).await?;
+    Ok(())
 }
 
 /// A day's name goes into DDL: only the forms the migration makes are accepted.

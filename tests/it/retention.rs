@@ -182,28 +182,41 @@ async fn an_event_id_is_remembered_for_one_more_window_after_its_slot_and_forgot
                 .any(|r| r.header("webhook-id") == id)
         }
     };
-    let copies = || {
+    // Ingest takes messages in publish order: once the marker after evt-1 is recorded,
+    // so is what became of evt-1 (a delivery, or none for a duplicate).
+    let deliveries_of_evt1 = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM herald.deliveries WHERE event_id = 'evt-1'",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+
+    publish_and_mark("m0").await;
+    eventually("m0", Duration::from_secs(15), arrived("m0")).await;
+    assert_eq!(deliveries_of_evt1().await, 1);
+
+    rotate(&env).await; // evt-1's slot is now the previous one: still known
+    publish_and_mark("m1").await;
+    eventually("m1", Duration::from_secs(15), arrived("m1")).await;
+    assert_eq!(
+        deliveries_of_evt1().await,
+        1,
+        "a republish one window later is a duplicate"
+    );
+
+    rotate(&env).await; // two windows on: its slot is emptied
+    publish_and_mark("m2").await;
+    eventually("m2", Duration::from_secs(15), arrived("m2")).await;
+    assert_eq!(deliveries_of_evt1().await, 2, "two windows later it is new");
+    eventually("evt-1 delivered twice", Duration::from_secs(15), || async {
         receiver
             .received()
             .iter()
             .filter(|r| r.header("webhook-id") == "evt-1")
             .count()
-    };
-
-    publish_and_mark("m0").await;
-    eventually("m0", Duration::from_secs(15), arrived("m0")).await;
-    assert_eq!(copies(), 1);
-
-    rotate(&env).await; // evt-1's slot is now the previous one: still known
-    publish_and_mark("m1").await;
-    eventually("m1", Duration::from_secs(15), arrived("m1")).await;
-    assert_eq!(copies(), 1, "a republish one window later is a duplicate");
-
-    rotate(&env).await; // two windows on: its slot is emptied
-    publish_and_mark("m2").await;
-    eventually("m2", Duration::from_secs(15), arrived("m2")).await;
-    eventually("evt-1 again", Duration::from_secs(5), || async {
-        copies() == 2
+            == 2
     })
     .await;
     app.stop().await;
@@ -284,5 +297,107 @@ async fn an_event_of_a_day_without_partitions_gets_them_and_is_delivered_not_par
         "nothing parked"
     );
     app.stop().await;
+    env.cleanup().await;
+}
+
+/// Whether a day's table is a partition of its parent, with its detach pending or not;
+/// `None` when it is not one.
+async fn detach_pending(env: &TestEnv, table: &str) -> Option<bool> {
+    sqlx::query_scalar(
+        "SELECT i.inhdetachpending FROM pg_inherits i WHERE i.inhrelid = to_regclass($1)",
+    )
+    .bind(format!("herald.{table}"))
+    .fetch_optional(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_stopped_half_way_is_finished_by_the_next_check_and_a_kept_day_is_put_back() {
+    let env = TestEnv::new().await;
+    let receiver = Receiver::start().await;
+    let endpoint = env
+        .add_endpoint(&receiver.url("/r"), &["sales.#"], None)
+        .await
+        .endpoint
+        .id;
+    let day = Utc::now() - chrono::Duration::days(40);
+    let name = day_name(day);
+    retention::create_partitions(&env.pool, day, day)
+        .await
+        .unwrap();
+    seed(&env, endpoint, "done", day, "success").await;
+    seed(&env, endpoint, "waiting", day, "retrying").await;
+
+    // Stopped after detaching the day's deliveries, before counting them.
+    sqlx::raw_sql(&format!(
+        "ALTER TABLE herald.deliveries DETACH PARTITION herald.deliveries_{name}"
+    ))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let checked = herald::service::retention::check(&env.settings, &env.pool)
+        .await
+        .unwrap();
+    assert_eq!(checked.kept, [(name.clone(), 1)], "{checked:?}");
+    assert!(checked.dropped.is_empty(), "{checked:?}");
+    assert_eq!(
+        detach_pending(&env, &format!("deliveries_{name}")).await,
+        Some(false),
+        "the kept day's deliveries are a partition again"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM herald.deliveries WHERE event_id IN ('done', 'waiting')")
+            .await,
+        2
+    );
+
+    // Finished now; and the day's events stopped between the two steps of a concurrent
+    // detach (cancelled while it waited for a reader), left pending.
+    sqlx::query("UPDATE herald.deliveries SET status = 'failed' WHERE event_id = 'waiting'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let mut reader = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM herald.events")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+    let mut detacher = env.pool.acquire().await.unwrap();
+    detacher.close_on_drop();
+    sqlx::raw_sql("SET statement_timeout = '500ms'")
+        .execute(&mut *detacher)
+        .await
+        .unwrap();
+    let detach = sqlx::raw_sql(&format!(
+        "ALTER TABLE herald.events DETACH PARTITION herald.events_{name} CONCURRENTLY"
+    ))
+    .execute(&mut *detacher)
+    .await
+    .expect_err("the detach waits for the reader");
+    assert_eq!(
+        detach.as_database_error().and_then(|e| e.code()).as_deref(),
+        Some("57014"),
+        "cancelled by the timeout: {detach}"
+    );
+    drop(detacher);
+    reader.rollback().await.unwrap();
+    assert_eq!(
+        detach_pending(&env, &format!("events_{name}")).await,
+        Some(true)
+    );
+
+    let checked = herald::service::retention::check(&env.settings, &env.pool)
+        .await
+        .unwrap();
+    assert_eq!(checked.dropped, [name.as_str()], "{checked:?}");
+    assert_eq!(day_tables(&env, day).await, [false; 3]);
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM herald.partitions WHERE name = '{name}'"
+        ))
+        .await,
+        0
+    );
     env.cleanup().await;
 }
