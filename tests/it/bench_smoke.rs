@@ -68,3 +68,50 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The `features` scenario on tiny numbers: every variant (plain, each endpoint option,
+/// all of them) delivers everything with valid signatures — sealed secrets included —
+/// and reports its rate and its ratio to the plain run.
+#[test]
+fn bench_features_scenario_runs_every_variant_and_reports_each_ratio() {
+    let dir = std::env::temp_dir().join(format!("herald-bench-features-{}", std::process::id()));
+    let json = dir.join("results.json");
+    let database = format!("herald_bench_features_{}", std::process::id());
+    let output = Command::new("timeout")
+        .args(["--kill-after=10", "300", env!("CARGO_BIN_EXE_herald-bench")])
+        .args(["--mode", "tiny", "--scenarios", "features", "--database"])
+        .arg(&database)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("herald-bench starts");
+    assert!(
+        output.status.success(),
+        "herald-bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("results.json written");
+    let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let row = &results["scenarios"][0];
+    assert_eq!(row["name"], "features", "{text}");
+    assert_eq!(row["lost"], 0, "{row}");
+    let variants: Vec<&str> = row["detail"]["variants"]
+        .as_array()
+        .expect("variants")
+        .iter()
+        .map(|v| v["variant"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        variants,
+        ["plain", "tenant", "filter", "headers", "sealed", "all"]
+    );
+    for v in row["detail"]["variants"].as_array().unwrap() {
+        assert!(v["median_per_s"].as_f64().unwrap_or(0.0) > 0.0, "{v}");
+        assert!(
+            v["pair_ratio_to_plain"].as_f64().unwrap_or(0.0) > 0.0,
+            "{v}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,6 +7,7 @@
 //! baseline relay. Prints a Markdown table, writes `results.json` and optionally
 //! `docs/benchmarks.md`. `make bench` runs it; `BENCH_QUICK=1` picks the quick sizes.
 
+mod features;
 mod heap;
 mod leftovers;
 mod load;

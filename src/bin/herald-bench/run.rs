@@ -35,6 +35,20 @@ pub struct EndpointSpec {
     pub fail_for: Option<Duration>,
     /// `herald.endpoints.ordering`: one event per ordering key at a time.
     pub ordered: bool,
+    /// Per-endpoint options whose cost the `features` scenario measures.
+    pub extras: Extras,
+}
+
+/// Options an endpoint may carry beyond its patterns and tenant.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// `herald.endpoints.filter`, as the API stores it.
+    pub filter: Option<serde_json::Value>,
+    /// Static headers, name → value (sealed too when `sealed`).
+    pub headers: Option<serde_json::Value>,
+    /// Secrets (and header values) sealed under the bench's key, as `herald secrets
+    /// reencrypt` leaves them; otherwise stored in plain text, which Herald also reads.
+    pub sealed: bool,
 }
 
 impl EndpointSpec {
@@ -46,6 +60,7 @@ impl EndpointSpec {
             delay: Duration::ZERO,
             fail_for: None,
             ordered: false,
+            extras: Extras::default(),
         }
     }
 }
@@ -164,6 +179,9 @@ impl RunOutcome {
     }
 }
 
+/// `secrets.keys` of every run.
+const BENCH_KEYS: &str = "bench:rBUtH373CPexI6NuwQ15B/M4UcfgKYt2giTmU0YsBvg=";
+
 /// Shared state of the whole invocation.
 pub struct Bench {
     pub amqp_url: String,
@@ -246,8 +264,8 @@ impl Bench {
             prefix: tag.to_string(),
             exchange: exchange.to_string(),
             retry_schedule: retry_schedule.to_string(),
-            // Secrets sealed as in production: the cache opens them at load.
-            secrets_keys: "bench:rBUtH373CPexI6NuwQ15B/M4UcfgKYt2giTmU0YsBvg=".into(),
+            // The key sealed secrets open with (`Extras::sealed`); others are plain text.
+            secrets_keys: BENCH_KEYS.into(),
         }
     }
 
@@ -339,6 +357,27 @@ impl Bench {
                     .execute(pool)
                     .await?;
             }
+            for (e, id) in chunk.iter().zip(&ids) {
+                let Extras {
+                    filter, headers, ..
+                } = &e.extras;
+                if filter.is_some() || headers.is_some() {
+                    sqlx::query(
+                        "UPDATE herald.endpoints SET filter = $2,
+                             headers = COALESCE($3, headers) WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(filter)
+                    .bind(headers)
+                    .execute(pool)
+                    .await?;
+                }
+            }
+        }
+        if endpoints.iter().any(|e| e.extras.sealed) {
+            let keys = herald::keyring::Keyring::parse(BENCH_KEYS)
+                .map_err(|e| anyhow::anyhow!("the bench's key: {e}"))?;
+            herald::store::endpoints::reencrypt(pool, &keys, |_, _| {}).await?;
         }
         Ok(secrets)
     }

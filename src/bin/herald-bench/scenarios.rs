@@ -25,7 +25,8 @@ pub const ALL: [&str; 10] = [
 
 /// Selectable by name, not run by default: `ordered` runs `ordered-1`, `ordered-10`
 /// and `ordered-1000` (K active ordering keys; K = 1 is one request at a time).
-pub const EXTRA: [&str; 1] = ["ordered"];
+/// `features` measures each endpoint option's cost at steady (`features.rs`).
+pub const EXTRA: [&str; 2] = ["ordered", "features"];
 
 /// The scenarios `name` stands for.
 pub fn expand(name: &str) -> Vec<String> {
@@ -274,6 +275,7 @@ pub async fn run(
         "many-endpoints" => many_endpoints(bench, size).await,
         "redrive" => crate::resend::resend(bench, size, Resend::Redrive).await,
         "replay" => crate::resend::resend(bench, size, Resend::Replay).await,
+        "features" => crate::features::features(bench, size, reps).await,
         other if other.starts_with("ordered-") => {
             let keys: usize = other["ordered-".len()..]
                 .parse()
@@ -530,6 +532,7 @@ async fn many_endpoints(bench: &Bench, size: Size) -> anyhow::Result<Row> {
                 delay: Duration::ZERO,
                 fail_for: None,
                 ordered: false,
+                extras: Default::default(),
             }
         })
         .collect();
