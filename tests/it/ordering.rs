@@ -74,6 +74,23 @@ async fn assert_in_order(
     rounds: u64,
 ) {
     let per_key = delivered_per_key(received, path);
+    // A dead-lettered head is marked skipped just after its outcome is recorded.
+    eventually(
+        "every dead-lettered delivery marked skipped",
+        Duration::from_secs(15),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM herald.deliveries
+                 WHERE endpoint_id = $1 AND status = 'failed' AND ordering = 'in_order'",
+            )
+            .bind(endpoint)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+                == 0
+        },
+    )
+    .await;
     let skipped: Vec<String> = sqlx::query_scalar(
         "SELECT event_id FROM herald.deliveries
          WHERE endpoint_id = $1 AND status = 'failed' AND ordering = 'skipped'",

@@ -164,27 +164,8 @@ async fn an_event_id_is_remembered_for_one_more_window_after_its_slot_and_forgot
     env.add_endpoint(&receiver.url("/r"), &["sales.#"], None)
         .await;
     let app = env.start_ready().await;
-    let publish_and_mark = |marker: &'static str| {
-        let env = &env;
-        async move {
-            env.publish("sales.order.created", Some("evt-1"), None, b"{}")
-                .await;
-            env.publish("sales.order.created", Some(marker), None, b"{}")
-                .await;
-        }
-    };
-    let arrived = |id: &'static str| {
-        let receiver = &receiver;
-        move || async move {
-            receiver
-                .received()
-                .iter()
-                .any(|r| r.header("webhook-id") == id)
-        }
-    };
-    // Ingest takes messages in publish order: once the marker after evt-1 is recorded,
-    // so is what became of evt-1 (a delivery, or none for a duplicate).
-    let deliveries_of_evt1 = || async {
+    let publish = || env.publish("sales.order.created", Some("evt-1"), None, b"{}");
+    let deliveries = || async {
         sqlx::query_scalar::<_, i64>(
             "SELECT count(*) FROM herald.deliveries WHERE event_id = 'evt-1'",
         )
@@ -192,24 +173,50 @@ async fn an_event_id_is_remembered_for_one_more_window_after_its_slot_and_forgot
         .await
         .unwrap()
     };
+    // What ingest did with each copy: a delivery recorded, or a duplicate counted.
+    let duplicates = || async {
+        let text = reqwest::get(format!("http://{}/metrics", app.address()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("herald_events_duplicate_total ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0_u64)
+    };
 
-    publish_and_mark("m0").await;
-    eventually("m0", Duration::from_secs(15), arrived("m0")).await;
-    assert_eq!(deliveries_of_evt1().await, 1);
+    publish().await;
+    eventually(
+        "the first copy recorded",
+        Duration::from_secs(15),
+        || async { deliveries().await == 1 },
+    )
+    .await;
 
     rotate(&env).await; // evt-1's slot is now the previous one: still known
-    publish_and_mark("m1").await;
-    eventually("m1", Duration::from_secs(15), arrived("m1")).await;
-    assert_eq!(
-        deliveries_of_evt1().await,
-        1,
-        "a republish one window later is a duplicate"
-    );
+    publish().await;
+    eventually(
+        "a republish one window later counted a duplicate",
+        Duration::from_secs(15),
+        || async { duplicates().await == 1 },
+    )
+    .await;
+    assert_eq!(deliveries().await, 1, "and not delivered again");
 
     rotate(&env).await; // two windows on: its slot is emptied
-    publish_and_mark("m2").await;
-    eventually("m2", Duration::from_secs(15), arrived("m2")).await;
-    assert_eq!(deliveries_of_evt1().await, 2, "two windows later it is new");
+    publish().await;
+    eventually(
+        "two windows later it is a new event",
+        Duration::from_secs(15),
+        || async { deliveries().await == 2 },
+    )
+    .await;
+    assert_eq!(duplicates().await, 1);
     eventually("evt-1 delivered twice", Duration::from_secs(15), || async {
         receiver
             .received()
@@ -398,6 +405,56 @@ async fn a_removal_stopped_half_way_is_finished_by_the_next_check_and_a_kept_day
         ))
         .await,
         0
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_a_day_waits_for_no_transaction_writing_the_records() {
+    let env = TestEnv::new().await;
+    // A hot transaction in flight: an event written, not yet committed.
+    let mut hot = env.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO herald.events (id, type, occurred_at, payload, received_at)
+         VALUES ('in-flight', 'sales.order.created', now(), '{}', now())",
+    )
+    .execute(&mut *hot)
+    .await
+    .unwrap();
+    // A day created meanwhile is attached, not created as a partition: no ACCESS
+    // EXCLUSIVE lock on the parents, so it neither waits for the writer nor blocks
+    // the statements behind it (a 1 s lock timeout would fail it otherwise).
+    let day = Utc::now() + chrono::Duration::days(10);
+    let mut conn = env.pool.acquire().await.unwrap();
+    conn.close_on_drop();
+    sqlx::raw_sql("SET lock_timeout = '1s'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let made: i32 = sqlx::query_scalar("SELECT herald.create_partitions($1, $1)")
+        .bind(day)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("created without waiting for the writer");
+    assert_eq!(made, 1);
+    hot.commit().await.unwrap();
+    assert_eq!(day_tables(&env, day).await, [true; 3]);
+    // Rows of that day land in it, through the parent.
+    sqlx::query(
+        "INSERT INTO herald.events (id, type, occurred_at, payload, received_at)
+         VALUES ('later', 'sales.order.created', now(), '{}', $1)",
+    )
+    .bind(day)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        env.count(&format!(
+            "SELECT count(*) FROM herald.events_{} WHERE id = 'later'",
+            day_name(day)
+        ))
+        .await,
+        1
     );
     env.cleanup().await;
 }

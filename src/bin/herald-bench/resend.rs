@@ -77,6 +77,11 @@ pub async fn resend(bench: &Bench, size: Size, kind: Resend) -> anyhow::Result<R
     )
     .fetch_one(&pool)
     .await?;
+    // Seeded an hour back: in the first hour of a UTC day that is yesterday, whose
+    // partitions a fresh database does not have.
+    let now = chrono::Utc::now();
+    herald::store::retention::create_partitions(&pool, now - chrono::Duration::hours(2), now)
+        .await?;
     let seeded = Instant::now();
     sqlx::query(
         r#"INSERT INTO herald.events (id, type, occurred_at, payload, received_at)
