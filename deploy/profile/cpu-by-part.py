@@ -32,16 +32,16 @@ def procs():
             with open(f"/proc/{p}/stat") as f:
                 s = f.read()
             rest = s[s.rindex(")") + 2:].split()
-            ppid = int(rest[1]); ticks = int(rest[11]) + int(rest[12])
+            ppid = int(rest[1]); ticks = int(rest[11]) + int(rest[12]); start = rest[19]
             with open(f"/proc/{p}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
-            out[int(p)] = (ppid, ticks, cmd)
+            out[int(p)] = (ppid, ticks, cmd, start)
         except Exception:
             pass
     return out
 
 def group(pid, info, master):
-    ppid, _, cmd = info
+    ppid, _, cmd, _ = info
     if WT + "/target" in cmd and "herald-bench" in cmd:
         return "bench"
     if WT + "/target" in cmd and " serve" in cmd:
@@ -80,7 +80,9 @@ while True:
     groups = {}
     for pid, info in cur.items():
         before = prev.get(pid)
-        d = info[1] - (before[1] if before and before[2] == info[2] else 0) if before else info[1]
+        # The same process (pid and start time): PostgreSQL's backends retitle themselves.
+        same = before is not None and before[3] == info[3]
+        d = info[1] - before[1] if same else info[1]
         if d <= 0:
             continue
         g = group(pid, info, master)
