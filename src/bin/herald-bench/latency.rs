@@ -36,9 +36,9 @@ fn stall_seconds(run: &RunOutcome) -> Vec<String> {
         .collect()
 }
 
-/// The median of each figure on its own over `runs`.
-fn median_latency(runs: &[Latency]) -> Latency {
-    let of = |f: fn(&Latency) -> f64| median(&mut runs.iter().map(f).collect::<Vec<_>>());
+/// The median of each figure on its own over `runs` (to 0.01 ms).
+pub fn median_latency(runs: &[Latency]) -> Latency {
+    let of = |f: fn(&Latency) -> f64| round_2(median(&mut runs.iter().map(f).collect::<Vec<_>>()));
     Latency {
         p50: of(|l| l.p50),
         p90: of(|l| l.p90),

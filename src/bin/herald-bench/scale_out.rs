@@ -13,9 +13,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::latency::median_latency;
 use crate::process::Herald;
 use crate::row::{Row, Size};
-use crate::run::{Bench, EndpointSpec, Latency, LoadSpec, RunOutcome, RunSpec};
+use crate::run::{Bench, EndpointSpec, LoadSpec, RunOutcome, RunSpec};
 use crate::scenarios::{check, kinds, median, print_stalls, round, spread, timeout};
 use crate::{now_us, process};
 
@@ -236,11 +237,13 @@ pub async fn run(bench: &Bench, name: &str, size: Size, reps: usize) -> anyhow::
         }
     }
     let rate = |r: &RunOutcome| r.groups[0].deliveries_per_s;
-    let latency_of = |runs: &[FleetRun]| Latency {
-        p50: median_of(runs, |r| r.groups[0].latency_ms.p50),
-        p90: median_of(runs, |r| r.groups[0].latency_ms.p90),
-        p99: median_of(runs, |r| r.groups[0].latency_ms.p99),
-        max: median_of(runs, |r| r.groups[0].latency_ms.max),
+    let latency_of = |runs: &[FleetRun]| {
+        median_latency(
+            &runs
+                .iter()
+                .map(|r| r.outcome.groups[0].latency_ms)
+                .collect::<Vec<_>>(),
+        )
     };
     let (two_rate, one_rate) = (median_of(&twos, rate), median_of(&ones, rate));
     let (two_latency, one_latency) = (latency_of(&twos), latency_of(&ones));
