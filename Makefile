@@ -19,7 +19,7 @@ TEST_TIME_LIMIT ?= 45m
 
 HERALD := cargo run --quiet --bin herald --
 
-.PHONY: run test services services-stop cluster cluster-stop cluster-test faults migrate lint openapi bench bench-heap build clean-local check-deploy check-rerun
+.PHONY: run test services services-stop cluster cluster-stop cluster-test faults migrate lint openapi bench bench-scale-out bench-heap build clean-local check-deploy check-rerun
 
 ## Start local RabbitMQ + PostgreSQL, migrate, serve with the development config.
 run: services
@@ -54,10 +54,11 @@ cluster-stop:
 ## cluster of its own, ports 5691–5693), then the tests that need `make cluster`
 ## (tests/it/cluster.rs: quorum queues on every node; Herald delivering on while the node
 ## its consumers use is stopped; ordered keys kept in order while the node leading
-## <prefix>.ordered is stopped mid-stream and started again).
+## <prefix>.ordered is stopped mid-stream and started again), and the scale-out
+## benchmark scenario on tiny numbers (tests/it/bench_scale_out.rs).
 cluster-test: services cluster
 	deploy/local/cluster_test.sh
-	cargo test --features bench --test it cluster:: -- --ignored --test-threads=1
+	cargo test --features bench --test it -- --ignored --test-threads=1 cluster:: bench_scale_out::
 
 ## The full fault-injection suite (issue 17; tests/it/faults, docs/reliability.md):
 ## starts the cluster and the suite's own PostgreSQL (deploy/local/faults_pg.sh, port
@@ -98,6 +99,15 @@ bench: services
 	cargo build --release --features bench --bins
 	$(BENCH_TARGET)/release/herald-bench --mode $(if $(BENCH_QUICK),quick,full) \
 		--json $(BENCH_TARGET)/bench/results.json --docs docs/benchmarks.md
+
+## Scale-out (issue 19; not part of `make bench`): one, then two Herald processes of each
+## of the roles ingest and deliver on the three-node cluster of `make cluster`, runs
+## alternated; throughput (one endpoint, as fast as possible) and latency at a fixed
+## offered rate. Figures to target/bench/scale-out.json (docs/benchmarks.md, "Scale-out").
+bench-scale-out: services cluster
+	cargo build --release --features bench --bins
+	$(BENCH_TARGET)/release/herald-bench --mode $(if $(BENCH_QUICK),quick,full) \
+		--scenarios scale-out --json $(BENCH_TARGET)/bench/scale-out.json
 
 ## Heap profile of Herald in some scenarios (default: slow): Herald built with the
 ## system allocator and run under heaptrack; profiles in target/heap/, read with

@@ -1,7 +1,7 @@
 //! The benchmark tool on tiny numbers, so that `make bench` cannot rot: one Herald run
-//! and one baseline run of the steady and fan-out scenarios, a small redrive and a
-//! small replay, against the real services; nothing lost, and `results.json` has every
-//! field the report promises.
+//! and one baseline run of the steady, fan-out and latency scenarios, a small redrive
+//! and a small replay, against the real services; nothing lost, and `results.json` has
+//! every field the report promises.
 
 use std::process::Command;
 
@@ -17,7 +17,7 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
             "--mode",
             "tiny",
             "--scenarios",
-            "steady,fanout,redrive,replay",
+            "steady,fanout,latency,redrive,replay",
             "--database",
         ])
         .arg(&database)
@@ -34,7 +34,7 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
     let text = std::fs::read_to_string(&json).expect("results.json written");
     let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
     let scenarios = results["scenarios"].as_array().expect("scenarios array");
-    assert_eq!(scenarios.len(), 4, "{text}");
+    assert_eq!(scenarios.len(), 5, "{text}");
     for s in scenarios {
         for field in [
             "name",
@@ -64,6 +64,12 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
             );
         } else {
             assert!(s["baseline_per_s"].is_number(), "{s}");
+        }
+        if s["name"] == "latency" {
+            // The relay at the same offered rate in the same invocation.
+            assert!(s["detail"]["relay_latency_ms"]["p99"].is_number(), "{s}");
+            assert!(s["detail"]["p99_ratio"].is_number(), "{s}");
+            assert_eq!(s["detail"]["baseline_lost"], 0, "{s}");
         }
     }
     let _ = std::fs::remove_dir_all(&dir);

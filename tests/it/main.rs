@@ -13,6 +13,8 @@ mod admin_api;
 mod attempt_headers;
 mod batching;
 #[cfg(feature = "bench")]
+mod bench_scale_out;
+#[cfg(feature = "bench")]
 mod bench_smoke;
 mod broker;
 mod cluster;

@@ -9,6 +9,7 @@
 
 mod features;
 mod heap;
+mod latency;
 mod leftovers;
 mod load;
 mod process;
@@ -18,6 +19,7 @@ mod report;
 mod resend;
 mod row;
 mod run;
+mod scale_out;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -49,7 +51,8 @@ struct Args {
     /// Scenario sizes: full (issue 4), quick (BENCH_QUICK=1), tiny (smoke test).
     #[arg(long, value_enum, default_value = "full")]
     mode: Size,
-    /// Comma-separated scenarios; default all but `ordered` (ordered-1, -10, -1000).
+    /// Comma-separated scenarios; default all but `ordered` (ordered-1, -10, -1000) and
+    /// `scale-out` (scale-out-throughput, -latency; needs `make cluster`).
     #[arg(long, value_delimiter = ',', default_values_t = scenarios::ALL.map(String::from))]
     scenarios: Vec<String>,
     #[arg(
@@ -77,7 +80,8 @@ struct Args {
     /// The herald binary; default: next to this one.
     #[arg(long)]
     herald: Option<PathBuf>,
-    /// Herald/baseline run pairs for steady and fan-out (default: 3 in full mode, else 1).
+    /// Herald/baseline run pairs for steady, fan-out, latency and scale-out (default: 3
+    /// in full mode, else 1).
     #[arg(long)]
     reps: Option<usize>,
     /// Herald's delivery.concurrency (and the relay's requests in flight).

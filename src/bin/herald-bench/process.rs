@@ -1,6 +1,6 @@
-//! Herald as a separate process: `herald migrate`, then `herald serve --role all`
-//! configured through `HERALD__…` variables; readiness from `/readyz`; resident memory
-//! sampled from `/proc/<pid>/status` every second; SIGTERM to stop.
+//! Herald as a separate process: `herald migrate`, then `herald serve --role all` (or
+//! one role) configured through `HERALD__…` variables; readiness from `/readyz`;
+//! resident memory sampled from `/proc/<pid>/status` every second; SIGTERM to stop.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -129,10 +129,15 @@ fn rss_kib(pid: u32) -> Option<u64> {
 
 impl Herald {
     pub async fn spawn(config: &HeraldConfig) -> anyhow::Result<Self> {
+        Self::spawn_role(config, "all").await
+    }
+
+    /// `herald serve --role <role>` (`all`, `ingest`, `deliver`, `api`).
+    pub async fn spawn_role(config: &HeraldConfig, role: &str) -> anyhow::Result<Self> {
         let api = free_port()?;
         let started = Instant::now();
         let child = config
-            .command(api, &["serve", "--role", "all"])?
+            .command(api, &["serve", "--role", role])?
             .spawn()
             .with_context(|| format!("starting {}", config.binary.display()))?;
         let pid = child.id().context("herald exited at once")?;

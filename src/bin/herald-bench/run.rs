@@ -128,6 +128,8 @@ pub struct GroupOutcome {
 pub struct Second {
     /// Seconds since the first event was published.
     pub s: u64,
+    /// The same second since the Unix epoch (to line it up with other logs).
+    pub unix_s: u64,
     pub deliveries: u64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -143,6 +145,7 @@ impl Second {
                 let latency = Latency::of(h);
                 Self {
                     s: second - first,
+                    unix_s: *second,
                     deliveries: h.len(),
                     p50_ms: latency.p50,
                     p99_ms: latency.p99,
@@ -278,7 +281,7 @@ impl Bench {
         }
     }
 
-    fn behaviors(
+    pub fn behaviors(
         &self,
         spec: &RunSpec,
         secrets: Option<&[SigningSecret]>,
@@ -297,7 +300,7 @@ impl Bench {
             .collect()
     }
 
-    fn load(&self, spec: &RunSpec, tag: &str, exchange: &str) -> Load {
+    pub fn load(&self, spec: &RunSpec, tag: &str, exchange: &str) -> Load {
         Load {
             exchange: exchange.to_string(),
             tag: tag.to_string(),
@@ -407,7 +410,7 @@ impl Bench {
     }
 
     /// Waits until the receiver saw `expected` pairs and `check` agrees, or `deadline`.
-    async fn wait_done(
+    pub async fn wait_done(
         &self,
         expected: usize,
         deadline: Instant,
@@ -454,7 +457,7 @@ impl Bench {
         Ok((false, db_success))
     }
 
-    fn outcome(
+    pub fn outcome(
         record: &RunRecord,
         start_us: u64,
         expected: usize,

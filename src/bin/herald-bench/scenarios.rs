@@ -24,9 +24,11 @@ pub const ALL: [&str; 10] = [
 ];
 
 /// Selectable by name, not run by default: `ordered` runs `ordered-1`, `ordered-10`
-/// and `ordered-1000` (K active ordering keys; K = 1 is one request at a time).
-/// `features` measures each endpoint option's cost at steady (`features.rs`).
-pub const EXTRA: [&str; 2] = ["ordered", "features"];
+/// and `ordered-1000` (K active ordering keys; K = 1 is one request at a time);
+/// `scale-out` runs `scale-out-throughput` and `scale-out-latency` on the three-node
+/// cluster of `make cluster` (src/bin/herald-bench/scale_out.rs); `features` measures
+/// each endpoint option's cost at steady (`features.rs`).
+pub const EXTRA: [&str; 3] = ["ordered", "scale-out", "features"];
 
 /// The scenarios `name` stands for.
 pub fn expand(name: &str) -> Vec<String> {
@@ -34,6 +36,7 @@ pub fn expand(name: &str) -> Vec<String> {
         "ordered" => ["ordered-1", "ordered-10", "ordered-1000"]
             .map(String::from)
             .to_vec(),
+        "scale-out" => crate::scale_out::SCENARIOS.map(String::from).to_vec(),
         other => vec![other.to_string()],
     }
 }
@@ -42,6 +45,7 @@ pub fn expand(name: &str) -> Vec<String> {
 pub fn known(name: &str) -> bool {
     ALL.contains(&name)
         || EXTRA.contains(&name)
+        || crate::scale_out::SCENARIOS.contains(&name)
         || name
             .strip_prefix("ordered-")
             .is_some_and(|k| k.parse::<usize>().is_ok_and(|k| k > 0))
@@ -49,15 +53,15 @@ pub fn known(name: &str) -> bool {
 
 const EVENT: &str = "bench.order.created";
 
-fn kinds() -> Vec<(String, Option<String>)> {
+pub fn kinds() -> Vec<(String, Option<String>)> {
     vec![(EVENT.to_string(), None)]
 }
 
-fn timeout(pairs: usize, extra: Duration) -> Duration {
+pub fn timeout(pairs: usize, extra: Duration) -> Duration {
     Duration::from_secs(60) + Duration::from_millis(pairs as u64) + extra
 }
 
-fn median(values: &mut [f64]) -> f64 {
+pub fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     match values.len() {
         0 => 0.0,
@@ -66,17 +70,17 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-fn spread(values: &[f64]) -> Option<[f64; 2]> {
+pub fn spread(values: &[f64]) -> Option<[f64; 2]> {
     let min = values.iter().copied().reduce(f64::min)?;
     let max = values.iter().copied().reduce(f64::max)?;
     Some([round(min), round(max)])
 }
 
-fn round(v: f64) -> f64 {
+pub fn round(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
-fn check(run: &RunOutcome, what: &str) {
+pub fn check(run: &RunOutcome, what: &str) {
     if run.timed_out || run.lost > 0 || run.signatures_bad > 0 {
         eprintln!(
             "  ! {what}: unique {}/{} lost {} dup {} db_success {:?} bad signatures {} timed out {}",
@@ -104,7 +108,7 @@ enum Baseline<'a> {
 /// At a fixed offered rate, names the seconds of publishing whose p99 was over 50 ms:
 /// whether a tail is a few stalls or steady queueing, and whether Herald and the
 /// relay stall at the same moments.
-fn print_stalls(label: &str, spec: &RunSpec, run: &RunOutcome) {
+pub fn print_stalls(label: &str, spec: &RunSpec, run: &RunOutcome) {
     if spec.load.rate.is_none() {
         return;
     }
@@ -264,10 +268,16 @@ pub async fn run(
             row.notes = format!("{endpoints} endpoints on one type, {count} events");
             Ok(row)
         }
-        "latency" => latency(bench, size, name, size.pick(1_000.0, 1_000.0, 100.0)).await,
+        "latency" => {
+            let rate = size.pick(1_000.0, 1_000.0, 100.0);
+            crate::latency::latency(bench, size, name, rate, reps).await
+        }
         // Not one of issue 4's scenarios: the same at half the rate, below what this
         // machine saturates at, to show latency when the pipeline keeps up.
-        "latency-light" => latency(bench, size, name, size.pick(500.0, 500.0, 50.0)).await,
+        "latency-light" => {
+            let rate = size.pick(500.0, 500.0, 50.0);
+            crate::latency::latency(bench, size, name, rate, reps).await
+        }
         "failing" => failing(bench, size).await,
         // Each slow run waits for the slow endpoint's backlog (≈ 3 min full): 2 pairs.
         "slow" => slow(bench, size, reps.min(2)).await,
@@ -276,6 +286,9 @@ pub async fn run(
         "redrive" => crate::resend::resend(bench, size, Resend::Redrive).await,
         "replay" => crate::resend::resend(bench, size, Resend::Replay).await,
         "features" => crate::features::features(bench, size, reps).await,
+        other if crate::scale_out::SCENARIOS.contains(&other) => {
+            crate::scale_out::run(bench, other, size, reps).await
+        }
         other if other.starts_with("ordered-") => {
             let keys: usize = other["ordered-".len()..]
                 .parse()
@@ -333,33 +346,6 @@ async fn ordered(bench: &Bench, size: Size, reps: usize, keys: usize) -> anyhow:
     );
     row.detail["keys"] = keys.into();
     row.detail["out_of_order"] = out_of_order.into();
-    Ok(row)
-}
-
-/// `rate` events/s offered to 5 endpoints for a minute (10 s quick).
-async fn latency(bench: &Bench, size: Size, name: &str, rate: f64) -> anyhow::Result<Row> {
-    let seconds = size.pick(60, 10, 1);
-    let count = rate as usize * seconds;
-    let endpoints = 5;
-    let spec = RunSpec {
-        endpoints: (0..endpoints)
-            .map(|_| EndpointSpec::simple("bench.#", 0))
-            .collect(),
-        load: LoadSpec {
-            count,
-            rate: Some(rate),
-            body_bytes: 500,
-            kinds: kinds(),
-            ordering_keys: None,
-        },
-        expected: count * endpoints,
-        retry_schedule: "1s,2s,5s".into(),
-        backlog: false,
-        timeout: timeout(count * endpoints, Duration::from_secs(seconds as u64)),
-    };
-    let (mut row, runs) = compare(bench, name, &spec, 1, Baseline::Relay).await?;
-    row.notes = format!("{rate} ev/s for {seconds} s, {endpoints} endpoints");
-    row.detail["timeline"] = serde_json::to_value(&runs[0].groups[0].timeline)?;
     Ok(row)
 }
 
