@@ -149,6 +149,25 @@ async fn resend_stranded(env: &TestEnv) -> usize {
     .unwrap()
 }
 
+/// Waits until ingest has recorded `n` deliveries to `endpoint` (its batches committed).
+async fn recorded(env: &TestEnv, endpoint: Uuid, n: i64) {
+    eventually(
+        "the deliveries recorded",
+        Duration::from_secs(15),
+        || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM herald.deliveries WHERE endpoint_id = $1",
+            )
+            .bind(endpoint)
+            .fetch_one(&env.pool)
+            .await
+            .unwrap()
+                == n
+        },
+    )
+    .await;
+}
+
 async fn make_ordered(env: &TestEnv, endpoint: Uuid) {
     sqlx::query("UPDATE herald.endpoints SET ordering = true WHERE id = $1")
         .bind(endpoint)
@@ -463,6 +482,9 @@ async fn a_head_whose_task_was_lost_is_sent_again_and_its_key_goes_on_in_order()
         || async { env.queue_depth(&work).await == 1 },
     )
     .await;
+    // Every batch committed: a later batch of the key holds its head row locked until
+    // then, and the resend skips a locked head (the next round takes it).
+    recorded(&env, ordered.endpoint.id, 3).await;
     // Lost, as only a broker losing a quorum queue's majority would lose it.
     assert_eq!(env.drain(&work).await.len(), 1);
     let sent = resend_stranded(&env).await;
@@ -530,6 +552,7 @@ async fn a_stranded_head_is_counted_on_metrics_until_it_is_attempted_even_after_
         || async { env.queue_depth(&work).await == 2 },
     )
     .await;
+    recorded(&env, ordered.endpoint.id, 6).await;
     // Both tasks lost; order-0's head then sits unattempted for 20 minutes, order-1's
     // only for a moment.
     assert_eq!(env.drain(&work).await.len(), 2);
