@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::row::{Row, Size};
 use crate::run::{Bench, EndpointSpec, Extras, LoadSpec, RunOutcome, RunSpec};
 
-const EVENT: &str = "bench.order.created";
+use crate::shared::EVENT;
 const TENANT: &str = "tenant-bench";
 
 /// The variants, plain first.
@@ -57,12 +57,7 @@ fn spec(variant: &str, count: usize) -> RunSpec {
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
+    crate::shared::median(&mut values)
 }
 
 pub async fn features(bench: &Bench, size: Size, reps: usize) -> anyhow::Result<Row> {

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::row::{Row, Size};
 use crate::run::{Bench, EndpointSpec, Latency, LoadSpec, RunOutcome, RunSpec};
-use crate::scenarios::{check, kinds, median, print_stalls, round, spread, timeout};
+use crate::shared::{check, kinds, median, print_stalls, round, spread, timeout};
 
 /// One relay run and the Herald run after it.
 #[derive(Debug, Clone, Serialize)]

@@ -21,6 +21,7 @@ mod row;
 mod run;
 mod scale_out;
 mod scenarios;
+mod shared;
 
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -17,7 +17,7 @@ use crate::latency::median_latency;
 use crate::process::Herald;
 use crate::row::{Row, Size};
 use crate::run::{Bench, EndpointSpec, LoadSpec, RunOutcome, RunSpec};
-use crate::scenarios::{check, kinds, median, print_stalls, round, spread, timeout};
+use crate::shared::{check, kinds, median, print_stalls, round, spread, timeout};
 use crate::{now_us, process};
 
 /// The scenarios `scale-out` stands for.

@@ -9,6 +9,7 @@ use herald::subscriptions::Snapshot;
 use crate::resend::Resend;
 use crate::row::{Row, Size};
 use crate::run::{Bench, EndpointSpec, LoadSpec, RunOutcome, RunSpec};
+use crate::shared::{check, kinds, median, print_stalls, round, spread, timeout, EVENT};
 
 pub const ALL: [&str; 10] = [
     "steady",
@@ -51,50 +52,6 @@ pub fn known(name: &str) -> bool {
             .is_some_and(|k| k.parse::<usize>().is_ok_and(|k| k > 0))
 }
 
-const EVENT: &str = "bench.order.created";
-
-pub fn kinds() -> Vec<(String, Option<String>)> {
-    vec![(EVENT.to_string(), None)]
-}
-
-pub fn timeout(pairs: usize, extra: Duration) -> Duration {
-    Duration::from_secs(60) + Duration::from_millis(pairs as u64) + extra
-}
-
-pub fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
-
-pub fn spread(values: &[f64]) -> Option<[f64; 2]> {
-    let min = values.iter().copied().reduce(f64::min)?;
-    let max = values.iter().copied().reduce(f64::max)?;
-    Some([round(min), round(max)])
-}
-
-pub fn round(v: f64) -> f64 {
-    (v * 10.0).round() / 10.0
-}
-
-pub fn check(run: &RunOutcome, what: &str) {
-    if run.timed_out || run.lost > 0 || run.signatures_bad > 0 {
-        eprintln!(
-            "  ! {what}: unique {}/{} lost {} dup {} db_success {:?} bad signatures {} timed out {}",
-            run.unique,
-            run.expected,
-            run.lost,
-            run.duplicates,
-            run.db_success,
-            run.signatures_bad,
-            run.timed_out
-        );
-    }
-}
-
 /// What Herald's runs are compared with.
 #[derive(Clone, Copy)]
 enum Baseline<'a> {
@@ -103,24 +60,6 @@ enum Baseline<'a> {
     Relay,
     /// Herald itself on another spec (the slow scenario's all-fast run).
     Herald(&'a RunSpec),
-}
-
-/// At a fixed offered rate, names the seconds of publishing whose p99 was over 50 ms:
-/// whether a tail is a few stalls or steady queueing, and whether Herald and the
-/// relay stall at the same moments.
-pub fn print_stalls(label: &str, spec: &RunSpec, run: &RunOutcome) {
-    if spec.load.rate.is_none() {
-        return;
-    }
-    let stalls: Vec<String> = run.groups[0]
-        .timeline
-        .iter()
-        .filter(|s| s.p99_ms > 50.0)
-        .map(|s| format!("{}s p99 {:.0} max {:.0}", s.s, s.p99_ms, s.max_ms))
-        .collect();
-    if !stalls.is_empty() {
-        eprintln!("  {label}: seconds with p99 > 50 ms: {}", stalls.join("; "));
-    }
 }
 
 /// Alternates Herald and baseline runs; the row carries medians of group 0.
