@@ -5,31 +5,12 @@
 //! `make test` does not start: ignored there, run by `make cluster-test`; run that
 //! way, a cluster that is not there fails it loudly.
 
-use std::process::Command;
+use crate::bench_smoke::run_tiny;
 
 #[test]
 #[ignore = "needs `make cluster`; run by `make cluster-test`"]
 fn scale_out_scenario_runs_one_and_two_of_each_role_on_the_cluster() {
-    let dir = std::env::temp_dir().join(format!("herald-bench-scale-{}", std::process::id()));
-    let json = dir.join("results.json");
-    let database = format!("herald_bench_scale_{}", std::process::id());
-    // Bounded: a run that hangs fails here rather than holding the whole suite.
-    let output = Command::new("timeout")
-        .args(["--kill-after=10", "300", env!("CARGO_BIN_EXE_herald-bench")])
-        .args(["--mode", "tiny", "--scenarios", "scale-out", "--database"])
-        .arg(&database)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("herald-bench starts");
-    assert!(
-        output.status.success(),
-        "herald-bench failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("results.json written");
-    let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let (results, text) = run_tiny("scale-out", "scale");
     let scenarios = results["scenarios"].as_array().expect("scenarios array");
     let names: Vec<&str> = scenarios
         .iter()
@@ -53,5 +34,4 @@ fn scale_out_scenario_runs_one_and_two_of_each_role_on_the_cluster() {
             "{s}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

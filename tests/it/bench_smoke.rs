@@ -5,21 +5,16 @@
 
 use std::process::Command;
 
-#[test]
-fn bench_tool_runs_tiny_scenarios_and_writes_results() {
-    let dir = std::env::temp_dir().join(format!("herald-bench-smoke-{}", std::process::id()));
+/// Runs `herald-bench --mode tiny --scenarios <scenarios>` on a database and results
+/// file of its own, bounded in time (a run that hangs fails rather than holding the
+/// suite); asserts it succeeded and returns `results.json`, and its text for messages.
+pub fn run_tiny(scenarios: &str, tag: &str) -> (serde_json::Value, String) {
+    let dir = std::env::temp_dir().join(format!("herald-bench-{tag}-{}", std::process::id()));
     let json = dir.join("results.json");
-    let database = format!("herald_bench_smoke_{}", std::process::id());
-    // Bounded: a run that hangs fails here rather than holding the whole suite.
+    let database = format!("herald_bench_{tag}_{}", std::process::id());
     let output = Command::new("timeout")
         .args(["--kill-after=10", "300", env!("CARGO_BIN_EXE_herald-bench")])
-        .args([
-            "--mode",
-            "tiny",
-            "--scenarios",
-            "steady,fanout,latency,redrive,replay",
-            "--database",
-        ])
+        .args(["--mode", "tiny", "--scenarios", scenarios, "--database"])
         .arg(&database)
         .arg("--json")
         .arg(&json)
@@ -32,7 +27,14 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
         String::from_utf8_lossy(&output.stderr)
     );
     let text = std::fs::read_to_string(&json).expect("results.json written");
-    let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let results = serde_json::from_str(&text).expect("results.json is JSON");
+    let _ = std::fs::remove_dir_all(&dir);
+    (results, text)
+}
+
+#[test]
+fn bench_tool_runs_tiny_scenarios_and_writes_results() {
+    let (results, text) = run_tiny("steady,fanout,latency,redrive,replay", "smoke");
     let scenarios = results["scenarios"].as_array().expect("scenarios array");
     assert_eq!(scenarios.len(), 5, "{text}");
     for s in scenarios {
@@ -72,7 +74,6 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
             assert_eq!(s["detail"]["baseline_lost"], 0, "{s}");
         }
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The `features` scenario on tiny numbers: every variant (plain, each endpoint option,
@@ -80,25 +81,7 @@ fn bench_tool_runs_tiny_scenarios_and_writes_results() {
 /// and reports its rate and its ratio to the plain run.
 #[test]
 fn bench_features_scenario_runs_every_variant_and_reports_each_ratio() {
-    let dir = std::env::temp_dir().join(format!("herald-bench-features-{}", std::process::id()));
-    let json = dir.join("results.json");
-    let database = format!("herald_bench_features_{}", std::process::id());
-    let output = Command::new("timeout")
-        .args(["--kill-after=10", "300", env!("CARGO_BIN_EXE_herald-bench")])
-        .args(["--mode", "tiny", "--scenarios", "features", "--database"])
-        .arg(&database)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("herald-bench starts");
-    assert!(
-        output.status.success(),
-        "herald-bench failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("results.json written");
-    let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let (results, text) = run_tiny("features", "features");
     let row = &results["scenarios"][0];
     assert_eq!(row["name"], "features", "{text}");
     assert_eq!(row["lost"], 0, "{row}");
@@ -119,5 +102,4 @@ fn bench_features_scenario_runs_every_variant_and_reports_each_ratio() {
             "{v}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,12 +8,10 @@
 //! Endpoint stats and the circuit breaker cannot be switched off: they are measured
 //! only as part of every variant (docs/benchmarks.md states their cost from the code).
 
-use std::time::Duration;
-
 use serde_json::json;
 
 use crate::row::{Row, Size};
-use crate::run::{Bench, EndpointSpec, Extras, LoadSpec, RunOutcome, RunSpec};
+use crate::run::{Bench, EndpointSpec, Extras, RunOutcome, RunSpec};
 
 use crate::shared::EVENT;
 const TENANT: &str = "tenant-bench";
@@ -40,20 +38,10 @@ fn endpoint(variant: &str) -> EndpointSpec {
 
 fn spec(variant: &str, count: usize) -> RunSpec {
     let tenant = (variant == "tenant" || variant == "all").then(|| TENANT.to_string());
-    RunSpec {
-        endpoints: vec![endpoint(variant)],
-        load: LoadSpec {
-            count,
-            rate: None,
-            body_bytes: 500,
-            kinds: vec![(EVENT.to_string(), tenant)],
-            ordering_keys: None,
-        },
-        expected: count,
-        retry_schedule: "1s,2s,5s".into(),
-        backlog: false,
-        timeout: Duration::from_secs(60) + Duration::from_millis(count as u64),
-    }
+    let mut spec = crate::shared::as_fast_as_possible(count);
+    spec.endpoints = vec![endpoint(variant)];
+    spec.load.kinds = vec![(EVENT.to_string(), tenant)];
+    spec
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

@@ -4,13 +4,11 @@
 //! fan-out and moment beside it. Reported: both sides' p50 / p99 / max (medians over
 //! the runs) and Herald's p99 ÷ the relay's p99, per pair and its median.
 
-use std::time::Duration;
-
 use serde::Serialize;
 
 use crate::row::{Row, Size};
-use crate::run::{Bench, EndpointSpec, Latency, LoadSpec, RunOutcome, RunSpec};
-use crate::shared::{check, kinds, median, print_stalls, round, spread, timeout};
+use crate::run::{Bench, Latency, RunOutcome};
+use crate::shared::{check, median, print_stalls, round, spread};
 
 /// One relay run and the Herald run after it.
 #[derive(Debug, Clone, Serialize)]
@@ -57,24 +55,8 @@ pub async fn latency(
     reps: usize,
 ) -> anyhow::Result<Row> {
     let seconds = size.pick(60, 10, 1);
-    let count = rate as usize * seconds;
     let endpoints = 5;
-    let spec = RunSpec {
-        endpoints: (0..endpoints)
-            .map(|_| EndpointSpec::simple("bench.#", 0))
-            .collect(),
-        load: LoadSpec {
-            count,
-            rate: Some(rate),
-            body_bytes: 500,
-            kinds: kinds(),
-            ordering_keys: None,
-        },
-        expected: count * endpoints,
-        retry_schedule: "1s,2s,5s".into(),
-        backlog: false,
-        timeout: timeout(count * endpoints, Duration::from_secs(seconds as u64)),
-    };
+    let spec = crate::shared::at_rate(rate, seconds, endpoints);
     let mut pairs = Vec::new();
     let mut herald_runs = Vec::new();
     let (mut relay_lost, mut relay_duplicates) = (0, 0);

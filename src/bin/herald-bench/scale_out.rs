@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use crate::latency::median_latency;
 use crate::process::Herald;
 use crate::row::{Row, Size};
-use crate::run::{Bench, EndpointSpec, LoadSpec, RunOutcome, RunSpec};
-use crate::shared::{check, kinds, median, print_stalls, round, spread, timeout};
+use crate::run::{Bench, RunOutcome, RunSpec};
+use crate::shared::{check, median, print_stalls, round, spread, timeout};
 use crate::{now_us, process};
 
 /// The scenarios `scale-out` stands for.
@@ -137,39 +137,12 @@ fn spec(size: Size, latency: bool) -> RunSpec {
     if latency {
         // Below what 1 + 1 sustains on the cluster here, so the tail is not a queue.
         let (rate, seconds) = size.pick((200.0, 60), (200.0, 10), (20.0, 1));
-        let count = (rate as usize) * seconds;
-        let endpoints = 5;
-        RunSpec {
-            endpoints: (0..endpoints)
-                .map(|_| EndpointSpec::simple("bench.#", 0))
-                .collect(),
-            load: LoadSpec {
-                count,
-                rate: Some(rate),
-                body_bytes: 500,
-                kinds: kinds(),
-                ordering_keys: None,
-            },
-            expected: count * endpoints,
-            retry_schedule: "1s,2s,5s".into(),
-            backlog: false,
-            timeout: timeout(count * endpoints, Duration::from_secs(seconds as u64)),
-        }
+        crate::shared::at_rate(rate, seconds, 5)
     } else {
         let count = size.pick(30_000, 5_000, 200);
         RunSpec {
-            endpoints: vec![EndpointSpec::simple("#", 0)],
-            load: LoadSpec {
-                count,
-                rate: None,
-                body_bytes: 500,
-                kinds: kinds(),
-                ordering_keys: None,
-            },
-            expected: count,
-            retry_schedule: "1s,2s,5s".into(),
-            backlog: false,
             timeout: timeout(count, Duration::from_secs(60)),
+            ..crate::shared::as_fast_as_possible(count)
         }
     }
 }

@@ -9,7 +9,9 @@ use herald::subscriptions::Snapshot;
 use crate::resend::Resend;
 use crate::row::{Row, Size};
 use crate::run::{Bench, EndpointSpec, LoadSpec, RunOutcome, RunSpec};
-use crate::shared::{check, kinds, median, print_stalls, round, spread, timeout, EVENT};
+use crate::shared::{
+    as_fast_as_possible, check, kinds, median, print_stalls, round, spread, timeout, EVENT,
+};
 
 pub const ALL: [&str; 10] = [
     "steady",
@@ -166,20 +168,7 @@ pub async fn run(
     match name {
         "steady" => {
             let count = size.pick(100_000, 5_000, 200);
-            let spec = RunSpec {
-                endpoints: vec![EndpointSpec::simple("#", 0)],
-                load: LoadSpec {
-                    count,
-                    rate: None,
-                    body_bytes: 500,
-                    kinds: kinds(),
-                    ordering_keys: None,
-                },
-                expected: count,
-                retry_schedule: "1s,2s,5s".into(),
-                backlog: false,
-                timeout: timeout(count, Duration::ZERO),
-            };
+            let spec = as_fast_as_possible(count);
             let (mut row, _) = compare(bench, name, &spec, reps, Baseline::Relay).await?;
             row.notes = format!("1 endpoint, {count} × 500 B, as fast as possible");
             Ok(row)

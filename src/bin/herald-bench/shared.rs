@@ -4,12 +4,51 @@
 
 use std::time::Duration;
 
-use crate::run::{RunOutcome, RunSpec};
+use crate::run::{EndpointSpec, LoadSpec, RunOutcome, RunSpec};
 
 pub const EVENT: &str = "bench.order.created";
 
 pub fn kinds() -> Vec<(String, Option<String>)> {
     vec![(EVENT.to_string(), None)]
+}
+
+/// One endpoint for every event, `count` events of 500 B as fast as possible (steady).
+pub fn as_fast_as_possible(count: usize) -> RunSpec {
+    RunSpec {
+        endpoints: vec![EndpointSpec::simple("#", 0)],
+        load: LoadSpec {
+            count,
+            rate: None,
+            body_bytes: 500,
+            kinds: kinds(),
+            ordering_keys: None,
+        },
+        expected: count,
+        retry_schedule: "1s,2s,5s".into(),
+        backlog: false,
+        timeout: timeout(count, Duration::ZERO),
+    }
+}
+
+/// `endpoints` endpoints on every event, `rate` events/s of 500 B for `seconds` (latency).
+pub fn at_rate(rate: f64, seconds: usize, endpoints: usize) -> RunSpec {
+    let count = rate as usize * seconds;
+    RunSpec {
+        endpoints: (0..endpoints)
+            .map(|_| EndpointSpec::simple("bench.#", 0))
+            .collect(),
+        load: LoadSpec {
+            count,
+            rate: Some(rate),
+            body_bytes: 500,
+            kinds: kinds(),
+            ordering_keys: None,
+        },
+        expected: count * endpoints,
+        retry_schedule: "1s,2s,5s".into(),
+        backlog: false,
+        timeout: timeout(count * endpoints, Duration::from_secs(seconds as u64)),
+    }
 }
 
 pub fn timeout(pairs: usize, extra: Duration) -> Duration {
