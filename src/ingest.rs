@@ -39,7 +39,8 @@ use crate::delivery::task::DeliveryTask;
 use crate::envelope::{self, Event, Inbound, ParkReason};
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::store::events::{self, tenant_key, FanOut, Recorded};
+use crate::store::deliveries::NewRow;
+use crate::store::events::{self, tenant_key, FanOut, Recorded, Rows};
 use crate::store::ops::PARKED;
 use crate::store::{self};
 use crate::subscriptions::Subscriptions;
@@ -292,6 +293,11 @@ impl Unsettled {
     }
 }
 
+/// How long a first attempt may take before its delivery's row is written `pending`
+/// (the records, the API and the console show it while it lasts). One that ends sooner
+/// writes the row once, with its outcome.
+const SHOWN_PENDING_AFTER: Duration = Duration::from_secs(1);
+
 /// One delivery's first attempt, holding one of the process's attempt permits.
 async fn first_attempt(
     direct: Arc<Deliverer>,
@@ -300,9 +306,20 @@ async fn first_attempt(
     permit: AttemptPermit,
     message: Arc<Unsettled>,
 ) {
-    let settled = engine::attempt(&direct, &publisher, &task, Origin::Ingest)
-        .await
-        .is_ok();
+    // A slow attempt: its delivery is shown `pending` while it lasts. Written beside
+    // the attempt, which goes on meanwhile (suspended, it could hold a transaction open).
+    let show_pending = async {
+        tokio::time::sleep(SHOWN_PENDING_AFTER).await;
+        if let Err(error) = direct.write_row(&task).await {
+            tracing::warn!(%error, delivery_id = %task.delivery_id,
+                "cannot record the delivery as pending; its outcome will be");
+        }
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    let settled = tokio::select! {
+        result = engine::attempt(&direct, &publisher, &task, Origin::Ingest) => result.is_ok(),
+        never = show_pending => match never {},
+    };
     drop(permit);
     message.attempt_finished(settled).await;
 }
@@ -395,7 +412,12 @@ async fn fan_out(
             }
         })
         .collect();
-    let recorded = record(ingestor, &fan_outs, received_at, shutdown).await?;
+    // First attempts made here write their deliveries' rows with their outcome.
+    let rows = match (&ingestor.direct, which) {
+        (Some(_), Queue::Ingest(_)) => Rows::ByFirstOutcome,
+        _ => Rows::Now,
+    };
+    let recorded = record(ingestor, &fan_outs, received_at, rows, shutdown).await?;
 
     let mut refused = Vec::new();
     let outcomes = accepted.iter().zip(&fan_outs).zip(filtered_out);
@@ -610,10 +632,11 @@ async fn record(
     ingestor: &Ingestor,
     fan_outs: &[FanOut<'_>],
     received_at: DateTime<Utc>,
+    rows: Rows,
     shutdown: &CancellationToken,
 ) -> Result<Vec<Result<Recorded, String>>, IngestError> {
     let recorded = store::write_isolating(fan_outs.len(), |part| {
-        record_while_away(ingestor, &fan_outs[part], received_at, shutdown)
+        record_while_away(ingestor, &fan_outs[part], received_at, rows, shutdown)
     })
     .await
     .map_err(IngestError::Stopped)?;
@@ -630,13 +653,19 @@ async fn record_while_away(
     ingestor: &Ingestor,
     fan_outs: &[FanOut<'_>],
     received_at: DateTime<Utc>,
+    rows: Rows,
     shutdown: &CancellationToken,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match events::record_fan_out(&ingestor.pool, &ingestor.event_keys, fan_outs, received_at)
-            .await
-        {
+        let recording = events::record_fan_out(
+            &ingestor.pool,
+            &ingestor.event_keys,
+            fan_outs,
+            received_at,
+            rows,
+        );
+        match recording.await {
             Ok(recorded) => return Ok(recorded),
             Err(error) if store::missing_partition(&error) => {
                 tracing::warn!(%error, %received_at, "no partition for this day yet; creating it");
@@ -701,9 +730,18 @@ fn plan(
     }
     let body = bytes::Bytes::from(a.event.webhook_body());
     let received_at_ms = received_at.timestamp_millis();
+    let tenant = tenant_key(&a.event);
     let tasks = deliveries
         .into_iter()
         .map(|d| DeliveryTask {
+            first_write: (!d.written).then(|| {
+                Arc::new(NewRow {
+                    tenant_key: tenant.to_string(),
+                    event_id: a.event.id.clone(),
+                    endpoint_id: d.endpoint_id,
+                    created_at: d.created_at,
+                })
+            }),
             delivery_id: d.delivery_id,
             event_id: a.event.id.clone(),
             endpoint_id: d.endpoint_id,

@@ -28,7 +28,7 @@ use super::decision::{decide, DeadLetterReason, Decision};
 use super::health::{Change, Health};
 use super::order;
 use super::put_off::PutOffs;
-use super::recorder::Recorder;
+use super::recorder::{RecordError, Recorder};
 use super::retry::RetryPolicy;
 use super::sent_headers;
 pub use super::settle::{Origin, Unsettled};
@@ -73,6 +73,27 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
+    /// Writes the task's delivery row, `pending`, if it may not be written yet (see
+    /// [`DeliveryTask::first_write`]); a no-op for every other task.
+    pub async fn write_row(&self, task: &DeliveryTask) -> Result<(), RecordError> {
+        let Some(row) = &task.first_write else {
+            return Ok(());
+        };
+        self.recorder
+            .record(Outcome {
+                delivery_id: task.delivery_id,
+                attempt: None,
+                status: Status::Pending,
+                attempts: 0,
+                next_retry_at: None,
+                last_status_code: None,
+                last_error: None,
+                at: row.created_at,
+                new_row: Some(row.clone()),
+            })
+            .await
+    }
+
     /// Waits for one of the process's attempt permits; counted in
     /// `herald_attempts_in_progress` while held.
     pub async fn attempt_permit(&self) -> AttemptPermit {
@@ -277,6 +298,7 @@ impl Run<'_> {
             last_status_code: status_code.map(i32::from),
             last_error: None,
             at: made.at,
+            new_row: task.first_write.clone(),
         };
         if decision == Decision::Done {
             d.metrics.deliveries.with_label_values(&["success"]).inc();
@@ -423,6 +445,7 @@ impl Run<'_> {
         reason: &'static str,
     ) -> Result<(), Unsettled> {
         let task = self.task;
+        self.d.write_row(task).await?;
         // A busy endpoint whose pace is not known yet: back off.
         let wanted = if delay.is_zero() {
             busy_delay(task.deferrals)
@@ -451,6 +474,7 @@ impl Run<'_> {
     /// with a reservation, the ingest process's share alone would pace the endpoint).
     /// One message per task, so the work queue shares them out.
     pub(super) async fn hand_on(&self) -> Result<(), Unsettled> {
+        self.d.write_row(self.task).await?;
         let exchange = self.d.topology.work_exchange();
         self.publisher.publish(self.task.to_work(&exchange)).await?;
         self.d
@@ -494,6 +518,7 @@ impl Run<'_> {
             last_status_code: None,
             last_error: None,
             at: Utc::now(),
+            new_row: task.first_write.clone(),
         });
         outcome.status = Status::Failed;
         outcome.next_retry_at = None;

@@ -6,6 +6,8 @@
 //! a JSON array of tasks, each with its webhook body embedded as raw JSON. One broker
 //! message instead of hundreds keeps a slow endpoint's backlog cheap to hold.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
@@ -15,6 +17,7 @@ use uuid::Uuid;
 
 use crate::broker::headers::{header_int, header_text, text};
 use crate::broker::Outgoing;
+use crate::store::deliveries::NewRow;
 use crate::topology::WORK_ROUTING_KEY;
 
 const DELIVERY_ID: &str = "x-herald-delivery-id";
@@ -63,6 +66,10 @@ pub struct DeliveryTask {
     /// Its ordering key when it is delivered in its key's order (docs/ordering.md):
     /// it is sent only while it is its key's head, and its key moves on after it.
     pub ordering_key: Option<String>,
+    /// Present when the delivery's row may not be written yet (a first attempt made by
+    /// ingest): its outcome writes it, and it is written before the task leaves the
+    /// process. Never on the wire: a task from a message has its row.
+    pub first_write: Option<Arc<NewRow>>,
     /// The webhook body, byte for byte what is signed and POSTed; shared, not copied,
     /// between an event's tasks and the HTTP request.
     pub body: Bytes,
@@ -95,6 +102,7 @@ impl DeliveryTask {
             deferrals: 0,
             traceparent: None,
             ordering_key: None,
+            first_write: None,
             body,
         }
     }
@@ -236,6 +244,7 @@ impl DeliveryTask {
                 .unwrap_or(0),
             traceparent: header_text(h, TRACEPARENT),
             ordering_key: header_text(h, ORDERING_KEY),
+            first_write: None,
             body: body.into(),
         })
     }
@@ -320,6 +329,7 @@ pub fn unpack(
             deferrals: p.deferrals,
             traceparent: p.traceparent.map(|t| t.into_owned()),
             ordering_key: p.ordering_key.map(|k| k.into_owned()),
+            first_write: None,
             // Sliced from the message: the tasks share its buffer, no copy.
             body: body.slice_ref(p.body.get().as_bytes()),
         })
@@ -344,6 +354,7 @@ mod tests {
             deferrals: 2,
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             ordering_key: Some("order-7".into()),
+            first_write: None,
             body: Bytes::from_static(br#"{"id":"evt-1"}"#),
         };
         let properties = task.properties();
@@ -377,6 +388,7 @@ mod tests {
             traceparent: (n == 1)
                 .then(|| "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             ordering_key: (n == 2).then(|| format!("order-{n}")),
+            first_write: None,
             body: Bytes::from(format!(r#"{{"id":"evt-{n}","data":{{"q":"\"x\" ü"}}}}"#)),
         };
         let tasks = vec![task(1), task(2), task(3)];
@@ -408,6 +420,7 @@ mod tests {
                 deferrals: 0,
                 traceparent: None,
                 ordering_key: None,
+                first_write: None,
                 body: Bytes::new(),
             }
             .properties(),

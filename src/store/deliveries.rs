@@ -53,13 +53,27 @@ pub struct Outcome {
     pub last_status_code: Option<i32>,
     pub last_error: Option<String>,
     pub at: DateTime<Utc>,
+    /// Present when the delivery's row may not be written yet (a first attempt made by
+    /// ingest): this outcome writes it. An outcome `pending` with no attempt only
+    /// writes the row, if it is not there yet.
+    pub new_row: Option<Arc<NewRow>>,
 }
 
-/// Records many outcomes in one transaction: attempts inserted, deliveries updated.
-/// A delivery already `success` is never moved back (a duplicate task after a crash),
-/// nor is a later attempt's outcome overwritten by an earlier one's. A `failed` one is
-/// in the dead-letter queue from `at`, for the reason its `last_error` starts with
-/// (`retries_exhausted: HTTP 500`).
+/// What a delivery's row is created with, besides its outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRow {
+    pub tenant_key: String,
+    pub event_id: String,
+    pub endpoint_id: Uuid,
+    /// When its event was received.
+    pub created_at: DateTime<Utc>,
+}
+
+/// Records many outcomes in one transaction: attempts inserted, deliveries written or
+/// updated. A delivery already `success` is never moved back (a duplicate task after a
+/// crash), nor is a later attempt's outcome overwritten by an earlier one's. A `failed`
+/// one is in the dead-letter queue from `at`, for the reason its `last_error` starts
+/// with (`retries_exhausted: HTTP 500`).
 pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     let attempts: Vec<(&Outcome, &AttemptRecord)> = outcomes
@@ -89,6 +103,100 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), 
         .execute(&mut *tx)
         .await?;
     }
+    let (new, known): (Vec<&Outcome>, Vec<&Outcome>) =
+        outcomes.iter().partition(|o| o.new_row.is_some());
+    if !new.is_empty() {
+        write_rows(&mut tx, &latest_per_delivery(new)).await?;
+    }
+    if !known.is_empty() {
+        update_rows(&mut tx, &known).await?;
+    }
+    tx.commit().await
+}
+
+/// One outcome per delivery, the latest (most attempts; one with an attempt before one
+/// without): a statement that writes rows may touch each row once.
+fn latest_per_delivery(mut outcomes: Vec<&Outcome>) -> Vec<&Outcome> {
+    let rank = |o: &Outcome| (o.attempts, o.status != Status::Pending);
+    outcomes.sort_by(|a, b| (a.delivery_id, rank(b)).cmp(&(b.delivery_id, rank(a))));
+    outcomes.dedup_by_key(|o| o.delivery_id);
+    outcomes
+}
+
+/// Writes the rows of deliveries that may not have one yet, with their outcome; one
+/// already there is updated as [`update_rows`] would (a `pending` outcome leaves it).
+async fn write_rows(tx: &mut sqlx::PgConnection, outcomes: &[&Outcome]) -> Result<(), sqlx::Error> {
+    let row = |o: &&Outcome| o.new_row.clone().expect("partitioned on new_row");
+    let rows: Vec<Arc<NewRow>> = outcomes.iter().map(row).collect();
+    sqlx::query(
+        "INSERT INTO herald.deliveries AS d
+             (id, tenant_key, event_id, endpoint_id, created_at, status, attempts, next_retry_at,
+              last_status_code, last_error, delivered_at, dead_reason, dead_at, updated_at)
+         SELECT u.id, u.tenant_key, u.event_id, u.endpoint_id, u.created_at, u.status, u.attempts,
+                u.next_retry_at, u.last_status_code, u.last_error,
+                CASE WHEN u.status = 'success' THEN u.at END,
+                CASE WHEN u.status = 'failed' THEN split_part(u.last_error, ':', 1) END,
+                CASE WHEN u.status = 'failed' THEN u.at END,
+                u.at
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[],
+                     $6::text[], $7::int4[], $8::timestamptz[], $9::int4[], $10::text[],
+                     $11::timestamptz[])
+              AS u(id, tenant_key, event_id, endpoint_id, created_at, status, attempts,
+                   next_retry_at, last_status_code, last_error, at)
+         ON CONFLICT (id) DO UPDATE SET
+             status = EXCLUDED.status,
+             attempts = GREATEST(d.attempts, EXCLUDED.attempts),
+             next_retry_at = EXCLUDED.next_retry_at,
+             last_status_code = COALESCE(EXCLUDED.last_status_code, d.last_status_code),
+             last_error = EXCLUDED.last_error,
+             delivered_at = COALESCE(EXCLUDED.delivered_at, d.delivered_at),
+             dead_reason = EXCLUDED.dead_reason,
+             dead_at = EXCLUDED.dead_at,
+             purged_at = NULL,
+             updated_at = EXCLUDED.updated_at
+         WHERE d.status <> 'success' AND d.attempts <= EXCLUDED.attempts
+           AND EXCLUDED.status <> 'pending'",
+    )
+    .bind(outcomes.iter().map(|o| o.delivery_id).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.tenant_key.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.endpoint_id).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.created_at).collect::<Vec<_>>())
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.status.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(outcomes.iter().map(|o| o.attempts).collect::<Vec<_>>())
+    .bind(outcomes.iter().map(|o| o.next_retry_at).collect::<Vec<_>>())
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.last_status_code)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        outcomes
+            .iter()
+            .map(|o| o.last_error.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+/// Updates the rows of deliveries written earlier with their outcome.
+async fn update_rows(
+    tx: &mut sqlx::PgConnection,
+    outcomes: &[&Outcome],
+) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE herald.deliveries d SET
              status = u.status,
@@ -128,9 +236,9 @@ pub async fn record_outcomes(pool: &PgPool, outcomes: &[Outcome]) -> Result<(), 
             .collect::<Vec<_>>(),
     )
     .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
-    .execute(&mut *tx)
+    .execute(tx)
     .await?;
-    tx.commit().await
+    Ok(())
 }
 
 /// A delivery as SREs see it.

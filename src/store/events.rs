@@ -23,13 +23,19 @@ pub struct FanOut<'a> {
     pub ordered: Vec<Uuid>,
 }
 
-/// A delivery that needs a task on the work queue.
+/// A delivery that needs a task: on the work queue, or a first attempt made by the
+/// caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewDelivery {
     pub delivery_id: Uuid,
     pub endpoint_id: Uuid,
     /// Its key, when it is delivered in its key's order.
     pub ordering_key: Option<String>,
+    /// Its row is in `herald.deliveries`; when not, the caller makes its first attempt
+    /// and that attempt's outcome writes the row (`store::deliveries::record_outcomes`).
+    pub written: bool,
+    /// When its event was received: its row's `created_at` (and its id's time).
+    pub created_at: DateTime<Utc>,
 }
 
 /// What the database made of one event of the batch.
@@ -38,19 +44,56 @@ pub enum Recorded {
     /// First time seen: these deliveries were created.
     New(Vec<NewDelivery>),
     /// Already recorded. For a redelivered message whose event was never marked
-    /// dispatched, the deliveries still pending with no attempt: their tasks may never
-    /// have reached the broker. Empty otherwise.
+    /// dispatched, the deliveries still pending with no attempt (their tasks may never
+    /// have reached the broker), and those of its endpoints it has none for (their first
+    /// attempt, which writes the row, may never have ended). Empty otherwise.
     Duplicate(Vec<NewDelivery>),
+}
+
+/// How a batch's unordered deliveries are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// Now, `pending`: their tasks go to the work queue.
+    Now,
+    /// By their first attempt's outcome, which the caller makes at once: a first
+    /// attempt that succeeds writes its delivery once, not a pending row then an update.
+    ByFirstOutcome,
+}
+
+/// A delivery's id: a UUIDv7 of its event's reception (so its row lives in that day's
+/// partition) whose other bits are a digest of the event's tenant and id and the
+/// endpoint. The same delivery gets the same id when a redelivered message has to
+/// create it again, so two attempts of it, the lost one and the new one, write one row.
+pub fn delivery_id(
+    received_at: DateTime<Utc>,
+    tenant_key: &str,
+    event_id: &str,
+    endpoint_id: Uuid,
+) -> Uuid {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(tenant_key.as_bytes())
+        .chain_update([0])
+        .chain_update(event_id.as_bytes())
+        .chain_update([0])
+        .chain_update(endpoint_id.as_bytes())
+        .finalize();
+    let mut bits = [0u8; 10];
+    bits.copy_from_slice(&digest[..10]);
+    let millis = u64::try_from(received_at.timestamp_millis()).unwrap_or(0);
+    uuid::Builder::from_unix_timestamp_millis(millis, &bits).into_uuid()
 }
 
 /// Records a batch of events and their deliveries in one transaction, idempotent on
 /// the event's tenant and id (for as long as `keys` remembers it: one to two
-/// `retention.window`s). Returns one `Recorded` per input, in order.
+/// `retention.window`s). Ordered deliveries are always written now; the others as
+/// `rows` says. Returns one `Recorded` per input, in order.
 pub async fn record_fan_out(
     pool: &PgPool,
     keys: &EventKeys,
     batch: &[FanOut<'_>],
     received_at: DateTime<Utc>,
+    rows: Rows,
 ) -> Result<Vec<Recorded>, sqlx::Error> {
     keys.ready(pool, received_at).await?;
     let mut tx = pool.begin().await?;
@@ -91,67 +134,53 @@ pub async fn record_fan_out(
     .into_iter()
     .collect();
 
+    let write_now = rows == Rows::Now;
     let mut results = Vec::with_capacity(batch.len());
-    let (mut ids, mut tenant_keys, mut event_ids, mut endpoint_ids) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut recheck_tenants, mut recheck_ids) = (Vec::new(), Vec::new());
+    let mut pending = PendingRows::default();
+    let mut rechecked = Vec::new();
     let (mut queued, mut queued_tenants, mut queued_events) = (Vec::new(), Vec::new(), Vec::new());
     for f in batch {
-        let key = (tenant_key(f.event).to_string(), f.event.id.clone());
-        if inserted.contains(&key) {
-            let deliveries: Vec<NewDelivery> = f
-                .endpoints
-                .iter()
-                .map(|endpoint_id| NewDelivery {
-                    delivery_id: Uuid::now_v7(),
-                    endpoint_id: *endpoint_id,
-                    ordering_key: f
-                        .ordering_key
-                        .filter(|_| f.ordered.contains(endpoint_id))
-                        .map(String::from),
-                })
-                .collect();
-            for d in &deliveries {
-                if let Some(key) = f.ordering_key.filter(|_| d.ordering_key.is_some()) {
-                    queued.push(ordering::Queued {
-                        endpoint_id: d.endpoint_id,
-                        key,
-                        delivery_id: d.delivery_id,
-                    });
-                    queued_tenants.push(tenant_key(f.event));
-                    queued_events.push(f.event.id.as_str());
-                    continue;
-                }
-                ids.push(d.delivery_id);
-                tenant_keys.push(tenant_key(f.event));
-                event_ids.push(f.event.id.as_str());
-                endpoint_ids.push(d.endpoint_id);
-            }
-            results.push(Recorded::New(deliveries));
-        } else {
+        let tenant = tenant_key(f.event);
+        let key = (tenant.to_string(), f.event.id.clone());
+        if !inserted.contains(&key) {
             if f.redelivered {
-                recheck_tenants.push(tenant_key(f.event));
-                recheck_ids.push(f.event.id.as_str());
+                rechecked.push(f);
             }
             results.push(Recorded::Duplicate(Vec::new()));
+            continue;
         }
-    }
-
-    if !ids.is_empty() {
-        sqlx::query(
-            "INSERT INTO herald.deliveries
-                 (id, tenant_key, event_id, endpoint_id, created_at, updated_at)
-             SELECT id, tenant_key, event_id, endpoint_id, $5, $5
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[])
-                  AS t(id, tenant_key, event_id, endpoint_id)",
-        )
-        .bind(&ids)
-        .bind(&tenant_keys)
-        .bind(&event_ids)
-        .bind(&endpoint_ids)
-        .bind(received_at)
-        .execute(&mut *tx)
-        .await?;
+        let mut deliveries = Vec::with_capacity(f.endpoints.len());
+        for endpoint_id in &f.endpoints {
+            let delivery_id = delivery_id(received_at, tenant, &f.event.id, *endpoint_id);
+            if let Some(key) = f.ordering_key.filter(|_| f.ordered.contains(endpoint_id)) {
+                queued.push(ordering::Queued {
+                    endpoint_id: *endpoint_id,
+                    key,
+                    delivery_id,
+                });
+                queued_tenants.push(tenant);
+                queued_events.push(f.event.id.as_str());
+                deliveries.push(NewDelivery {
+                    delivery_id,
+                    endpoint_id: *endpoint_id,
+                    ordering_key: Some(key.to_string()),
+                    written: true,
+                    created_at: received_at,
+                });
+                continue;
+            }
+            if write_now {
+                pending.push(delivery_id, tenant, &f.event.id, *endpoint_id, received_at);
+            }
+            deliveries.push(NewDelivery {
+                delivery_id,
+                endpoint_id: *endpoint_id,
+                ordering_key: None,
+                written: write_now,
+                created_at: received_at,
+            });
+        }
+        results.push(Recorded::New(deliveries));
     }
 
     // Ordered deliveries: only the heads are dispatched now, the others wait.
@@ -171,45 +200,190 @@ pub async fn record_fan_out(
         }
     }
 
-    if !recheck_ids.is_empty() {
-        // An ordered delivery still waiting for its turn is not dispatched again.
-        let pending: Vec<(Uuid, String, String, Uuid, Option<String>)> = sqlx::query_as(
-            "SELECT d.id, d.tenant_key, d.event_id, d.endpoint_id,
-                    CASE WHEN d.ordering = 'in_order' THEN d.ordering_key END
-             FROM UNNEST($1::text[], $2::text[]) AS r(tenant_key, event_id)
-             JOIN herald.events e ON e.tenant_key = r.tenant_key AND e.id = r.event_id
-             JOIN herald.deliveries d ON d.tenant_key = e.tenant_key AND d.event_id = e.id
-             WHERE e.dispatched_at IS NULL AND d.status = 'pending' AND d.attempts = 0
-               AND (d.ordering_key IS NULL OR d.ordering IS DISTINCT FROM 'in_order'
-                    OR EXISTS (SELECT 1 FROM herald.ordering_heads h
-                               WHERE h.endpoint_id = d.endpoint_id
-                                 AND h.ordering_key = d.ordering_key
-                                 AND h.delivery_id = d.id))",
-        )
-        .bind(&recheck_tenants)
-        .bind(&recheck_ids)
-        .fetch_all(&mut *tx)
-        .await?;
+    if !rechecked.is_empty() {
+        let again = redelivered(&mut tx, &rechecked).await?;
         for (f, result) in batch.iter().zip(results.iter_mut()) {
-            if let Recorded::Duplicate(list) = result {
-                list.extend(
-                    pending
-                        .iter()
-                        .filter(|(_, tenant, event_id, _, _)| {
-                            *event_id == f.event.id && tenant == tenant_key(f.event)
-                        })
-                        .map(|(delivery_id, _, _, endpoint_id, key)| NewDelivery {
-                            delivery_id: *delivery_id,
-                            endpoint_id: *endpoint_id,
-                            ordering_key: key.clone(),
-                        }),
-                );
+            let Recorded::Duplicate(list) = result else {
+                continue;
+            };
+            let of_event = |(tenant, event_id): &(String, String)| {
+                *event_id == f.event.id && tenant == tenant_key(f.event)
+            };
+            for (_, d) in again.pending.iter().filter(|(key, _)| of_event(key)) {
+                list.push(d.clone());
+            }
+            for (_, d) in again.missing.iter().filter(|(key, _)| of_event(key)) {
+                if write_now {
+                    pending.push(
+                        d.delivery_id,
+                        tenant_key(f.event),
+                        &f.event.id,
+                        d.endpoint_id,
+                        d.created_at,
+                    );
+                }
+                list.push(NewDelivery {
+                    written: write_now,
+                    ..d.clone()
+                });
             }
         }
     }
 
+    pending.write(&mut tx).await?;
     tx.commit().await?;
     Ok(results)
+}
+
+/// Deliveries written `pending` in the batch's transaction, as columns for `UNNEST`.
+#[derive(Default)]
+struct PendingRows<'a> {
+    ids: Vec<Uuid>,
+    tenant_keys: Vec<&'a str>,
+    event_ids: Vec<&'a str>,
+    endpoint_ids: Vec<Uuid>,
+    created_at: Vec<DateTime<Utc>>,
+}
+
+impl<'a> PendingRows<'a> {
+    fn push(
+        &mut self,
+        id: Uuid,
+        tenant_key: &'a str,
+        event_id: &'a str,
+        endpoint_id: Uuid,
+        created_at: DateTime<Utc>,
+    ) {
+        self.ids.push(id);
+        self.tenant_keys.push(tenant_key);
+        self.event_ids.push(event_id);
+        self.endpoint_ids.push(endpoint_id);
+        self.created_at.push(created_at);
+    }
+
+    async fn write(self, tx: &mut sqlx::PgConnection) -> Result<(), sqlx::Error> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "INSERT INTO herald.deliveries
+                 (id, tenant_key, event_id, endpoint_id, created_at, updated_at)
+             SELECT id, tenant_key, event_id, endpoint_id, created_at, created_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[])
+                  AS t(id, tenant_key, event_id, endpoint_id, created_at)
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&self.ids)
+        .bind(&self.tenant_keys)
+        .bind(&self.event_ids)
+        .bind(&self.endpoint_ids)
+        .bind(&self.created_at)
+        .execute(tx)
+        .await?;
+        Ok(())
+    }
+}
+
+/// What redelivered messages of events already recorded, and never marked dispatched,
+/// still need, by (tenant key, event id).
+struct Redelivered {
+    /// Deliveries still `pending` with no attempt: their tasks may never have reached
+    /// the broker. An ordered one still waiting for its turn is not among them.
+    pending: Vec<((String, String), NewDelivery)>,
+    /// Unordered endpoints of the event with no delivery row: the first attempt that
+    /// was to write it may have been lost with its process.
+    missing: Vec<((String, String), NewDelivery)>,
+}
+
+async fn redelivered(
+    tx: &mut sqlx::PgConnection,
+    rechecked: &[&FanOut<'_>],
+) -> Result<Redelivered, sqlx::Error> {
+    let tenants: Vec<&str> = rechecked.iter().map(|f| tenant_key(f.event)).collect();
+    let ids: Vec<&str> = rechecked.iter().map(|f| f.event.id.as_str()).collect();
+    #[derive(sqlx::FromRow)]
+    struct Pending {
+        id: Uuid,
+        tenant_key: String,
+        event_id: String,
+        endpoint_id: Uuid,
+        ordering_key: Option<String>,
+        created_at: DateTime<Utc>,
+    }
+    let pending: Vec<Pending> = sqlx::query_as(
+        "SELECT d.id, d.tenant_key, d.event_id, d.endpoint_id,
+                CASE WHEN d.ordering = 'in_order' THEN d.ordering_key END AS ordering_key,
+                d.created_at
+         FROM UNNEST($1::text[], $2::text[]) AS r(tenant_key, event_id)
+         JOIN herald.events e ON e.tenant_key = r.tenant_key AND e.id = r.event_id
+         JOIN herald.deliveries d ON d.tenant_key = e.tenant_key AND d.event_id = e.id
+         WHERE e.dispatched_at IS NULL AND d.status = 'pending' AND d.attempts = 0
+           AND (d.ordering_key IS NULL OR d.ordering IS DISTINCT FROM 'in_order'
+                OR EXISTS (SELECT 1 FROM herald.ordering_heads h
+                           WHERE h.endpoint_id = d.endpoint_id
+                             AND h.ordering_key = d.ordering_key
+                             AND h.delivery_id = d.id))",
+    )
+    .bind(&tenants)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+
+    let (mut wanted_tenants, mut wanted_events, mut wanted_endpoints) =
+        (Vec::new(), Vec::new(), Vec::new());
+    for f in rechecked {
+        for endpoint_id in f.endpoints.iter().filter(|e| !f.ordered.contains(e)) {
+            wanted_tenants.push(tenant_key(f.event));
+            wanted_events.push(f.event.id.as_str());
+            wanted_endpoints.push(*endpoint_id);
+        }
+    }
+    // The event's latest reception: an id may come back once the ring forgot it.
+    let missing: Vec<(String, String, Uuid, DateTime<Utc>)> = sqlx::query_as(
+        "SELECT DISTINCT ON (r.tenant_key, r.event_id, r.endpoint_id)
+                r.tenant_key, r.event_id, r.endpoint_id, e.received_at
+         FROM UNNEST($1::text[], $2::text[], $3::uuid[]) AS r(tenant_key, event_id, endpoint_id)
+         JOIN herald.events e ON e.tenant_key = r.tenant_key AND e.id = r.event_id
+         WHERE e.dispatched_at IS NULL
+           AND NOT EXISTS (SELECT 1 FROM herald.deliveries d
+                           WHERE d.tenant_key = r.tenant_key AND d.event_id = r.event_id
+                             AND d.endpoint_id = r.endpoint_id)
+         ORDER BY r.tenant_key, r.event_id, r.endpoint_id, e.received_at DESC",
+    )
+    .bind(&wanted_tenants)
+    .bind(&wanted_events)
+    .bind(&wanted_endpoints)
+    .fetch_all(&mut *tx)
+    .await?;
+
+    Ok(Redelivered {
+        pending: pending
+            .into_iter()
+            .map(|p| {
+                let d = NewDelivery {
+                    delivery_id: p.id,
+                    endpoint_id: p.endpoint_id,
+                    ordering_key: p.ordering_key,
+                    written: true,
+                    created_at: p.created_at,
+                };
+                ((p.tenant_key, p.event_id), d)
+            })
+            .collect(),
+        missing: missing
+            .into_iter()
+            .map(|(tenant, event_id, endpoint_id, received_at)| {
+                let d = NewDelivery {
+                    delivery_id: delivery_id(received_at, &tenant, &event_id, endpoint_id),
+                    endpoint_id,
+                    ordering_key: None,
+                    written: false,
+                    created_at: received_at,
+                };
+                ((tenant, event_id), d)
+            })
+            .collect(),
+    })
 }
 
 /// Marks events (tenant key, id, received at) whose delivery tasks are all confirmed by
@@ -399,5 +573,36 @@ impl TryFrom<StoredRow> for Event {
                 .map_err(|e| decode(Box::new(e)))?,
             key_in_body_only: false,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+
+    use super::*;
+
+    #[test]
+    fn a_delivery_id_is_a_uuid_v7_of_its_event_reception_and_the_same_for_the_same_delivery() {
+        let at = Utc.with_ymd_and_hms(2026, 12, 8, 3, 4, 5).unwrap()
+            + chrono::Duration::milliseconds(678);
+        let endpoint = Uuid::from_u128(7);
+        let id = delivery_id(at, "acme", "evt-1", endpoint);
+        assert_eq!(id.get_version_num(), 7);
+        assert_eq!(id.get_variant(), uuid::Variant::RFC4122);
+        let (secs, nanos) = id.get_timestamp().expect("v7 has a time").to_unix();
+        assert_eq!((secs, nanos / 1_000_000), (at.timestamp() as u64, 678));
+        assert_eq!(id, delivery_id(at, "acme", "evt-1", endpoint));
+        let others = [
+            delivery_id(at, "acme", "evt-1", Uuid::from_u128(8)),
+            delivery_id(at, "acme", "evt-2", endpoint),
+            delivery_id(at, "", "evt-1", endpoint),
+            // The parts are kept apart: ("acm", "eevt-1") is not ("acme", "evt-1").
+            delivery_id(at, "acm", "eevt-1", endpoint),
+        ];
+        for other in others {
+            assert_ne!(other, id);
+            assert_eq!(other.get_timestamp(), id.get_timestamp());
+        }
     }
 }

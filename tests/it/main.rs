@@ -26,6 +26,7 @@ mod endpoint_ordering;
 mod fan_out;
 mod faults;
 mod filters;
+mod first_write;
 mod fuzz;
 mod health;
 mod ingest;
