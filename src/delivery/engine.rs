@@ -560,6 +560,9 @@ impl Run<'_> {
                 self.publisher.publish(message).await?;
             }
             Origin::Ingest => {
+                // The message's task may be attempted, and its outcome recorded, by
+                // another process before this outcome is: its row must be there.
+                self.d.write_row(self.task).await?;
                 self.publisher.publish(message).await?;
                 self.d.recorder.record(outcome).await?;
             }

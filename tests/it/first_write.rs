@@ -6,7 +6,9 @@
 use std::time::Duration;
 
 use crate::common::receiver::{Receiver, Reply};
-use crate::common::{eventually, TestEnv};
+use herald::Role;
+
+use crate::common::{eventually, wait_ready, TestEnv};
 
 /// Rows inserted into and updated in `herald.deliveries` (all its partitions), as the
 /// database's statistics count them.
@@ -178,5 +180,62 @@ async fn a_first_attempt_lost_with_its_process_is_made_again_and_its_delivery_wr
     assert!(answered.iter().all(|id| id == "evt-lost"), "{answered:?}");
     let _ = second.kill();
     second.wait().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_recorded_before_the_failed_first_attempt_that_sent_it_still_counts() {
+    const ENDPOINTS: usize = 40;
+    // A retry 1 ms after a failed first attempt races the first outcome to the records.
+    let env = TestEnv::with(|s| {
+        s.delivery.retry_schedule = vec![Duration::from_millis(1), Duration::from_millis(1)];
+    })
+    .await;
+    let receiver =
+        Receiver::scripted(|_, nth| Reply::status(if nth == 1 { 500 } else { 200 })).await;
+    for n in 0..ENDPOINTS {
+        env.add_endpoint(
+            &receiver.url(&format!("/p{n}")),
+            &[&format!("sales.p{n}")],
+            None,
+        )
+        .await;
+    }
+    // Apart, as deployed: the retry's outcome is recorded by another process's writer.
+    let ingest = env.start(Role::Ingest).await;
+    let deliver = env.start(Role::Deliver).await;
+    wait_ready(&ingest).await;
+    wait_ready(&deliver).await;
+    for n in 0..ENDPOINTS {
+        env.publish(
+            &format!("sales.p{n}"),
+            Some(&format!("evt-race-{n}")),
+            None,
+            b"{}",
+        )
+        .await;
+    }
+    eventually(
+        "every delivery a success after one retry",
+        Duration::from_secs(30),
+        || async {
+            env.delivery_statuses().await == vec![("success".to_string(), ENDPOINTS as i64)]
+        },
+    )
+    .await;
+    let rows: Vec<(i32, i64)> = sqlx::query_as(
+        "SELECT d.attempts, count(a.*) FROM herald.deliveries d
+         JOIN herald.delivery_attempts a ON a.delivery_id = d.id GROUP BY d.id, d.attempts",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), ENDPOINTS);
+    assert!(
+        rows.iter().all(|r| *r == (2, 2)),
+        "attempts per delivery: {rows:?}"
+    );
+    ingest.stop().await;
+    deliver.stop().await;
     env.cleanup().await;
 }

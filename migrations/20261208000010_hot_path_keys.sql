@@ -1,4 +1,4 @@
--- The hot path (issue 19, docs/benchmarks.md "Round 3"): `herald.deliveries` no longer
+-- The hot path (issue 19, docs/benchmarks.md "Written once"): `herald.deliveries` no longer
 -- checks its endpoint through a foreign key. Every delivery written looked up and
 -- share-locked its endpoint's row (with one endpoint and many writers, a MultiXact for
 -- each); endpoints are never removed (a deleted one keeps its row, `deleted_at`), and
@@ -23,3 +23,8 @@ BEGIN
     END LOOP;
 END;
 $$;
+
+-- Nothing reads events by (type, received_at): the event list and replays match the
+-- type by a pattern (`'.' || type ~ …`), which no index on `type` serves; the index was
+-- only one more entry to write for every event.
+DROP INDEX IF EXISTS herald.events_by_type;
