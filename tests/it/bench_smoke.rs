@@ -103,3 +103,47 @@ fn bench_features_scenario_runs_every_variant_and_reports_each_ratio() {
         );
     }
 }
+
+/// The growth scenario on a tiny history (4,000 deliveries seeded into a database of
+/// its own, dropped after): both sides run, nothing lost, and every list query of the
+/// admin API answered with figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_tool_runs_the_growth_scenario_on_a_tiny_history() {
+    let dir = std::env::temp_dir().join(format!("herald-bench-growth-{}", std::process::id()));
+    let json = dir.join("results.json");
+    let database = format!("herald_bench_smoke_g{}", std::process::id());
+    let history = format!("{database}_growth_4000");
+    let output = tokio::process::Command::new("timeout")
+        .args(["--kill-after=10", "300", env!("CARGO_BIN_EXE_herald-bench")])
+        .args(["--mode", "tiny", "--scenarios", "growth", "--database"])
+        .arg(&database)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .await
+        .expect("herald-bench starts");
+    let base = herald::testkit::database_base_url();
+    herald::testkit::database::drop(&base, &history)
+        .await
+        .expect("drop the seeded history");
+    assert!(
+        output.status.success(),
+        "herald-bench failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&json).expect("results.json written");
+    let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+    let growth = &results["scenarios"][0];
+    assert_eq!(growth["name"], "growth", "{text}");
+    assert_eq!(growth["lost"], 0, "{growth}");
+    assert!(growth["ratio"].is_number(), "{growth}");
+    assert_eq!(growth["detail"]["seeded"]["deliveries"], 4000, "{growth}");
+    let lists = growth["detail"]["lists"].as_array().expect("lists");
+    assert!(lists.len() >= 20, "{growth}");
+    for list in lists {
+        assert!(list["samples"].as_u64().unwrap_or(0) > 0, "{list}");
+        assert!(list["latency_ms"]["p99"].is_number(), "{list}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
