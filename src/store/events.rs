@@ -92,10 +92,11 @@ pub async fn record_fan_out(
     .collect();
 
     let mut results = Vec::with_capacity(batch.len());
-    let (mut ids, mut tenant_keys, mut event_ids, mut endpoint_ids) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut ids, mut tenant_keys, mut event_ids, mut endpoint_ids, mut event_types) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut recheck_tenants, mut recheck_ids) = (Vec::new(), Vec::new());
-    let (mut queued, mut queued_tenants, mut queued_events) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut queued, mut queued_tenants, mut queued_events, mut queued_types) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for f in batch {
         let key = (tenant_key(f.event).to_string(), f.event.id.clone());
         if inserted.contains(&key) {
@@ -120,12 +121,14 @@ pub async fn record_fan_out(
                     });
                     queued_tenants.push(tenant_key(f.event));
                     queued_events.push(f.event.id.as_str());
+                    queued_types.push(f.event.event_type.as_str());
                     continue;
                 }
                 ids.push(d.delivery_id);
                 tenant_keys.push(tenant_key(f.event));
                 event_ids.push(f.event.id.as_str());
                 endpoint_ids.push(d.endpoint_id);
+                event_types.push(f.event.event_type.as_str());
             }
             results.push(Recorded::New(deliveries));
         } else {
@@ -140,16 +143,17 @@ pub async fn record_fan_out(
     if !ids.is_empty() {
         sqlx::query(
             "INSERT INTO herald.deliveries
-                 (id, tenant_key, event_id, endpoint_id, created_at, updated_at)
-             SELECT id, tenant_key, event_id, endpoint_id, $5, $5
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[])
-                  AS t(id, tenant_key, event_id, endpoint_id)",
+                 (id, tenant_key, event_id, endpoint_id, event_type, created_at, updated_at)
+             SELECT id, tenant_key, event_id, endpoint_id, event_type, $5, $5
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $6::text[])
+                  AS t(id, tenant_key, event_id, endpoint_id, event_type)",
         )
         .bind(&ids)
         .bind(&tenant_keys)
         .bind(&event_ids)
         .bind(&endpoint_ids)
         .bind(received_at)
+        .bind(&event_types)
         .execute(&mut *tx)
         .await?;
     }
@@ -160,6 +164,7 @@ pub async fn record_fan_out(
         &queued,
         &queued_tenants,
         &queued_events,
+        &queued_types,
         received_at,
     )
     .await?;
@@ -282,32 +287,38 @@ pub struct EventFilter<'a> {
     pub limit: i64,
 }
 
-/// Events newest first, without their data.
+/// Events newest first, without their data. Only the filters given are in the
+/// statement (each combination planned for itself); the order and the keyset are
+/// those of the index `events_by_arrival` (received_at, tenant_key, id).
 pub async fn list(pool: &PgPool, filter: &EventFilter<'_>) -> Result<Vec<EventView>, sqlx::Error> {
-    let (at, key, id) = match &filter.before {
-        Some((at, key, id)) => (Some(*at), Some(key.as_str()), Some(id.as_str())),
-        None => (None, None, None),
-    };
-    sqlx::query_as(
+    let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(
         "SELECT id, type, tenant_id, source, occurred_at, received_at, NULL::json AS data
-         FROM herald.events
-         WHERE ($1::text IS NULL OR tenant_key = $1)
-           AND ($2::text IS NULL OR '.' || type ~ $2)
-           AND ($3::timestamptz IS NULL OR received_at >= $3)
-           AND ($4::timestamptz IS NULL OR received_at < $4)
-           AND ($5::timestamptz IS NULL OR (received_at, tenant_key, id) < ($5, $6, $7))
-         ORDER BY received_at DESC, tenant_key DESC, id DESC LIMIT $8",
-    )
-    .bind(filter.tenant)
-    .bind(&filter.type_regex)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(at)
-    .bind(key)
-    .bind(id)
-    .bind(filter.limit)
-    .fetch_all(pool)
-    .await
+         FROM herald.events WHERE true",
+    );
+    if let Some(tenant) = filter.tenant {
+        sql.push(" AND tenant_key = ").push_bind(tenant);
+    }
+    if let Some(regex) = &filter.type_regex {
+        sql.push(" AND '.' || type ~ ").push_bind(regex);
+    }
+    if let Some(since) = filter.since {
+        sql.push(" AND received_at >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        sql.push(" AND received_at < ").push_bind(until);
+    }
+    if let Some((at, key, id)) = &filter.before {
+        sql.push(" AND (received_at, tenant_key, id) < (")
+            .push_bind(*at)
+            .push(", ")
+            .push_bind(key)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    sql.push(" ORDER BY received_at DESC, tenant_key DESC, id DESC LIMIT ")
+        .push_bind(filter.limit);
+    sql.build_query_as().fetch_all(pool).await
 }
 
 /// Events with this id, with their data: one per tenant that used the id (one at most
