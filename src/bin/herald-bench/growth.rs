@@ -145,6 +145,20 @@ async fn history(bench: &Bench, deliveries: i64) -> anyhow::Result<(String, Seed
     ))
 }
 
+/// Deletes the endpoints earlier runs added to the history (each run adds its own, and
+/// theirs would receive its events too: twice the fan-out).
+async fn retire_bench_endpoints(bench: &Bench, history: &str) -> anyhow::Result<()> {
+    let pool = connect(bench, history).await?;
+    sqlx::query(
+        "UPDATE herald.endpoints SET deleted_at = now()
+         WHERE event_types = '{#}' AND deleted_at IS NULL",
+    )
+    .execute(&pool)
+    .await?;
+    pool.close().await;
+    Ok(())
+}
+
 fn steady_spec(count: usize) -> RunSpec {
     RunSpec {
         endpoints: vec![EndpointSpec::simple("#", 0)],
@@ -229,6 +243,7 @@ pub async fn growth(bench: &Bench, size: Size, reps: usize) -> anyhow::Result<Ro
     for rep in 0..reps {
         for seeded_first in [rep % 2 == 1, rep % 2 == 0] {
             if seeded_first {
+                retire_bench_endpoints(bench, &history).await?;
                 let run = bench.run_herald_on(&spec, Some(&history)).await?;
                 report("seeded", rep, &run);
                 full.push(run);
