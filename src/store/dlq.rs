@@ -40,7 +40,7 @@ pub struct Filter {
 
 /// The rows a filter selects; parameters `$1`…`$8`, see [`Filter::arguments`].
 /// A delivery carries its event's type and tenant key (migration
-/// `20261207000009_delivery_lists.sql`): no probe of the events' day partitions.
+/// `20261208000002_delivery_lists.sql`): no probe of the events' day partitions.
 const SELECTED: &str = "FROM herald.deliveries d
     JOIN herald.endpoints ep ON ep.id = d.endpoint_id
     WHERE d.status = 'failed' AND d.dead_at IS NOT NULL AND d.purged_at IS NULL
@@ -115,7 +115,8 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<DeadView>, sqlx::Error> {
     let sql = format!(
-        "SELECT d.id, d.event_id, coalesce(d.event_type, '') AS event_type,
+        "SELECT d.id, d.event_id, coalesce(d.event_type, (SELECT e.type FROM herald.events e
+            WHERE e.tenant_key = d.tenant_key AND e.id = d.event_id LIMIT 1), '') AS event_type,
                 NULLIF(d.tenant_key, '') AS tenant_id, d.endpoint_id, ep.url,
                 ep.enabled AS endpoint_enabled, d.dead_reason AS reason, d.attempts,
                 d.last_status_code, d.last_error, d.created_at, d.dead_at
