@@ -107,33 +107,29 @@ fn bench_features_scenario_runs_every_variant_and_reports_each_ratio() {
 /// The growth scenario on a tiny history (4,000 deliveries seeded into a database of
 /// its own, dropped after): both sides run, nothing lost, and every list query of the
 /// admin API answered with figures.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_tool_runs_the_growth_scenario_on_a_tiny_history() {
-    let dir = std::env::temp_dir().join(format!("herald-bench-growth-{}", std::process::id()));
-    let json = dir.join("results.json");
-    let database = format!("herald_bench_smoke_g{}", std::process::id());
-    let history = format!("{database}_growth_4000");
-    let output = tokio::process::Command::new("timeout")
-        .args(["--kill-after=10", "300", env!("CARGO_BIN_EXE_herald-bench")])
-        .args(["--mode", "tiny", "--scenarios", "growth", "--database"])
-        .arg(&database)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .await
-        .expect("herald-bench starts");
-    let base = herald::testkit::database_base_url();
-    herald::testkit::database::drop(&base, &history)
-        .await
-        .expect("drop the seeded history");
-    assert!(
-        output.status.success(),
-        "herald-bench failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = std::fs::read_to_string(&json).expect("results.json written");
-    let results: serde_json::Value = serde_json::from_str(&text).expect("results.json is JSON");
+#[test]
+fn bench_tool_runs_the_growth_scenario_on_a_tiny_history() {
+    /// herald-bench names the history after its own database and keeps it; this drops
+    /// it however the run ends.
+    struct DropHistory(String);
+    impl Drop for DropHistory {
+        fn drop(&mut self) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let base = herald::testkit::database_base_url();
+            if let Err(error) = runtime.block_on(herald::testkit::database::drop(&base, &self.0)) {
+                eprintln!("dropping {}: {error}", self.0);
+            }
+        }
+    }
+    let tag = "growth";
+    let _history = DropHistory(format!(
+        "herald_bench_{tag}_{}_growth_4000",
+        std::process::id()
+    ));
+    let (results, text) = run_tiny("growth", tag);
     let growth = &results["scenarios"][0];
     assert_eq!(growth["name"], "growth", "{text}");
     assert_eq!(growth["lost"], 0, "{growth}");
@@ -145,5 +141,4 @@ async fn bench_tool_runs_the_growth_scenario_on_a_tiny_history() {
         assert!(list["samples"].as_u64().unwrap_or(0) > 0, "{list}");
         assert!(list["latency_ms"]["p99"].is_number(), "{list}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -20,19 +20,11 @@ use crate::growth_lists::{self, ADMIN_TOKEN};
 use crate::growth_seed::{self, Seeded};
 use crate::process::{self, Herald};
 use crate::row::{Row, Size};
-use crate::run::{Bench, EndpointSpec, LoadSpec, RunOutcome, RunSpec};
+use crate::run::{Bench, RunOutcome};
+use crate::shared::{as_fast_as_possible, check, median};
 
 /// Bumped when the seeded rows change: a history of another version is seeded again.
 const SEED_VERSION: i32 = 1;
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    match values.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => values[n / 2],
-        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
-    }
-}
 
 fn round2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
@@ -159,23 +151,6 @@ async fn retire_bench_endpoints(bench: &Bench, history: &str) -> anyhow::Result<
     Ok(())
 }
 
-fn steady_spec(count: usize) -> RunSpec {
-    RunSpec {
-        endpoints: vec![EndpointSpec::simple("#", 0)],
-        load: LoadSpec {
-            count,
-            rate: None,
-            body_bytes: 500,
-            kinds: vec![("bench.order.created".to_string(), None)],
-            ordering_keys: None,
-        },
-        expected: count,
-        retry_schedule: "1s,2s,5s".into(),
-        backlog: false,
-        timeout: Duration::from_secs(60) + Duration::from_millis(count as u64),
-    }
-}
-
 fn report(label: &str, rep: usize, run: &RunOutcome) {
     eprintln!(
         "  growth {label} #{rep}: {:.0}/s, p99 {:.1} ms, lost {}, dup {}{}",
@@ -236,7 +211,7 @@ pub async fn growth(bench: &Bench, size: Size, reps: usize) -> anyhow::Result<Ro
     let deliveries: i64 = size.pick(10_000_000, 200_000, 4_000);
     let (history, seeded, prepared) = history(bench, deliveries).await?;
     let count = size.pick(100_000, 5_000, 200);
-    let spec = steady_spec(count);
+    let spec = as_fast_as_possible(count);
 
     // Pairs alternated, the order swapped every pair.
     let (mut empty, mut full) = (Vec::new(), Vec::new());
@@ -246,10 +221,12 @@ pub async fn growth(bench: &Bench, size: Size, reps: usize) -> anyhow::Result<Ro
                 retire_bench_endpoints(bench, &history).await?;
                 let run = bench.run_herald_on(&spec, Some(&history)).await?;
                 report("seeded", rep, &run);
+                check(&run, "growth seeded");
                 full.push(run);
             } else {
                 let run = bench.run_herald(&spec).await?;
                 report("empty", rep, &run);
+                check(&run, "growth empty");
                 empty.push(run);
             }
         }
