@@ -87,6 +87,9 @@ const REPLACED: [&str; 3] = [
 
 const BACKFILL: &str = "deliveries.event_type";
 
+/// SQLSTATE of a `lock_timeout` that ran out.
+const LOCK_NOT_AVAILABLE: &str = "55P03";
+
 /// Steps 1–3 above; a no-op (a few catalog reads) on a database where they are done.
 pub async fn finish(pool: &PgPool) -> Result<(), sqlx::Error> {
     backfill_event_types(pool).await?;
@@ -320,7 +323,14 @@ async fn drop_replaced(pool: &PgPool) -> Result<(), sqlx::Error> {
     if invalid > 0 {
         return Ok(());
     }
-    for name in REPLACED {
+    let present: Vec<String> = sqlx::query_scalar(
+        "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = 'herald' AND c.relname = ANY($1)",
+    )
+    .bind(REPLACED.map(String::from).to_vec())
+    .fetch_all(pool)
+    .await?;
+    for name in present {
         // A partitioned index has no DROP … CONCURRENTLY: the drop takes the tables'
         // ACCESS EXCLUSIVE lock for a moment; waiting for it at most 5 s keeps the hot
         // path from queueing behind a long wait (the next `herald migrate` retries).
@@ -328,10 +338,16 @@ async fn drop_replaced(pool: &PgPool) -> Result<(), sqlx::Error> {
         sqlx::raw_sql("SET LOCAL lock_timeout = '5s'")
             .execute(&mut *tx)
             .await?;
-        sqlx::raw_sql(&format!("DROP INDEX IF EXISTS herald.{name}"))
+        let dropped = sqlx::raw_sql(&format!("DROP INDEX IF EXISTS herald.{name}"))
             .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+            .await;
+        match dropped {
+            Ok(_) => tx.commit().await?,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
+                tracing::warn!(index = name, "upgrade: not dropped (the table stayed busy for 5 s); the next `herald migrate` drops it");
+            }
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }
