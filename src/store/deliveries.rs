@@ -168,7 +168,7 @@ pub struct DeliveryView {
 }
 
 // A delivery carries its event's type and tenant key (migration
-// `20261208000002_delivery_lists.sql`): reading them does not probe the events' day
+// `20261208000020_delivery_lists.sql`): reading them does not probe the events' day
 // partitions for every row. A row recorded before that migration and not yet filled by
 // `herald migrate`'s backfill (src/store/upgrade.rs) reads its type from the event, as
 // before; a filter on the type finds it once it is filled.
@@ -202,7 +202,7 @@ pub struct Filter {
 
 /// Deliveries newest first. Only the filters given are in the statement, so each
 /// combination is planned for what it asks — an index that matches it, read in id
-/// order (migration `20261208000002_delivery_lists.sql`) — never as one plan of
+/// order (migration `20261208000020_delivery_lists.sql`) — never as one plan of
 /// `($1 IS NULL OR …)` for every filter at once.
 pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<DeliveryView>, sqlx::Error> {
     let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(VIEW);

@@ -40,7 +40,7 @@ pub struct Filter {
 
 /// The rows a filter selects; parameters `$1`…`$8`, see [`Filter::arguments`].
 /// A delivery carries its event's type and tenant key (migration
-/// `20261208000002_delivery_lists.sql`): no probe of the events' day partitions.
+/// `20261208000020_delivery_lists.sql`): no probe of the events' day partitions.
 const SELECTED: &str = "FROM herald.deliveries d
     JOIN herald.endpoints ep ON ep.id = d.endpoint_id
     WHERE d.status = 'failed' AND d.dead_at IS NOT NULL AND d.purged_at IS NULL

@@ -3,7 +3,7 @@
 //! deliveries a single `UPDATE` of every row held its write lock for 16 minutes, and a
 //! `CREATE INDEX` on a partitioned table blocks writes to all of it while it builds.
 //!
-//! Migration `20261208000002_delivery_lists.sql` only changes the catalog (a nullable
+//! Migration `20261208000020_delivery_lists.sql` only changes the catalog (a nullable
 //! column, a trigger for rows written without it, the lists' indexes declared on the
 //! parents `ON ONLY`). This then, in order:
 //! 1. fills `deliveries.event_type` of the rows recorded before, in batches of
@@ -44,7 +44,7 @@ struct PartitionedIndex {
     definition: &'static str,
 }
 
-/// The indexes of migration `20261208000002_delivery_lists.sql`.
+/// The indexes of migration `20261208000020_delivery_lists.sql`.
 const INDEXES: [PartitionedIndex; 6] = [
     PartitionedIndex {
         name: "deliveries_by_endpoint_id",

@@ -178,7 +178,7 @@ async fn events_recorded_before_tenants_counted_in_their_identity_keep_their_del
 }
 
 /// An upgrade of a database with history to the lists' schema (migration
-/// `20261208000002_delivery_lists.sql` and src/store/upgrade.rs): the migration only
+/// `20261208000020_delivery_lists.sql` and src/store/upgrade.rs): the migration only
 /// changes the catalog; `herald migrate` then fills the deliveries' event type in
 /// batches and builds every day partition's index (concurrently on a day of some
 /// size), and drops the indexes they replace. Twice is a no-op.
@@ -188,7 +188,7 @@ async fn an_upgrade_fills_the_event_type_of_recorded_deliveries_in_batches_and_b
     let env = TestEnv::unmigrated().await;
     let latest = MIGRATOR
         .iter()
-        .position(|m| m.version == 20261208000002)
+        .position(|m| m.version == 20261208000020)
         .expect("the lists' migration");
     let before = sqlx::migrate::Migrator {
         migrations: std::borrow::Cow::Owned(MIGRATOR.iter().take(latest).cloned().collect()),
