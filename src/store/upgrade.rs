@@ -344,7 +344,11 @@ async fn drop_replaced(pool: &PgPool) -> Result<(), sqlx::Error> {
         match dropped {
             Ok(_) => tx.commit().await?,
             Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some(LOCK_NOT_AVAILABLE) => {
-                tracing::warn!(index = name, "upgrade: not dropped (the table stayed busy for 5 s); the next `herald migrate` drops it");
+                tracing::warn!(
+                    index = name,
+                    "upgrade: not dropped (the table stayed busy for 5 s); \
+                     the next `herald migrate` drops it"
+                );
             }
             Err(e) => return Err(e),
         }

@@ -181,10 +181,10 @@ async fn events_recorded_before_tenants_counted_in_their_identity_keep_their_del
 /// `20261208000020_delivery_lists.sql` and src/store/upgrade.rs): the migration only
 /// changes the catalog; `herald migrate` then fills the deliveries' event type in
 /// batches and builds every day partition's index (concurrently on a day of some
-/// size), and drops the indexes they replace. Twice is a no-op.
+/// size), and drops the indexes they replace, passing over a row another transaction
+/// holds rather than waiting for it. Twice is a no-op.
 #[tokio::test]
-async fn an_upgrade_fills_the_event_type_of_recorded_deliveries_in_batches_and_builds_the_list_indexes(
-) {
+async fn upgrading_a_recorded_history_fills_event_types_in_batches_and_builds_the_list_indexes() {
     let env = TestEnv::unmigrated().await;
     let latest = MIGRATOR
         .iter()
@@ -194,7 +194,21 @@ async fn an_upgrade_fills_the_event_type_of_recorded_deliveries_in_batches_and_b
         migrations: std::borrow::Cow::Owned(MIGRATOR.iter().take(latest).cloned().collect()),
         ..sqlx::migrate::Migrator::DEFAULT
     };
-    before.run(&env.pool).await.expect("the earlier migrations");
+    // Recorded in schema herald (as `herald migrate` does), so that the schema step
+    // of the lists' migration can be applied on its own below.
+    sqlx::query("CREATE SCHEMA herald")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let mut conn = env.pool.acquire().await.unwrap();
+    sqlx::query("SET search_path TO herald")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    before
+        .run(&mut *conn)
+        .await
+        .expect("the earlier migrations");
     // Three days of history: 60,000 deliveries two days ago (a day of more than 8 MiB:
     // its indexes are built concurrently), 2,000 yesterday; two of today's deliveries
     // are of a two-day-old event (a replay), one of an event no longer recorded.
@@ -223,20 +237,63 @@ async fn an_upgrade_fills_the_event_type_of_recorded_deliveries_in_batches_and_b
     .await
     .unwrap();
 
-    for _ in 0..2 {
-        store::migrate(&env.pool).await.expect("herald migrate");
-    }
-    let unfilled: Vec<String> =
-        sqlx::query_scalar("SELECT event_id FROM herald.deliveries WHERE event_type IS NULL")
-            .fetch_all(&env.pool)
-            .await
-            .unwrap();
-    assert_eq!(unfilled, ["gone"], "only the delivery without its event");
+    // The schema step alone (what `herald migrate` runs first, in one transaction)…
+    MIGRATOR
+        .run(&mut *conn)
+        .await
+        .expect("the lists' schema migration");
+    sqlx::query("RESET search_path")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    // …then, as the hot path would, another transaction holds one recorded delivery
+    // while the backfill runs: the backfill passes over it instead of waiting. (It is let
+    // go once the backfill is done: the concurrent index builds wait for older
+    // transactions.)
+    let mut holder = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM herald.deliveries WHERE event_id = 'old-3' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let release_when_filled = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let done = || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM herald.upgrade_steps WHERE done_at IS NOT NULL",
+            )
+            .fetch_one(&env.pool)
+        };
+        while done().await.unwrap_or(0) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backfill waited for the held row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        holder.commit().await.unwrap();
+    };
+    let (migrated, ()) = tokio::join!(store::migrate(&env.pool), release_when_filled);
+    migrated.expect("herald migrate");
+    store::migrate(&env.pool)
+        .await
+        .expect("herald migrate, again");
+    let unfilled: Vec<String> = sqlx::query_scalar(
+        "SELECT event_id FROM herald.deliveries WHERE event_type IS NULL ORDER BY event_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        unfilled,
+        ["gone", "old-3"],
+        "only the delivery without its event, and the one held meanwhile"
+    );
     let wrong = env
         .count(
             "SELECT count(*) FROM herald.deliveries d JOIN herald.events e
                  ON e.tenant_key = d.tenant_key AND e.id = d.event_id
-             WHERE d.event_type IS DISTINCT FROM e.type",
+             WHERE d.event_type <> e.type",
         )
         .await;
     assert_eq!(wrong, 0, "every filled type is its event's");
