@@ -738,6 +738,7 @@ fn plan(
                 Arc::new(NewRow {
                     tenant_key: tenant.to_string(),
                     event_id: a.event.id.clone(),
+                    event_type: a.event.event_type.to_string(),
                     endpoint_id: d.endpoint_id,
                     created_at: d.created_at,
                 })

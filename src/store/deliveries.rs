@@ -64,6 +64,7 @@ pub struct Outcome {
 pub struct NewRow {
     pub tenant_key: String,
     pub event_id: String,
+    pub event_type: String,
     pub endpoint_id: Uuid,
     /// When its event was received.
     pub created_at: DateTime<Utc>,
@@ -130,9 +131,11 @@ async fn write_rows(tx: &mut sqlx::PgConnection, outcomes: &[&Outcome]) -> Resul
     let rows: Vec<Arc<NewRow>> = outcomes.iter().map(row).collect();
     sqlx::query(
         "INSERT INTO herald.deliveries AS d
-             (id, tenant_key, event_id, endpoint_id, created_at, status, attempts, next_retry_at,
-              last_status_code, last_error, delivered_at, dead_reason, dead_at, updated_at)
-         SELECT u.id, u.tenant_key, u.event_id, u.endpoint_id, u.created_at, u.status, u.attempts,
+             (id, tenant_key, event_id, endpoint_id, event_type, created_at, status, attempts,
+              next_retry_at, last_status_code, last_error, delivered_at, dead_reason, dead_at,
+              updated_at)
+         SELECT u.id, u.tenant_key, u.event_id, u.endpoint_id, u.event_type, u.created_at,
+                u.status, u.attempts,
                 u.next_retry_at, u.last_status_code, u.last_error,
                 CASE WHEN u.status = 'success' THEN u.at END,
                 CASE WHEN u.status = 'failed' THEN split_part(u.last_error, ':', 1) END,
@@ -140,9 +143,9 @@ async fn write_rows(tx: &mut sqlx::PgConnection, outcomes: &[&Outcome]) -> Resul
                 u.at
          FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[],
                      $6::text[], $7::int4[], $8::timestamptz[], $9::int4[], $10::text[],
-                     $11::timestamptz[])
+                     $11::timestamptz[], $12::text[])
               AS u(id, tenant_key, event_id, endpoint_id, created_at, status, attempts,
-                   next_retry_at, last_status_code, last_error, at)
+                   next_retry_at, last_status_code, last_error, at, event_type)
          ON CONFLICT (id) DO UPDATE SET
              status = EXCLUDED.status,
              attempts = GREATEST(d.attempts, EXCLUDED.attempts),
@@ -187,6 +190,11 @@ async fn write_rows(tx: &mut sqlx::PgConnection, outcomes: &[&Outcome]) -> Resul
             .collect::<Vec<_>>(),
     )
     .bind(outcomes.iter().map(|o| o.at).collect::<Vec<_>>())
+    .bind(
+        rows.iter()
+            .map(|r| r.event_type.as_str())
+            .collect::<Vec<_>>(),
+    )
     .execute(tx)
     .await?;
     Ok(())
@@ -275,11 +283,18 @@ pub struct DeliveryView {
     pub ordering: Option<String>,
 }
 
-const VIEW: &str = "SELECT d.id, d.event_id, e.type AS event_type, e.tenant_id, d.endpoint_id,
+// A delivery carries its event's type and tenant key (migration
+// `20261208000020_delivery_lists.sql`): reading them does not probe the events' day
+// partitions for every row. A row recorded before that migration and not yet filled by
+// `herald migrate`'s backfill (src/store/upgrade.rs) reads its type from the event, as
+// before; a filter on the type finds it once it is filled.
+const VIEW: &str =
+    "SELECT d.id, d.event_id, coalesce(d.event_type, (SELECT e.type FROM herald.events e
+            WHERE e.tenant_key = d.tenant_key AND e.id = d.event_id LIMIT 1), '') AS event_type,
+        NULLIF(d.tenant_key, '') AS tenant_id, d.endpoint_id,
         ep.url, d.status, d.attempts, d.next_retry_at, d.last_status_code, d.last_error,
         d.created_at, d.updated_at, d.delivered_at, d.ordering_key, d.ordering
     FROM herald.deliveries d
-    JOIN herald.events e ON e.tenant_key = d.tenant_key AND e.id = d.event_id
     JOIN herald.endpoints ep ON ep.id = d.endpoint_id";
 
 /// Filters for listing deliveries; `None` means any.
@@ -301,34 +316,58 @@ pub struct Filter {
     pub limit: i64,
 }
 
-/// Deliveries newest first.
+/// Deliveries newest first. Only the filters given are in the statement, so each
+/// combination is planned for what it asks — an index that matches it, read in id
+/// order (migration `20261208000020_delivery_lists.sql`) — never as one plan of
+/// `($1 IS NULL OR …)` for every filter at once.
 pub async fn list(pool: &PgPool, filter: &Filter) -> Result<Vec<DeliveryView>, sqlx::Error> {
-    sqlx::query_as(&format!(
-        "{VIEW} WHERE ($1::text IS NULL OR d.status = $1)
-            AND ($2::uuid IS NULL OR d.endpoint_id = $2)
-            AND ($3::text IS NULL OR d.event_id = $3)
-            AND ($4::text IS NULL OR ep.tenant_id = $4)
-            AND ($5::text IS NULL OR e.tenant_id = $5)
-            AND ($6::text IS NULL OR e.type = $6)
-            AND ($7::int4 IS NULL OR d.last_status_code = $7)
-            AND ($8::timestamptz IS NULL OR d.created_at >= $8)
-            AND ($9::timestamptz IS NULL OR d.created_at < $9)
-            AND ($10::uuid IS NULL OR d.id < $10)
-         ORDER BY d.id DESC LIMIT $11"
-    ))
-    .bind(&filter.status)
-    .bind(filter.endpoint_id)
-    .bind(&filter.event_id)
-    .bind(&filter.scope)
-    .bind(&filter.tenant)
-    .bind(&filter.event_type)
-    .bind(filter.http_status)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(filter.before)
-    .bind(filter.limit.clamp(1, 10_001))
-    .fetch_all(pool)
-    .await
+    let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(VIEW);
+    sql.push(" WHERE true");
+    if let Some(status) = &filter.status {
+        sql.push(" AND d.status = ").push_bind(status);
+    }
+    if let Some(endpoint_id) = filter.endpoint_id {
+        sql.push(" AND d.endpoint_id = ").push_bind(endpoint_id);
+    }
+    if let Some(event_id) = &filter.event_id {
+        sql.push(" AND d.event_id = ").push_bind(event_id);
+    }
+    if let Some(scope) = &filter.scope {
+        // A tenant's endpoints receive only its events (crate::subscriptions, replays),
+        // so their deliveries carry its key: the same rows, found by the tenant index.
+        sql.push(" AND ep.tenant_id = ").push_bind(scope);
+        sql.push(" AND d.tenant_key = ").push_bind(scope);
+    }
+    if let Some(tenant) = &filter.tenant {
+        sql.push(" AND d.tenant_key = ").push_bind(tenant);
+    }
+    if let Some(event_type) = &filter.event_type {
+        sql.push(" AND d.event_type = ").push_bind(event_type);
+    }
+    if let Some(code) = filter.http_status {
+        sql.push(" AND d.last_status_code = ").push_bind(code);
+    }
+    // A delivery's id is a UUIDv7 made within moments of its `created_at`; bounds on
+    // the id (an hour wider: any skew between clocks) let the scan start and end in the
+    // right day partitions instead of filtering every newer row.
+    if let Some(since) = filter.since {
+        sql.push(" AND d.created_at >= ").push_bind(since);
+        sql.push(" AND d.id >= herald.uuid_v7_floor(")
+            .push_bind(since)
+            .push(" - interval '1 hour')");
+    }
+    if let Some(until) = filter.until {
+        sql.push(" AND d.created_at < ").push_bind(until);
+        sql.push(" AND d.id < herald.uuid_v7_floor(")
+            .push_bind(until)
+            .push(" + interval '1 hour')");
+    }
+    if let Some(before) = filter.before {
+        sql.push(" AND d.id < ").push_bind(before);
+    }
+    sql.push(" ORDER BY d.id DESC LIMIT ")
+        .push_bind(filter.limit.clamp(1, 10_001));
+    sql.build_query_as().fetch_all(pool).await
 }
 
 /// One delivery; `scope` confines it to deliveries to one tenant's endpoints.

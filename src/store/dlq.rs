@@ -39,15 +39,16 @@ pub struct Filter {
 }
 
 /// The rows a filter selects; parameters `$1`…`$8`, see [`Filter::arguments`].
+/// A delivery carries its event's type and tenant key (migration
+/// `20261208000020_delivery_lists.sql`): no probe of the events' day partitions.
 const SELECTED: &str = "FROM herald.deliveries d
-    JOIN herald.events e ON e.tenant_key = d.tenant_key AND e.id = d.event_id
     JOIN herald.endpoints ep ON ep.id = d.endpoint_id
     WHERE d.status = 'failed' AND d.dead_at IS NOT NULL AND d.purged_at IS NULL
       AND ($1::text IS NULL OR ep.tenant_id = $1)
       AND ($2::text IS NULL OR d.tenant_key = $2)
       AND ($3::uuid IS NULL OR d.endpoint_id = $3)
       AND ($4::text IS NULL OR d.dead_reason = $4)
-      AND ($5::text IS NULL OR e.type = $5)
+      AND ($5::text IS NULL OR d.event_type = $5)
       AND ($6::timestamptz IS NULL OR d.dead_at >= $6)
       AND ($7::timestamptz IS NULL OR d.dead_at < $7)
       AND ($8::uuid[] IS NULL OR d.id = ANY($8))";
@@ -114,7 +115,9 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<DeadView>, sqlx::Error> {
     let sql = format!(
-        "SELECT d.id, d.event_id, e.type AS event_type, e.tenant_id, d.endpoint_id, ep.url,
+        "SELECT d.id, d.event_id, coalesce(d.event_type, (SELECT e.type FROM herald.events e
+            WHERE e.tenant_key = d.tenant_key AND e.id = d.event_id LIMIT 1), '') AS event_type,
+                NULLIF(d.tenant_key, '') AS tenant_id, d.endpoint_id, ep.url,
                 ep.enabled AS endpoint_enabled, d.dead_reason AS reason, d.attempts,
                 d.last_status_code, d.last_error, d.created_at, d.dead_at
          {SELECTED} AND ($9::uuid IS NULL OR d.id < $9)
@@ -158,7 +161,8 @@ pub struct Dead {
     pub endpoint_deleted: bool,
 }
 
-/// The next `limit` dead deliveries after `after`, oldest id first.
+/// The next `limit` dead deliveries after `after`, oldest id first; only those whose
+/// event is still recorded (a redrive rebuilds the webhook from it).
 pub async fn chunk(
     pool: &PgPool,
     filter: &Filter,
@@ -169,6 +173,8 @@ pub async fn chunk(
         "SELECT d.id, d.event_id, d.tenant_key, d.endpoint_id, d.attempts,
                 ep.enabled AS endpoint_enabled, ep.deleted_at IS NOT NULL AS endpoint_deleted
          {SELECTED} AND ($9::uuid IS NULL OR d.id > $9)
+           AND EXISTS (SELECT 1 FROM herald.events e
+                       WHERE e.tenant_key = d.tenant_key AND e.id = d.event_id)
          ORDER BY d.id LIMIT $10"
     );
     let args = filter.with(|a| {

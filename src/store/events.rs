@@ -138,9 +138,11 @@ pub async fn record_fan_out(
     let mut results = Vec::with_capacity(batch.len());
     let mut pending = PendingRows::default();
     let mut rechecked = Vec::new();
-    let (mut queued, mut queued_tenants, mut queued_events) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut queued, mut queued_tenants, mut queued_events, mut queued_types) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for f in batch {
         let tenant = tenant_key(f.event);
+        let event_type = f.event.event_type.as_str();
         let key = (tenant.to_string(), f.event.id.clone());
         if !inserted.contains(&key) {
             if f.redelivered {
@@ -160,6 +162,7 @@ pub async fn record_fan_out(
                 });
                 queued_tenants.push(tenant);
                 queued_events.push(f.event.id.as_str());
+                queued_types.push(event_type);
                 deliveries.push(NewDelivery {
                     delivery_id,
                     endpoint_id: *endpoint_id,
@@ -170,7 +173,14 @@ pub async fn record_fan_out(
                 continue;
             }
             if write_now {
-                pending.push(delivery_id, tenant, &f.event.id, *endpoint_id, received_at);
+                pending.push(
+                    delivery_id,
+                    tenant,
+                    &f.event.id,
+                    event_type,
+                    *endpoint_id,
+                    received_at,
+                );
             }
             deliveries.push(NewDelivery {
                 delivery_id,
@@ -189,6 +199,7 @@ pub async fn record_fan_out(
         &queued,
         &queued_tenants,
         &queued_events,
+        &queued_types,
         received_at,
     )
     .await?;
@@ -218,6 +229,7 @@ pub async fn record_fan_out(
                         d.delivery_id,
                         tenant_key(f.event),
                         &f.event.id,
+                        f.event.event_type.as_str(),
                         d.endpoint_id,
                         d.created_at,
                     );
@@ -241,6 +253,7 @@ struct PendingRows<'a> {
     ids: Vec<Uuid>,
     tenant_keys: Vec<&'a str>,
     event_ids: Vec<&'a str>,
+    event_types: Vec<&'a str>,
     endpoint_ids: Vec<Uuid>,
     created_at: Vec<DateTime<Utc>>,
 }
@@ -251,12 +264,14 @@ impl<'a> PendingRows<'a> {
         id: Uuid,
         tenant_key: &'a str,
         event_id: &'a str,
+        event_type: &'a str,
         endpoint_id: Uuid,
         created_at: DateTime<Utc>,
     ) {
         self.ids.push(id);
         self.tenant_keys.push(tenant_key);
         self.event_ids.push(event_id);
+        self.event_types.push(event_type);
         self.endpoint_ids.push(endpoint_id);
         self.created_at.push(created_at);
     }
@@ -267,10 +282,11 @@ impl<'a> PendingRows<'a> {
         }
         sqlx::query(
             "INSERT INTO herald.deliveries
-                 (id, tenant_key, event_id, endpoint_id, created_at, updated_at)
-             SELECT id, tenant_key, event_id, endpoint_id, created_at, created_at
-             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[])
-                  AS t(id, tenant_key, event_id, endpoint_id, created_at)
+                 (id, tenant_key, event_id, endpoint_id, event_type, created_at, updated_at)
+             SELECT id, tenant_key, event_id, endpoint_id, event_type, created_at, created_at
+             FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::timestamptz[],
+                         $6::text[])
+                  AS t(id, tenant_key, event_id, endpoint_id, created_at, event_type)
              ON CONFLICT (id) DO NOTHING",
         )
         .bind(&self.ids)
@@ -278,6 +294,7 @@ impl<'a> PendingRows<'a> {
         .bind(&self.event_ids)
         .bind(&self.endpoint_ids)
         .bind(&self.created_at)
+        .bind(&self.event_types)
         .execute(tx)
         .await?;
         Ok(())
@@ -456,32 +473,38 @@ pub struct EventFilter<'a> {
     pub limit: i64,
 }
 
-/// Events newest first, without their data.
+/// Events newest first, without their data. Only the filters given are in the
+/// statement (each combination planned for itself); the order and the keyset are
+/// those of the index `events_by_arrival` (received_at, tenant_key, id).
 pub async fn list(pool: &PgPool, filter: &EventFilter<'_>) -> Result<Vec<EventView>, sqlx::Error> {
-    let (at, key, id) = match &filter.before {
-        Some((at, key, id)) => (Some(*at), Some(key.as_str()), Some(id.as_str())),
-        None => (None, None, None),
-    };
-    sqlx::query_as(
+    let mut sql = sqlx::QueryBuilder::<sqlx::Postgres>::new(
         "SELECT id, type, tenant_id, source, occurred_at, received_at, NULL::json AS data
-         FROM herald.events
-         WHERE ($1::text IS NULL OR tenant_key = $1)
-           AND ($2::text IS NULL OR '.' || type ~ $2)
-           AND ($3::timestamptz IS NULL OR received_at >= $3)
-           AND ($4::timestamptz IS NULL OR received_at < $4)
-           AND ($5::timestamptz IS NULL OR (received_at, tenant_key, id) < ($5, $6, $7))
-         ORDER BY received_at DESC, tenant_key DESC, id DESC LIMIT $8",
-    )
-    .bind(filter.tenant)
-    .bind(&filter.type_regex)
-    .bind(filter.since)
-    .bind(filter.until)
-    .bind(at)
-    .bind(key)
-    .bind(id)
-    .bind(filter.limit)
-    .fetch_all(pool)
-    .await
+         FROM herald.events WHERE true",
+    );
+    if let Some(tenant) = filter.tenant {
+        sql.push(" AND tenant_key = ").push_bind(tenant);
+    }
+    if let Some(regex) = &filter.type_regex {
+        sql.push(" AND '.' || type ~ ").push_bind(regex);
+    }
+    if let Some(since) = filter.since {
+        sql.push(" AND received_at >= ").push_bind(since);
+    }
+    if let Some(until) = filter.until {
+        sql.push(" AND received_at < ").push_bind(until);
+    }
+    if let Some((at, key, id)) = &filter.before {
+        sql.push(" AND (received_at, tenant_key, id) < (")
+            .push_bind(*at)
+            .push(", ")
+            .push_bind(key)
+            .push(", ")
+            .push_bind(id)
+            .push(")");
+    }
+    sql.push(" ORDER BY received_at DESC, tenant_key DESC, id DESC LIMIT ")
+        .push_bind(filter.limit);
+    sql.build_query_as().fetch_all(pool).await
 }
 
 /// Events with this id, with their data: one per tenant that used the id (one at most

@@ -9,6 +9,10 @@
 //! "endpoints" already exists`). Herald now pins the migrating session's `search_path`
 //! to `herald` and, before migrating, moves its own rows out of a `public` table left
 //! by an earlier version.
+//!
+//! After the schema migrations it finishes what an upgrade must not do inside one
+//! migration's transaction (filling a new column of every recorded row, building
+//! indexes on every day partition): `super::upgrade`.
 
 use sqlx::{Connection, PgConnection, PgPool};
 
@@ -29,7 +33,11 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     let result = MIGRATOR.run(&mut *conn).await;
     // The connection goes back to the pool: give it the server's default path back.
     let _ = sqlx::query("RESET search_path").execute(&mut *conn).await;
-    result
+    drop(conn);
+    result?;
+    super::upgrade::finish(pool)
+        .await
+        .map_err(sqlx::migrate::MigrateError::Execute)
 }
 
 /// Moves the rows of Herald's own migrations from `public._sqlx_migrations` (where

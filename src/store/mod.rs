@@ -16,6 +16,7 @@ pub mod ordering;
 pub mod replays;
 pub mod retention;
 pub mod tokens;
+mod upgrade;
 
 pub use migrate::migrate;
 

@@ -45,6 +45,7 @@ pub async fn enqueue(
     queued: &[Queued<'_>],
     tenant_keys: &[&str],
     event_ids: &[&str],
+    event_types: &[&str],
     received_at: DateTime<Utc>,
 ) -> Result<HashSet<Uuid>, sqlx::Error> {
     if queued.is_empty() {
@@ -53,11 +54,12 @@ pub async fn enqueue(
     let places = places(tx, queued.len()).await?;
     sqlx::query(
         "INSERT INTO herald.deliveries
-             (id, tenant_key, event_id, endpoint_id, created_at, updated_at,
+             (id, tenant_key, event_id, endpoint_id, event_type, created_at, updated_at,
               ordering_key, ordering_seq, ordering)
-         SELECT id, tenant_key, event_id, endpoint_id, $5, $5, key, seq, 'in_order'
-         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $6::text[], $7::bigint[])
-              AS t(id, tenant_key, event_id, endpoint_id, key, seq)",
+         SELECT id, tenant_key, event_id, endpoint_id, event_type, $5, $5, key, seq, 'in_order'
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::uuid[], $6::text[], $7::bigint[],
+                     $8::text[])
+              AS t(id, tenant_key, event_id, endpoint_id, key, seq, event_type)",
     )
     .bind(queued.iter().map(|q| q.delivery_id).collect::<Vec<_>>())
     .bind(tenant_keys)
@@ -66,6 +68,7 @@ pub async fn enqueue(
     .bind(received_at)
     .bind(queued.iter().map(|q| q.key).collect::<Vec<_>>())
     .bind(&places)
+    .bind(event_types)
     .execute(&mut **tx)
     .await?;
     // The first new delivery of each key in the batch is the candidate head; the

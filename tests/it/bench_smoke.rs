@@ -103,3 +103,42 @@ fn bench_features_scenario_runs_every_variant_and_reports_each_ratio() {
         );
     }
 }
+
+/// The growth scenario on a tiny history (4,000 deliveries seeded into a database of
+/// its own, dropped after): both sides run, nothing lost, and every list query of the
+/// admin API answered with figures.
+#[test]
+fn bench_tool_runs_the_growth_scenario_on_a_tiny_history() {
+    /// herald-bench names the history after its own database and keeps it; this drops
+    /// it however the run ends.
+    struct DropHistory(String);
+    impl Drop for DropHistory {
+        fn drop(&mut self) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            let base = herald::testkit::database_base_url();
+            if let Err(error) = runtime.block_on(herald::testkit::database::drop(&base, &self.0)) {
+                eprintln!("dropping {}: {error}", self.0);
+            }
+        }
+    }
+    let tag = "growth";
+    let _history = DropHistory(format!(
+        "herald_bench_{tag}_{}_growth_4000",
+        std::process::id()
+    ));
+    let (results, text) = run_tiny("growth", tag);
+    let growth = &results["scenarios"][0];
+    assert_eq!(growth["name"], "growth", "{text}");
+    assert_eq!(growth["lost"], 0, "{growth}");
+    assert!(growth["ratio"].is_number(), "{growth}");
+    assert_eq!(growth["detail"]["seeded"]["deliveries"], 4000, "{growth}");
+    let lists = growth["detail"]["lists"].as_array().expect("lists");
+    assert!(lists.len() >= 20, "{growth}");
+    for list in lists {
+        assert!(list["samples"].as_u64().unwrap_or(0) > 0, "{list}");
+        assert!(list["latency_ms"]["p99"].is_number(), "{list}");
+    }
+}

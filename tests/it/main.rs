@@ -40,6 +40,7 @@ mod ordering;
 mod properties;
 mod rate_limits;
 mod receivers;
+mod record_lists;
 mod resend;
 mod retention;
 mod ssrf;

@@ -176,3 +176,173 @@ async fn events_recorded_before_tenants_counted_in_their_identity_keep_their_del
     assert!(insert("acme").await.is_err(), "acme's order-1 twice");
     env.cleanup().await;
 }
+
+/// An upgrade of a database with history to the lists' schema (migration
+/// `20261208000020_delivery_lists.sql` and src/store/upgrade.rs): the migration only
+/// changes the catalog; `herald migrate` then fills the deliveries' event type in
+/// batches and builds every day partition's index (concurrently on a day of some
+/// size), and drops the indexes they replace, passing over a row another transaction
+/// holds rather than waiting for it. Twice is a no-op.
+#[tokio::test]
+async fn upgrading_a_recorded_history_fills_event_types_in_batches_and_builds_the_list_indexes() {
+    let env = TestEnv::unmigrated().await;
+    let latest = MIGRATOR
+        .iter()
+        .position(|m| m.version == 20261208000020)
+        .expect("the lists' migration");
+    let before = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(MIGRATOR.iter().take(latest).cloned().collect()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    // Recorded in schema herald (as `herald migrate` does), so that the schema step
+    // of the lists' migration can be applied on its own below.
+    sqlx::query("CREATE SCHEMA herald")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let mut conn = env.pool.acquire().await.unwrap();
+    sqlx::query("SET search_path TO herald")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    before
+        .run(&mut *conn)
+        .await
+        .expect("the earlier migrations");
+    // Three days of history: 60,000 deliveries two days ago (a day of more than 8 MiB:
+    // its indexes are built concurrently), 2,000 yesterday; two of today's deliveries
+    // are of a two-day-old event (a replay), one of an event no longer recorded.
+    let endpoint = uuid::Uuid::new_v4();
+    sqlx::raw_sql(&format!(
+        "SELECT herald.create_partitions(now() - interval '3 days', now());
+         INSERT INTO herald.endpoints (id, url, event_types, secret)
+             VALUES ('{endpoint}', 'https://example.com/hook', '{{#}}', 'whsec_x');
+         INSERT INTO herald.events (id, type, tenant_id, occurred_at, payload, received_at)
+             SELECT 'old-' || n, 'sales.order.t' || (n % 7), NULL, now(), '{{}}',
+                    now() - interval '2 days' + n * interval '1 ms'
+             FROM generate_series(1, 60000) n;
+         INSERT INTO herald.events (id, type, tenant_id, occurred_at, payload, received_at)
+             SELECT 'new-' || n, 'billing.invoice.paid', 'acme', now(), '{{}}',
+                    now() - interval '1 day' + n * interval '1 ms'
+             FROM generate_series(1, 2000) n;
+         INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status, created_at)
+             SELECT herald.uuid_v7(e.received_at), e.tenant_key, e.id, '{endpoint}',
+                    'success', e.received_at
+             FROM herald.events e;
+         INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status)
+             VALUES (herald.uuid_v7(now()), '', 'old-7', '{endpoint}', 'pending'),
+                    (herald.uuid_v7(now()), '', 'gone', '{endpoint}', 'failed');"
+    ))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    // The schema step alone (what `herald migrate` runs first, in one transaction)…
+    MIGRATOR
+        .run(&mut *conn)
+        .await
+        .expect("the lists' schema migration");
+    sqlx::query("RESET search_path")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    drop(conn);
+    // …then, as the hot path would, another transaction holds one recorded delivery
+    // while the backfill runs: the backfill passes over it instead of waiting. (It is let
+    // go once the backfill is done: the concurrent index builds wait for older
+    // transactions.)
+    let mut holder = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM herald.deliveries WHERE event_id = 'old-3' FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let release_when_filled = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        let done = || {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM herald.upgrade_steps WHERE done_at IS NOT NULL",
+            )
+            .fetch_one(&env.pool)
+        };
+        while done().await.unwrap_or(0) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the backfill waited for the held row"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        holder.commit().await.unwrap();
+    };
+    let (migrated, ()) = tokio::join!(store::migrate(&env.pool), release_when_filled);
+    migrated.expect("herald migrate");
+    store::migrate(&env.pool)
+        .await
+        .expect("herald migrate, again");
+    let unfilled: Vec<String> = sqlx::query_scalar(
+        "SELECT event_id FROM herald.deliveries WHERE event_type IS NULL ORDER BY event_id",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        unfilled,
+        ["gone", "old-3"],
+        "only the delivery without its event, and the one held meanwhile"
+    );
+    let wrong = env
+        .count(
+            "SELECT count(*) FROM herald.deliveries d JOIN herald.events e
+                 ON e.tenant_key = d.tenant_key AND e.id = d.event_id
+             WHERE d.event_type <> e.type",
+        )
+        .await;
+    assert_eq!(wrong, 0, "every filled type is its event's");
+    let done = env
+        .count("SELECT count(*) FROM herald.upgrade_steps WHERE done_at IS NOT NULL")
+        .await;
+    assert_eq!(done, 1);
+    // Every partition has each list index, and the parents' are valid.
+    let indexes: Vec<(String, bool, i64)> = sqlx::query_as(
+        "SELECT c.relname::text, x.indisvalid,
+                (SELECT count(*) FROM pg_inherits i WHERE i.inhparent = c.oid)
+         FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid
+         WHERE c.relname IN ('deliveries_by_endpoint_id', 'deliveries_unfinished_by_id',
+                             'deliveries_by_event_type', 'deliveries_by_tenant',
+                             'events_by_arrival', 'events_by_tenant_arrival')
+         ORDER BY 1",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    let days = env
+        .count("SELECT count(*) FROM pg_inherits WHERE inhparent = 'herald.deliveries'::regclass")
+        .await;
+    assert_eq!(indexes.len(), 6, "{indexes:?}");
+    for (name, valid, partitions) in &indexes {
+        assert!(valid, "{name} is valid");
+        assert_eq!(*partitions, days, "{name} has an index on every day");
+    }
+    let replaced = env
+        .count(
+            "SELECT count(*) FROM pg_class WHERE relname IN
+                 ('deliveries_by_endpoint', 'deliveries_not_succeeded', 'events_by_received_at')",
+        )
+        .await;
+    assert_eq!(replaced, 0, "the replaced indexes are dropped");
+    // A row written without its type (by the previous version) gets it on insert.
+    sqlx::raw_sql(&format!(
+        "INSERT INTO herald.deliveries (id, tenant_key, event_id, endpoint_id, status)
+             VALUES (herald.uuid_v7(now()), 'acme', 'new-5', '{endpoint}', 'pending')"
+    ))
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let typed = env
+        .count(
+            "SELECT count(*) FROM herald.deliveries
+             WHERE event_id = 'new-5' AND event_type = 'billing.invoice.paid'",
+        )
+        .await;
+    assert_eq!(typed, 2);
+    env.cleanup().await;
+}

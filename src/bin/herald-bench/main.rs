@@ -8,6 +8,9 @@
 //! `docs/benchmarks.md`. `make bench` runs it; `BENCH_QUICK=1` picks the quick sizes.
 
 mod features;
+mod growth;
+mod growth_lists;
+mod growth_seed;
 mod heap;
 mod latency;
 mod leftovers;

@@ -21,6 +21,8 @@ pub struct HeraldConfig {
     pub concurrency: u16,
     /// Herald's stderr (its warnings and errors) goes here.
     pub log: PathBuf,
+    /// More `HERALD__…` settings (the growth scenario's admin token).
+    pub extra_env: Vec<(&'static str, String)>,
 }
 
 impl HeraldConfig {
@@ -30,6 +32,7 @@ impl HeraldConfig {
             "HERALD__DELIVERY__CONCURRENCY",
             self.concurrency.to_string(),
         ));
+        env.extend(self.extra_env.iter().cloned());
         env
     }
 
@@ -166,6 +169,11 @@ impl Herald {
             rss_kib: rss,
             sampler,
         })
+    }
+
+    /// Where its API listens.
+    pub fn api(&self) -> SocketAddr {
+        self.api
     }
 
     /// Waits until `/readyz` answers 200; returns the time since spawn.

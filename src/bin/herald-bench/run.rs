@@ -278,6 +278,7 @@ impl Bench {
             world,
             concurrency: self.concurrency,
             log: self.log_dir.join(format!("{tag}.log")),
+            extra_env: Vec::new(),
         }
     }
 
@@ -410,8 +411,10 @@ impl Bench {
     }
 
     /// Waits until the receiver saw `expected` pairs and `check` agrees, or `deadline`.
+    /// Only deliveries from `first_id` on are the run's (a seeded database holds others).
     pub async fn wait_done(
         &self,
+        first_id: Uuid,
         expected: usize,
         deadline: Instant,
         pool: Option<&PgPool>,
@@ -432,8 +435,9 @@ impl Bench {
                     last_db_check = Instant::now();
                     let (success, total): (i64, i64) = sqlx::query_as(
                         "SELECT count(*) FILTER (WHERE status = 'success'), count(*)
-                         FROM herald.deliveries",
+                         FROM herald.deliveries WHERE id >= $1",
                     )
+                    .bind(first_id)
                     .fetch_one(pool)
                     .await?;
                     db_success = Some(success);
@@ -448,8 +452,9 @@ impl Bench {
         }
         if let Some(pool) = pool {
             let success: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM herald.deliveries WHERE status = 'success'",
+                "SELECT count(*) FROM herald.deliveries WHERE status = 'success' AND id >= $1",
             )
+            .bind(first_id)
             .fetch_one(pool)
             .await?;
             db_success = Some(success);
@@ -507,19 +512,38 @@ impl Bench {
         }
     }
 
-    /// One Herald run.
+    /// One Herald run on an empty database.
     pub async fn run_herald(&self, spec: &RunSpec) -> anyhow::Result<RunOutcome> {
+        self.run_herald_on(spec, None).await
+    }
+
+    /// One Herald run on `seeded` as it is (a database with history, which keeps the
+    /// run's rows), or on an empty database.
+    pub async fn run_herald_on(
+        &self,
+        spec: &RunSpec,
+        seeded: Option<&str>,
+    ) -> anyhow::Result<RunOutcome> {
+        let first_id = uuid_v7_floor(now_us().saturating_sub(1_000_000));
         let tag = self.next_tag();
         let exchange = format!("{tag}.events");
-        let world = self.world(&tag, &exchange, &spec.retry_schedule);
+        let mut world = self.world(&tag, &exchange, &spec.retry_schedule);
+        if let Some(seeded) = seeded {
+            world.database_url = testkit::with_database(&self.database_base_url, seeded);
+        }
         let settings = world.settings()?;
         settings.validate()?;
         let topology = herald::delivery::topology(&settings);
         let config = self.herald_config(&tag, world);
 
-        self.fresh_database().await?;
+        if seeded.is_none() {
+            self.fresh_database().await?;
+        }
         process::migrate(&config).await?;
-        let pool = self.pool().await?;
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&config.world.database_url)
+            .await?;
         let secrets = self.insert_endpoints(&pool, &spec.endpoints).await?;
         topology.declare(&self.channel).await?;
 
@@ -546,7 +570,13 @@ impl Bench {
             };
             let deadline = Instant::now() + spec.timeout;
             let finished = self
-                .wait_done(spec.expected, deadline, Some(&pool), Some(&mut herald))
+                .wait_done(
+                    first_id,
+                    spec.expected,
+                    deadline,
+                    Some(&pool),
+                    Some(&mut herald),
+                )
                 .await;
             // Late duplicates still count.
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -604,7 +634,9 @@ impl Bench {
             self.receiver.reset(self.behaviors(spec, None, start_us));
             let publish = load::publish(&self.publisher, self.load(spec, &tag, &exchange)).await?;
             let deadline = Instant::now() + spec.timeout;
-            let finished = self.wait_done(spec.expected, deadline, None, None).await?;
+            let finished = self
+                .wait_done(Uuid::nil(), spec.expected, deadline, None, None)
+                .await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let record = self.receiver.reset(Vec::new());
             anyhow::Ok(Self::outcome(
@@ -630,4 +662,12 @@ impl Bench {
         self.delete_exchange(&exchange).await;
         result
     }
+}
+
+/// The smallest UUIDv7 of a moment (µs since the epoch): ids from it on were made then
+/// or later.
+pub fn uuid_v7_floor(us: u64) -> Uuid {
+    let mut bytes = [0u8; 16];
+    bytes[..6].copy_from_slice(&(us / 1000).to_be_bytes()[2..]);
+    Uuid::from_bytes(bytes)
 }

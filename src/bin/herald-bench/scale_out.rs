@@ -12,6 +12,7 @@
 //! after it, as deploy/local/cluster.sh starts them.
 
 use std::time::{Duration, Instant};
+use uuid::Uuid;
 
 use crate::latency::median_latency;
 use crate::process::Herald;
@@ -95,7 +96,7 @@ async fn run_fleet(bench: &Bench, spec: &RunSpec, fleet: Fleet) -> anyhow::Resul
             crate::load::publish(&bench.publisher, bench.load(spec, &tag, &exchange)).await?;
         let deadline = Instant::now() + spec.timeout;
         let finished = bench
-            .wait_done(spec.expected, deadline, Some(&pool), None)
+            .wait_done(Uuid::nil(), spec.expected, deadline, Some(&pool), None)
             .await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let exited: Vec<&str> = processes

@@ -30,8 +30,9 @@ pub const ALL: [&str; 10] = [
 /// and `ordered-1000` (K active ordering keys; K = 1 is one request at a time);
 /// `scale-out` runs `scale-out-throughput` and `scale-out-latency` on the three-node
 /// cluster of `make cluster` (src/bin/herald-bench/scale_out.rs); `features` measures
-/// each endpoint option's cost at steady (`features.rs`).
-pub const EXTRA: [&str; 3] = ["ordered", "scale-out", "features"];
+/// each endpoint option's cost at steady (`features.rs`); `growth` seeds history first
+/// (crate::growth).
+pub const EXTRA: [&str; 4] = ["ordered", "scale-out", "features", "growth"];
 
 /// The scenarios `name` stands for.
 pub fn expand(name: &str) -> Vec<String> {
@@ -217,6 +218,7 @@ pub async fn run(
         other if crate::scale_out::SCENARIOS.contains(&other) => {
             crate::scale_out::run(bench, other, size, reps).await
         }
+        "growth" => crate::growth::growth(bench, size, reps).await,
         other if other.starts_with("ordered-") => {
             let keys: usize = other["ordered-".len()..]
                 .parse()
