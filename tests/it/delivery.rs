@@ -787,9 +787,16 @@ async fn a_redrive_refuses_a_disabled_endpoint_unless_it_enables_it_and_closes_i
             .await;
     }
     let dlq = env.topology().dlq();
-    eventually("three parked", Duration::from_secs(15), || async {
-        env.queue_depth(&dlq).await == 3
-    })
+    // A first attempt's dead letter is published before its outcome is recorded (so a
+    // delivery is never failed without its copy): wait for both.
+    eventually(
+        "three parked and recorded",
+        Duration::from_secs(15),
+        || async {
+            env.queue_depth(&dlq).await == 3
+                && env.delivery_statuses().await == vec![("failed".to_string(), 3)]
+        },
+    )
     .await;
     herald::store::endpoints::set_enabled(&env.pool, endpoint.id, false, Some("maintenance"))
         .await
