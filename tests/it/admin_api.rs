@@ -335,9 +335,16 @@ async fn the_command_line_adds_endpoints_publishes_and_lists_dead_letters() {
 
     let dlq = env.topology().dlq();
     eventually(
-        "the dead letter parked",
+        "the dead letter parked and recorded",
         Duration::from_secs(10),
-        || async { env.queue_depth(&dlq).await == 1 },
+        // Published before its outcome is recorded; the redrive matches records.
+        || async {
+            env.queue_depth(&dlq).await == 1
+                && env
+                    .count("SELECT count(*) FROM herald.deliveries WHERE status = 'failed'")
+                    .await
+                    == 1
+        },
     )
     .await;
     receiver.set_script(|_, _| Reply::status(200));

@@ -124,9 +124,16 @@ async fn herald_runs_on_a_url_list_whose_first_node_is_dead() {
     );
     let dlq = env.topology().dlq();
     eventually(
-        "the dead letter parked",
+        "the dead letter parked and recorded",
         Duration::from_secs(10),
-        || async { env.queue_depth(&dlq).await == 1 },
+        // Published before its outcome is recorded; the redrive matches records.
+        || async {
+            env.queue_depth(&dlq).await == 1
+                && env
+                    .count("SELECT count(*) FROM herald.deliveries WHERE status = 'failed'")
+                    .await
+                    == 1
+        },
     )
     .await;
 
