@@ -333,18 +333,10 @@ async fn the_command_line_adds_endpoints_publishes_and_lists_dead_letters() {
     assert_eq!(dead[0]["last_status_code"], 500);
     assert_eq!(dead[0]["reason"], "retries_exhausted");
 
-    let dlq = env.topology().dlq();
     eventually(
         "the dead letter parked and recorded",
         Duration::from_secs(10),
-        // Published before its outcome is recorded; the redrive matches records.
-        || async {
-            env.queue_depth(&dlq).await == 1
-                && env
-                    .count("SELECT count(*) FROM herald.deliveries WHERE status = 'failed'")
-                    .await
-                    == 1
-        },
+        || async { env.dead_letters_parked_and_recorded(1).await },
     )
     .await;
     receiver.set_script(|_, _| Reply::status(200));

@@ -122,18 +122,10 @@ async fn herald_runs_on_a_url_list_whose_first_node_is_dead() {
         3,
         "first attempt and two retries"
     );
-    let dlq = env.topology().dlq();
     eventually(
         "the dead letter parked and recorded",
         Duration::from_secs(10),
-        // Published before its outcome is recorded; the redrive matches records.
-        || async {
-            env.queue_depth(&dlq).await == 1
-                && env
-                    .count("SELECT count(*) FROM herald.deliveries WHERE status = 'failed'")
-                    .await
-                    == 1
-        },
+        || async { env.dead_letters_parked_and_recorded(1).await },
     )
     .await;
 

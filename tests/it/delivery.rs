@@ -792,10 +792,7 @@ async fn a_redrive_refuses_a_disabled_endpoint_unless_it_enables_it_and_closes_i
     eventually(
         "three parked and recorded",
         Duration::from_secs(15),
-        || async {
-            env.queue_depth(&dlq).await == 3
-                && env.delivery_statuses().await == vec![("failed".to_string(), 3)]
-        },
+        || async { env.dead_letters_parked_and_recorded(3).await },
     )
     .await;
     herald::store::endpoints::set_enabled(&env.pool, endpoint.id, false, Some("maintenance"))

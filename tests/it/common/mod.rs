@@ -291,6 +291,17 @@ impl TestEnv {
             .expect("publish confirmed");
     }
 
+    /// `n` dead letters parked in the dead-letter queue and recorded `failed`: a first
+    /// attempt's copy is published before its outcome is recorded, and the DLQ's jobs
+    /// match records.
+    pub async fn dead_letters_parked_and_recorded(&self, n: i64) -> bool {
+        i64::from(self.queue_depth(&self.topology().dlq()).await) == n
+            && self
+                .count("SELECT count(*) FROM herald.deliveries WHERE status = 'failed'")
+                .await
+                == n
+    }
+
     pub async fn delivery_statuses(&self) -> Vec<(String, i64)> {
         store::deliveries::count_by_status(&self.pool)
             .await
